@@ -1,0 +1,280 @@
+"""Configuration: dataclasses with defaults in code, YAML overlays, dotted ``key=value`` overrides.
+
+Resolution order (later wins):
+
+1. the defaults below (the paper's settings for Helen);
+2. the experiment file (``configs/NAME.yaml`` or a path), which may name ``_base_`` files
+   (relative to itself) that are applied before it;
+3. the preset overlay ``configs/presets/<preset>.yaml`` (``paper`` or ``released``: only the
+   keys where the paper and the authors' release disagree, spec section 9);
+4. command-line ``section.key=value`` overrides (values parsed as YAML).
+
+Unknown keys and wrong types are rejected with the dotted key in the message. The resolved config
+is saved beside the checkpoints of a run, and inside every checkpoint.
+"""
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = ["Config", "ModelConfig", "DataConfig", "LossConfig", "TrainConfig", "EvalConfig",
+           "load_config", "config_from_dict", "config_to_dict", "CONFIG_DIR", "ConfigError"]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dml_csr"                 # dml_csr | fp_liif
+    # DML-CSR
+    layers: List[int] = field(default_factory=lambda: [3, 4, 23, 3])   # ResNet-101
+    width_mult: float = 1.0               # < 1 only for the CPU-sized synthetic preset
+    context: str = "ddgcn"                # ddgcn | ablation modules (configs/ablations)
+    norm_backend: str = "auto"            # ABN backend: auto | native | compiled
+    pretrained: str = ""                  # path to resnet101-imagenet.pth ("" = random init)
+    # FP-LIIF (keyword arguments of dml_csr.models.FPLIIF; empty = its defaults)
+    fp_liif: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "helen"                # schema name: helen | lapa | celebamask_hq | synthetic[19]
+    root: str = "data/helen"
+    crop_size: List[int] = field(default_factory=lambda: [473, 473])   # (h, w)
+    augment: str = "paper"                # paper | released | none
+    flip: bool = False                    # neither paper nor release flips
+    channel_order: str = "bgr"            # bgr (the release, official checkpoints) | rgb
+    center_mode: str = "exact"            # exact | released (crop centre truncated to int)
+    edge_width: int = 1
+    batch_size: int = 28                  # global batch (split over processes)
+    workers: int = 4                      # data-loader workers per process
+    train_split: str = "train"
+    val_split: str = "valid"
+
+
+@dataclass
+class LossConfig:
+    # Multi-task stage (eq. 2-5)
+    parse_ce_weight: float = 1.0          # lambda0 * CE
+    parse_lovasz_weight: float = 1.0      # lambda0 * Lovasz
+    binary_edge_weight: float = 1.0       # lambda1
+    category_edge_weight: float = 1.0     # lambda2
+    binary_attention_weight: float = 4.0  # lambda3
+    category_attention_weight: float = 1.0  # lambda4
+    category_edge_weighting: str = "balanced"   # balanced | frequency (release)
+    category_attention_mode: str = "eq4"  # eq4 | released
+    class_weights: List[float] = field(default_factory=list)  # w_j of eq. 4 ([] = all ones)
+    tasks: List[str] = field(default_factory=lambda: [
+        "binary_edge", "binary_attention", "category_edge", "category_attention"])
+    total_scale: float = 1.0              # the release multiplies its total by 4
+    # Self-distillation stage (eq. 7)
+    distill_parse_weight: float = 1.0     # alpha0
+    distill_binary_weight: float = 1.0    # alpha1
+    distill_category_weight: float = 0.1  # alpha2
+    temperature: float = 1.0
+    soft_targets: str = "teacher"         # teacher | released (logits mixed with one-hot, 1/(m+1))
+    csr_attention: bool = False           # release: attention losses also in the CSR stage
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200                     # total = multi-task epochs + cycles * cycle_epochs
+    cycles: int = 5                       # K self-regulation cycles
+    cycle_epochs: int = 10                # N epochs per cycle
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    csr_lr: float = 1e-5                  # cosine from this value, restarted every cycle
+    csr_lr_min: float = 0.0
+    csr_lr_schedule: str = "cosine_epoch"  # cosine_epoch | cosine_iter | released
+    teacher: str = "eq6"                  # eq6 | released (running mean of end-of-cycle weights)
+    bn_reestimate: bool = True            # re-estimate ABN/BN statistics of the aggregated model
+    bn_reestimate_batches: int = 0        # 0 = the whole training set
+    seed: int = 0
+    deterministic: bool = False
+    amp: bool = False                     # mixed precision (CUDA only)
+    log_interval: int = 10                # iterations between log lines
+    image_log_interval: int = 1           # epochs between TensorBoard image grids (0 = never)
+    val_interval: int = 1                 # epochs between validations
+    max_iters_per_epoch: int = 0          # 0 = full epoch (a cap for smoke tests)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    workers: int = 2
+    flip: bool = False                    # test-time flip (swaps left/right channels)
+    scales: List[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    preset: str = "paper"                 # paper | released
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def multitask_epochs(self) -> int:
+        return self.train.epochs - self.train.cycles * self.train.cycle_epochs
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"config key {key!r} expects {tp.__name__}, got {value!r}")
+        return value
+    if origin in (list, List, tuple, Sequence):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _merge_into(obj: Any, data: Dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r}; known keys in "
+                              f"{prefix.rstrip('.') or 'the top level'}: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} is a section; got {value!r}")
+            _merge_into(current, value, dotted + ".")
+        else:
+            setattr(obj, key, _check_type(value, hints[key], dotted))
+
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _layers_of(path: str) -> List[Dict[str, Any]]:
+    """The YAML mappings of ``path`` and of its ``_base_`` files, bases first."""
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    out: List[Dict[str, Any]] = []
+    for base in bases:
+        out += _layers_of(os.path.join(os.path.dirname(path), base))
+    return out + [data]
+
+
+def resolve_config_path(name_or_path: str) -> str:
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    candidate = os.path.join(CONFIG_DIR, name_or_path + ("" if name_or_path.endswith(".yaml") else ".yaml"))
+    if os.path.isfile(candidate):
+        return candidate
+    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR}")
+
+
+def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+    """``["train.lr=0.01", "data.flip=true"]`` -> nested dict (values parsed as YAML)."""
+    nested: Dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def config_from_dict(data: Dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge_into(cfg, data)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> Dict[str, Any]:
+    return asdict(cfg)
+
+
+def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Resolve a config: defaults < experiment file (with bases) < preset overlay < overrides."""
+    layers = _layers_of(resolve_config_path(name_or_path)) if name_or_path else []
+    cli = parse_overrides(overrides)
+    preset = cli.get("preset") or next((l["preset"] for l in reversed(layers) if "preset" in l), "paper")
+    preset_path = os.path.join(CONFIG_DIR, "presets", f"{preset}.yaml")
+    if not os.path.isfile(preset_path):
+        raise ConfigError(f"unknown preset {preset!r}: no file {preset_path}")
+    cfg = Config()
+    for layer in layers + [_read_yaml(preset_path), cli]:
+        _merge_into(cfg, layer)
+    cfg.preset = preset
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    choices = {
+        "preset": (cfg.preset, ("paper", "released")),
+        "model.name": (cfg.model.name, ("dml_csr", "fp_liif")),
+        "model.norm_backend": (cfg.model.norm_backend, ("auto", "native", "compiled")),
+        "data.augment": (cfg.data.augment, ("paper", "released", "none")),
+        "data.channel_order": (cfg.data.channel_order, ("bgr", "rgb")),
+        "data.center_mode": (cfg.data.center_mode, ("exact", "released")),
+        "loss.category_edge_weighting": (cfg.loss.category_edge_weighting, ("balanced", "frequency")),
+        "loss.category_attention_mode": (cfg.loss.category_attention_mode, ("eq4", "released")),
+        "loss.soft_targets": (cfg.loss.soft_targets, ("teacher", "released")),
+        "train.csr_lr_schedule": (cfg.train.csr_lr_schedule, ("cosine_epoch", "cosine_iter", "released")),
+        "train.teacher": (cfg.train.teacher, ("eq6", "released")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r} must be one of {allowed}, got {value!r}")
+    known_tasks = {"binary_edge", "binary_attention", "category_edge", "category_attention"}
+    bad = [t for t in cfg.loss.tasks if t not in known_tasks]
+    if bad:
+        raise ConfigError(f"config key 'loss.tasks' has unknown task {bad[0]!r}; known: {sorted(known_tasks)}")
+    if cfg.multitask_epochs < 0:
+        raise ConfigError(f"train.epochs ({cfg.train.epochs}) is smaller than train.cycles x "
+                          f"train.cycle_epochs ({cfg.train.cycles} x {cfg.train.cycle_epochs})")
+    if len(cfg.data.crop_size) != 2:
+        raise ConfigError(f"config key 'data.crop_size' needs (h, w), got {cfg.data.crop_size}")
+
+
+def save_config(cfg: Config, path: str) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

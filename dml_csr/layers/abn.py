@@ -1,0 +1,173 @@
+"""In-Place Activated BatchNorm (ABN) with a pure-PyTorch fallback (spec section 2).
+
+The release normalises with ``inplace_abn.InPlaceABNSync``. Its maths, reproduced here:
+
+    y = act((x - mean) / sqrt(var + eps) * (|weight| + eps) + bias),  act = leaky_relu(0.01)
+
+Training uses the batch statistics (biased variance) and updates the running statistics with
+momentum 0.1 using the *unbiased* variance; eval uses the running statistics. The layer holds
+``weight, bias, running_mean, running_var`` and no ``num_batches_tracked``, exactly like the
+release's checkpoints.
+
+Backends:
+- ``native``: pure PyTorch; works on every device. Under ``torch.distributed`` (world size > 1,
+  training mode) the batch statistics are all-reduced over the process group, with gradients
+  flowing through the reduction, so every process normalises with the global batch statistics.
+- ``compiled``: the ``inplace-abn`` package's kernels (CUDA tensors only), passed the world group
+  explicitly, because its sync layer silently reduces nothing when given no group.
+- ``auto`` (default): ``compiled`` for CUDA tensors when the package imports, else ``native``.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # optional compiled package
+    import inplace_abn as _inplace_abn
+    from inplace_abn import functions as _iabn_functions
+except Exception:  # noqa: BLE001  (ImportError, or a broken build raising OSError)
+    _inplace_abn = None
+    _iabn_functions = None
+
+__all__ = ["ABN", "compiled_abn_available", "activation_fn"]
+
+_ACTIVATIONS = ("leaky_relu", "elu", "identity")
+
+
+def compiled_abn_available() -> bool:
+    return _iabn_functions is not None
+
+
+def activation_fn(x: torch.Tensor, activation: str, activation_param: float) -> torch.Tensor:
+    if activation == "leaky_relu":
+        return F.leaky_relu(x, negative_slope=activation_param)
+    if activation == "elu":
+        return F.elu(x, alpha=activation_param)
+    return x
+
+
+def _distributed_world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient, as the global loss requires."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def _batch_stats(x: torch.Tensor, sync: bool):
+    """Per-channel mean, biased variance and element count over (N, *spatial) [and processes]."""
+    dims = [0] + list(range(2, x.dim()))
+    count = x.numel() // x.shape[1]
+    if not sync:
+        mean = x.mean(dim=dims)
+        var = (x - mean.view(1, -1, *([1] * (x.dim() - 2)))).pow(2).mean(dim=dims)
+        return mean, var, count
+    # Two reductions (mean, then centred squares) for numerical safety.
+    n_total = count * dist.get_world_size()
+    mean = _AllReduceSum.apply(x.sum(dim=dims)) / n_total
+    centred = x - mean.view(1, -1, *([1] * (x.dim() - 2)))
+    var = _AllReduceSum.apply(centred.pow(2).sum(dim=dims)) / n_total
+    return mean, var, n_total
+
+
+class ABN(nn.Module):
+    """Activated BatchNorm with the release's parameter names and maths.
+
+    Args:
+        num_features: channels C of the (N, C, ...) input.
+        eps: added to the variance and to ``|weight|``.
+        momentum: running-statistics momentum.
+        activation: ``leaky_relu`` (default), ``elu`` or ``identity``.
+        activation_param: negative slope (leaky_relu) or alpha (elu).
+        backend: ``auto``, ``native`` or ``compiled``.
+        sync: all-reduce batch statistics across processes when distributed (default True).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 activation: str = "leaky_relu", activation_param: float = 0.01,
+                 backend: str = "auto", sync: bool = True):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"ABN activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        if backend not in ("auto", "native", "compiled"):
+            raise ValueError(f"ABN backend must be auto, native or compiled, got {backend!r}")
+        if backend == "compiled" and not compiled_abn_available():
+            raise RuntimeError("ABN backend 'compiled' requested but the inplace-abn package does not "
+                               "import; build it with scripts/build_inplace_abn.sh or use 'native'")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.activation = activation
+        self.activation_param = activation_param
+        self.backend = backend
+        self.sync = sync
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+
+    def _use_compiled(self, x: torch.Tensor) -> bool:
+        return self.backend != "native" and x.is_cuda and compiled_abn_available()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_compiled(x):
+            return self._forward_compiled(x)
+        return self._forward_native(x)
+
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.training:
+            mean, var, n = _batch_stats(x, sync=self.sync and _distributed_world() > 1)
+            with torch.no_grad():
+                unbiased = var * (n / max(n - 1, 1))
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.detach())
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = (self.weight.abs() + self.eps) * torch.rsqrt(var + self.eps)
+        y = (x - mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
+        return activation_fn(y, self.activation, self.activation_param)
+
+    def _forward_compiled(self, x: torch.Tensor) -> torch.Tensor:
+        # The compiled kernels overwrite their input in place (the point of the layer, and safe
+        # here because every ABN input is a fresh convolution output); a leaf is copied first.
+        x = x.clone() if x.is_leaf and x.requires_grad else x.contiguous()
+        if self.training and self.sync and _distributed_world() > 1:
+            return _iabn_functions.inplace_abn_sync(
+                x, self.weight, self.bias, self.running_mean, self.running_var, True,
+                self.momentum, self.eps, self.activation, self.activation_param, dist.group.WORLD)
+        return _iabn_functions.inplace_abn(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.training,
+            self.momentum, self.eps, self.activation, self.activation_param)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"activation={self.activation}({self.activation_param}), backend={self.backend}")
+
+
+def convert_abn_backend(module: nn.Module, backend: str) -> nn.Module:
+    """Set the backend of every ABN layer in ``module`` (in place) and return it."""
+    for m in module.modules():
+        if isinstance(m, ABN):
+            if backend == "compiled" and not compiled_abn_available():
+                raise RuntimeError("inplace-abn is not importable")
+            m.backend = backend
+    return module
