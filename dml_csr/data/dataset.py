@@ -1,0 +1,249 @@
+"""Face-parsing data set over the release's folder layout (spec section 6, CONTRIBUTING_NOTES).
+
+    ROOT/label_names.txt
+    ROOT/<split>_list.txt        lines: images/NAME.jpg labels/NAME.png (relative to ROOT/<split>/)
+    ROOT/<split>/images/NAME.jpg  ROOT/<split>/labels/NAME.png
+
+A list line may hold the image alone (a split without labels); the sample then has no ``label``.
+
+Randomness: each process draws from its own ``numpy.random.Generator``, created on first use and
+seeded from torch: inside a DataLoader worker from ``torch.initial_seed()`` (the worker seed torch
+derives from its main-process RNG or the loader's ``generator``, different per worker and epoch),
+mixed with ``seed`` when one is given; in the main process (``num_workers=0``) from ``seed``, or
+from ``torch.initial_seed()`` when ``seed`` is None. A run is therefore reproducible by calling
+``torch.manual_seed(s)`` (or passing a seeded ``generator`` to the DataLoader) and, for
+``num_workers=0``, by passing ``seed``.
+"""
+import os
+from typing import Dict, List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .edges import binary_edges, category_edges
+from .schemas import Schema, schema_from_tokens
+from .transforms import (AUGMENT_MODES, crop_params, normalize_image, sample_augmentation,
+                         warp_image, warp_label)
+
+__all__ = ["FaceDataset", "read_label_names"]
+
+IGNORE_INDEX = 255
+
+
+def read_label_names(path: str) -> List[str]:
+    """Tokens of a ``label_names.txt`` (one per line, blank lines skipped)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"label names file not found: {path}")
+    with open(path, "r", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+class FaceDataset(Dataset):
+    """Affine-cropped face images with label, binary-edge and category-edge maps.
+
+    Args:
+        root: data-set root (the layout above).
+        split: ``train``, ``valid``, ``test`` (or any ``<split>_list.txt`` present).
+        crop_size: (h, w) of the crop, 473x473 in the paper.
+        augment: ``"none"``, ``"paper"`` or ``"released"`` scale/rotation sampling.
+        flip: mirror image and label with probability ``flip_prob``, swapping the schema's
+            left/right classes (neither the paper nor the release flips).
+        flip_prob: probability of the flip when ``flip`` is on.
+        channel_order: ``"bgr"`` (release, official checkpoints) or ``"rgb"``.
+        center_mode: ``"exact"`` or ``"released"`` (integer crop centre), see ``crop_params``.
+        edge_width: width of the edge band, see ``edges.binary_edges``.
+        with_edges: return ``edge`` and ``cat_edge``; default True for ``split == "train"``.
+        schema: label schema; default read from ``ROOT/label_names.txt``.
+        seed: base seed of the augmentation RNG (module docstring).
+
+    A sample is the dict of CONTRIBUTING_NOTES: ``image`` float32 (3,H,W), ``label`` int64 (H,W),
+    ``edge`` / ``cat_edge`` int64 (H,W), ``center`` float32 (2,), ``scale`` / ``rotation`` float32
+    (), ``orig_size`` int64 (2,), ``name`` str, ``index`` int. ``center``, ``scale`` and
+    ``rotation`` describe the crop before the optional flip, which mirrors the crop itself.
+    """
+
+    def __init__(self, root: str, split: str, crop_size: Tuple[int, int] = (473, 473),
+                 augment: str = "none", flip: bool = False, flip_prob: float = 0.5,
+                 channel_order: str = "bgr", center_mode: str = "exact", edge_width: int = 1,
+                 with_edges: Optional[bool] = None, schema: Optional[Schema] = None,
+                 seed: Optional[int] = None):
+        if augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
+        if channel_order not in ("bgr", "rgb"):
+            raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+        if center_mode not in ("exact", "released"):
+            raise ValueError(f"center_mode must be 'exact' or 'released', got {center_mode!r}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
+        self.root = root
+        self.split = split
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.augment = augment
+        self.flip = bool(flip)
+        self.flip_prob = float(flip_prob)
+        self.channel_order = channel_order
+        self.center_mode = center_mode
+        self.edge_width = int(edge_width)
+        self.with_edges = (split == "train") if with_edges is None else bool(with_edges)
+        self.seed = seed
+
+        if schema is None:
+            names_file = os.path.join(root, "label_names.txt")
+            tokens = read_label_names(names_file)
+            try:
+                schema = schema_from_tokens(tokens)
+            except ValueError as e:
+                raise ValueError(f"{names_file}: {e}") from None
+        self.schema = schema
+        if self.num_classes > IGNORE_INDEX:
+            raise ValueError(f"{self.num_classes} classes do not fit uint8 ids below {IGNORE_INDEX}")
+        # flip lookup table over all uint8 values: left/right classes swapped, 255 kept
+        lut = np.arange(256, dtype=np.uint8)
+        lut[:self.num_classes] = schema.flip_permutation()
+        self._flip_lut = lut
+
+        self.list_path = os.path.join(root, f"{split}_list.txt")
+        self._images, self._labels = self._read_list(self.list_path, os.path.join(root, split))
+        self.names = [os.path.splitext(os.path.basename(p))[0] for p in self._images]
+        self._rng: Optional[np.random.Generator] = None
+        self._rng_key: Optional[tuple] = None
+
+    @staticmethod
+    def _read_list(list_path: str, split_dir: str) -> Tuple[List[str], List[Optional[str]]]:
+        if not os.path.isfile(list_path):
+            raise FileNotFoundError(f"list file not found: {list_path}")
+        images: List[str] = []
+        labels: List[Optional[str]] = []
+        with open(list_path, "r", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) > 2:
+                    raise ValueError(f"{list_path}:{lineno}: malformed line {line.strip()!r}, "
+                                     "expected 'images/NAME.jpg labels/NAME.png'")
+                paths = [os.path.join(split_dir, p) for p in parts]
+                for p in paths:
+                    if not os.path.isfile(p):
+                        raise FileNotFoundError(f"{p} (listed in {list_path}:{lineno}) not found")
+                images.append(paths[0])
+                labels.append(paths[1] if len(paths) == 2 else None)
+        if not images:
+            raise ValueError(f"list file {list_path} lists no samples")
+        return images, labels
+
+    @property
+    def num_classes(self) -> int:
+        return self.schema.num_classes
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def image_path(self, i: int) -> str:
+        return self._images[i]
+
+    def label_path(self, i: int) -> Optional[str]:
+        return self._labels[i]
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """This process's generator (module docstring); rebuilt when torch's seed changes."""
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if in_worker:
+            key = (True, torch.initial_seed())
+            entropy = [key[1]] if self.seed is None else [int(self.seed), key[1]]
+        elif self.seed is None:
+            key = (False, torch.initial_seed())
+            entropy = [key[1]]
+        else:
+            key = (False, None)
+            entropy = [int(self.seed)]
+        if self._rng is None or key != self._rng_key:
+            self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            self._rng_key = key
+        return self._rng
+
+    def read_image(self, i: int) -> np.ndarray:
+        """uint8 (h, w, 3) BGR image of sample ``i``."""
+        path = self._images[i]
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"image not found: {path}")
+            raise ValueError(f"cannot decode image {path}")
+        return image
+
+    def read_label(self, i: int, image_shape: Optional[Tuple[int, int]] = None
+                   ) -> Optional[np.ndarray]:
+        """uint8 (h, w) label of sample ``i`` (None without label file), validated."""
+        path = self._labels[i]
+        if path is None:
+            return None
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if label is None:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"label not found: {path}")
+            raise ValueError(f"cannot decode label {path}")
+        if label.ndim == 3:
+            # a colour/palette PNG: only acceptable when it is grey (all channels equal)
+            if not (label == label[:, :, :1]).all():
+                raise ValueError(f"label {path} is a colour image, expected a single-channel id "
+                                 "map (palette PNGs are decoded to colours)")
+            label = label[:, :, 0]
+        if image_shape is not None and label.shape != tuple(image_shape):
+            raise ValueError(f"label {path} has size {label.shape} (h, w) but image "
+                             f"{self._images[i]} has {tuple(image_shape)}")
+        k = self.num_classes
+        if label.max() >= k:
+            bad = (label >= k) & (label != IGNORE_INDEX)
+            if bad.any():
+                values = np.unique(label[bad])[:10].tolist()
+                raise ValueError(f"label {path} holds values {values} outside 0..{k - 1} "
+                                 f"(and not the ignore value {IGNORE_INDEX})")
+        return label.astype(np.uint8, copy=False)
+
+    def __getitem__(self, i: int) -> Dict[str, Union[torch.Tensor, str, int]]:
+        image = self.read_image(i)
+        h, w = image.shape[:2]
+        label = self.read_label(i, (h, w))
+
+        center, scale = crop_params(h, w, self.center_mode)
+        rotation = 0.0
+        do_flip = False
+        if self.augment != "none" or self.flip:
+            rng = self.rng
+            s, rotation = sample_augmentation(rng, self.augment)
+            scale *= s
+            # the flip coin is drawn even with flip off, so switching the flip on or off leaves
+            # every scale/rotation draw unchanged
+            coin = rng.random()
+            do_flip = self.flip and coin < self.flip_prob
+
+        crop = warp_image(image, center, scale, rotation, self.crop_size)
+        if do_flip:
+            crop = crop[:, ::-1]
+        sample = {"image": normalize_image(crop, self.channel_order)}
+        if label is not None:
+            lab = warp_label(label, center, scale, rotation, self.crop_size, IGNORE_INDEX)
+            if do_flip:
+                lab = self._flip_lut[lab[:, ::-1]]
+            sample["label"] = torch.from_numpy(lab.astype(np.int64))
+            if self.with_edges:
+                edge = binary_edges(lab, self.edge_width, IGNORE_INDEX)
+                sample["edge"] = torch.from_numpy(edge.astype(np.int64))
+                sample["cat_edge"] = torch.from_numpy(
+                    category_edges(lab, edge, IGNORE_INDEX).astype(np.int64))
+        sample["center"] = torch.tensor(center, dtype=torch.float32)
+        sample["scale"] = torch.tensor(scale, dtype=torch.float32)
+        sample["rotation"] = torch.tensor(rotation, dtype=torch.float32)
+        sample["orig_size"] = torch.tensor([h, w], dtype=torch.int64)
+        sample["name"] = self.names[i]
+        sample["index"] = i
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"FaceDataset(root={self.root!r}, split={self.split!r}, n={len(self)}, "
+                f"schema={self.schema.name!r}, crop_size={self.crop_size}, "
+                f"augment={self.augment!r}, flip={self.flip})")
