@@ -1,0 +1,85 @@
+"""Turn a hand-downloaded Helen, LaPa or CelebAMask-HQ archive into the project's data layout.
+
+    python tools/prepare_data.py lapa          RAW_DIR OUT_DIR [--link copy|hardlink|symlink]
+    python tools/prepare_data.py helen         RAW_DIR OUT_DIR [--source auto|original|relabelled]
+                                                               [--holdout N] [--link ...]
+    python tools/prepare_data.py celebamask_hq RAW_DIR OUT_DIR [--partition FILE]
+
+Common options: --workers N, --no-progress. See docs/datasets.md.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+try:
+    import dml_csr  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dml_csr.data.prepare import (HELEN_SOURCES, LINK_MODES, PrepareError, prepare_celebamask_hq,
+                                  prepare_helen, prepare_lapa)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="dataset", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("raw_dir", type=Path, help="the unpacked download (only read, never changed)")
+        p.add_argument("out_dir", type=Path, help="the prepared root (outside RAW_DIR)")
+        p.add_argument("--workers", type=int, default=0, help="worker processes (default: none)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        return p
+
+    p = add("lapa", "LaPa: LaPa/{train,val,test}/{images,labels}")
+    p.add_argument("--link", choices=LINK_MODES, default="copy",
+                   help="how images and labels reach OUT_DIR (default: copy)")
+
+    p = add("helen", "Helen: original release or relabelled HELEN*")
+    p.add_argument("--source", choices=HELEN_SOURCES, default="auto",
+                   help="original (Smith et al. 2013) or relabelled (HELEN*, Lin et al. 2019); "
+                        "auto detects it from the layout")
+    p.add_argument("--holdout", type=int, default=0,
+                   help="HELEN* only: hold out N training images as the valid split (default 0: "
+                        "valid_list.txt is empty)")
+    p.add_argument("--link", choices=LINK_MODES, default="copy",
+                   help="how verbatim files (images; HELEN* labels) reach OUT_DIR (default: copy)")
+
+    p = add("celebamask_hq", "CelebAMask-HQ: merge part masks, resize images, CelebA split")
+    p.add_argument("--partition", type=Path, default=None,
+                   help="CelebA's list_eval_partition.txt (default: looked up in RAW_DIR, its "
+                        "CelebAMask-HQ/ and Eval/ subfolders)")
+    p.add_argument("--mapping", type=Path, default=None,
+                   help="CelebA-HQ-to-CelebA-mapping.txt (default: in the data-set folder)")
+    p.add_argument("--mask-size", type=int, default=512,
+                   help="side of the part masks, hence of the outputs (default 512)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality (default 95)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    common = dict(workers=args.workers, progress=not args.no_progress)
+    try:
+        if args.dataset == "lapa":
+            report = prepare_lapa(args.raw_dir, args.out_dir, link=args.link, **common)
+        elif args.dataset == "helen":
+            report = prepare_helen(args.raw_dir, args.out_dir, source=args.source,
+                                   holdout=args.holdout, link=args.link, **common)
+        else:
+            report = prepare_celebamask_hq(args.raw_dir, args.out_dir, mask_size=args.mask_size,
+                                           mapping_file=args.mapping,
+                                           partition_file=args.partition,
+                                           jpeg_quality=args.jpeg_quality, **common)
+    except (PrepareError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
