@@ -1,0 +1,237 @@
+"""Score a folder of predicted label maps against a split, and the result JSON shared by all runs.
+
+A prediction folder holds one single-channel PNG of class ids per image of
+``ROOT/<split>_list.txt``, named like the image's label file (``labels/NAME.png`` ->
+``PRED_DIR/NAME.png``) and of the label's size. Any method can be scored this way.
+"""
+import json
+import re
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from dml_csr.data.schemas import SCHEMAS, get_schema
+
+from .metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, default_headline, \
+    protocol_description
+
+__all__ = ["EvaluationError", "read_label_names", "read_split_list", "resolve_dataset",
+           "evaluate_folder", "build_result", "write_result", "load_result", "RESULT_KEYS"]
+
+RESULT_KEYS = ("f1", "iou", "mean_f1", "miou", "pixel_accuracy", "mean_accuracy", "headline",
+               "protocol", "meta")
+
+
+class EvaluationError(ValueError):
+    """Problems found while scoring; ``problems`` holds one line per problem."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+def read_label_names(root) -> List[str]:
+    path = Path(root) / "label_names.txt"
+    if not path.is_file():
+        raise EvaluationError(f"missing {path} (one class token per line, first 'bg')")
+    tokens = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not tokens or tokens[0] != "bg":
+        raise EvaluationError(f"{path}: the first token must be 'bg', got {tokens[:1]}")
+    return tokens
+
+
+def read_split_list(root, split: str) -> List[Tuple[str, str]]:
+    """(image path, label path) per line of ``ROOT/<split>_list.txt``, relative to ``ROOT/<split>``.
+
+    A line holding only the image path gets ``labels/<stem>.png`` (as the release's scorer does).
+    """
+    path = Path(root) / f"{split}_list.txt"
+    if not path.is_file():
+        raise EvaluationError(f"missing split list {path}")
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise EvaluationError(f"{path}:{n}: expected 'images/NAME.jpg labels/NAME.png', "
+                                  f"got {line!r}")
+        label = fields[1] if len(fields) == 2 else f"labels/{Path(fields[0]).stem}.png"
+        entries.append((fields[0], label))
+    if not entries:
+        raise EvaluationError(f"{path} lists no image")
+    return entries
+
+
+_SYNTHETIC_INFO = "synthetic_info.json"  # written by dml_csr.data.synthetic into its roots
+_NAME_HINTS = (("celeb", "celebamask_hq"), ("lapa", "lapa"), ("helen", "helen"),
+               ("synth", "synthetic"))
+
+
+def resolve_dataset(root, tokens: Sequence[str], dataset: Optional[str] = None) -> str:
+    """The data-set name of a data root.
+
+    ``dataset`` when given (checked against the tokens). Otherwise ``synthetic``/``synthetic19``
+    for a root holding the synthetic generator's ``synthetic_info.json``, else a guess from the
+    root folder's name (``celeb``, ``lapa``, ``helen``, ``synth`` in it, case-insensitive;
+    ``synthetic`` becomes ``synthetic19`` for 19 tokens), kept only if that schema's tokens match.
+    Helen and LaPa share their tokens but not their headline metric, so a guess never comes from
+    the tokens alone.
+    """
+    tokens = tuple(tokens)
+    if dataset is not None:
+        schema = get_schema(dataset)
+        if schema.tokens != tokens:
+            raise EvaluationError(f"label_names.txt of {root} ({len(tokens)} tokens) does not "
+                                  f"match the {dataset!r} schema {list(schema.tokens)}")
+        return dataset
+    folder = re.sub(r"[^a-z0-9]", "", Path(root).resolve().name.lower())
+    if (Path(root) / _SYNTHETIC_INFO).is_file():
+        folder = "synthetic"
+    for hint, name in _NAME_HINTS:
+        if hint in folder:
+            if name == "synthetic" and len(tokens) == SCHEMAS["synthetic19"].num_classes:
+                name = "synthetic19"
+            if SCHEMAS[name].tokens == tokens:
+                return name
+    candidates = sorted(n for n, s in SCHEMAS.items() if s.tokens == tokens)
+    raise EvaluationError(f"cannot tell which data set {root} holds from its folder name; pass "
+                          f"dataset= / --dataset (label_names.txt matches {candidates or 'none'})")
+
+
+def _read_map(path: Path, what: str, problems: List[str]) -> Optional[np.ndarray]:
+    if not path.is_file():
+        problems.append(f"missing {what}: {path}")
+        return None
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        problems.append(f"unreadable {what}: {path}")
+        return None
+    if img.ndim != 2:
+        problems.append(f"{what} is not a single-channel id map: {path} has shape {img.shape}")
+        return None
+    return img
+
+
+def _format_problems(problems: Sequence[str], header: str, max_listed: int) -> str:
+    lines = [f"{header}: {len(problems)} problem(s)"]
+    lines += [f"  - {p}" for p in problems[:max_listed]]
+    if len(problems) > max_listed:
+        lines.append(f"  ... and {len(problems) - max_listed} more")
+    return "\n".join(lines)
+
+
+def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] = None,
+                    meta: Optional[Mapping[str, object]] = None,
+                    max_listed: int = 20) -> dict:
+    """Score the predictions in ``pred_dir`` against ``data_root``'s ``split``.
+
+    Every problem is collected first (missing or extra predictions, unreadable or multi-channel
+    files, size mismatches, prediction ids outside [0, K), label ids outside [0, K) other than
+    255); then one ``EvaluationError`` lists the first ``max_listed`` and the count. Only
+    top-level ``*.png`` files of ``pred_dir`` count as predictions (sub-folders, other files are
+    ignored). Returns the result dict of ``build_result``.
+    """
+    root, pred_dir = Path(data_root), Path(pred_dir)
+    tokens = read_label_names(root)
+    meta = dict(meta or {})
+    meta_dataset = meta.pop("dataset", None)
+    if dataset and meta_dataset and dataset != meta_dataset:
+        raise EvaluationError(f"dataset {dataset!r} and meta dataset={meta_dataset!r} disagree")
+    dataset = resolve_dataset(root, tokens, dataset or meta_dataset)
+    entries = read_split_list(root, split)
+    if not pred_dir.is_dir():
+        raise EvaluationError(f"prediction folder {pred_dir} does not exist")
+
+    k = len(tokens)
+    problems: List[str] = []
+    expected: Dict[str, str] = {}
+    for _, label in entries:
+        name = Path(label).name
+        if name in expected:
+            problems.append(f"{split}_list.txt names label file {name} twice "
+                            f"({expected[name]}, {label})")
+        expected[name] = label
+
+    cm = ConfusionMatrix(k)
+    for name, label in expected.items():
+        label_path = root / split / label
+        pred_path = pred_dir / name
+        image_problems: List[str] = []
+        pred = _read_map(pred_path, "prediction", image_problems)
+        gt = _read_map(label_path, "label", image_problems)
+        if pred is not None and gt is not None and pred.shape != gt.shape:
+            image_problems.append(f"wrong size: {pred_path} is {pred.shape[1]}x{pred.shape[0]} "
+                                  f"(WxH), its label {label_path} is {gt.shape[1]}x{gt.shape[0]}")
+        if pred is not None:
+            bad = np.unique(pred[pred >= k])
+            if bad.size:
+                image_problems.append(f"out-of-range ids in {pred_path}: {bad[:8].tolist()} "
+                                      f"(valid 0..{k - 1})")
+        if gt is not None:
+            bad = np.unique(gt[(gt >= k) & (gt != IGNORE_INDEX)])
+            if bad.size:
+                image_problems.append(f"out-of-range ids in label {label_path}: "
+                                      f"{bad[:8].tolist()} (valid 0..{k - 1} and {IGNORE_INDEX})")
+        if image_problems:
+            problems += image_problems
+        else:
+            cm.update(gt, pred)
+
+    extra = sorted(p.name for p in pred_dir.glob("*.png") if p.name not in expected)
+    problems += [f"extra prediction not in {split}_list.txt: {pred_dir / n}" for n in extra]
+    if problems:
+        raise EvaluationError(_format_problems(
+            problems, f"cannot score {pred_dir} against {root} split {split!r}", max_listed),
+            problems)
+
+    meta.update(data_root=str(root), pred_dir=str(pred_dir))
+    return build_result(cm.hist, tokens, dataset=dataset, split=split, num_images=len(expected),
+                        meta=meta)
+
+
+_RESERVED_META = ("dataset", "split", "num_images")
+
+
+def build_result(hist, tokens: Sequence[str], *, dataset: str, split: str, num_images: int,
+                 meta: Optional[Mapping[str, object]] = None,
+                 headline: Optional[str] = None) -> dict:
+    """The result record of one run (what ``write_result`` saves and make_tables reads).
+
+    Keys: every key of ``compute_metrics`` plus ``confusion`` (the pooled histogram as lists),
+    ``protocol`` (how it was computed) and ``meta`` (``dataset``, ``split``, ``num_images``, then
+    the caller's ``meta``, e.g. ``method``, ``row``, ``checkpoint``).
+    """
+    meta = dict(meta or {})
+    clash = [key for key in _RESERVED_META if key in meta]
+    if clash:
+        raise ValueError(f"meta keys {clash} are set from the arguments, do not pass them in meta")
+    headline = headline or default_headline(dataset)
+    hist = np.asarray(hist, dtype=np.int64)
+    result = compute_metrics(hist, tokens, dataset=dataset, headline=headline)
+    result["confusion"] = hist.tolist()
+    result["protocol"] = protocol_description(headline)
+    result["meta"] = {"dataset": dataset, "split": split, "num_images": int(num_images), **meta}
+    return result
+
+
+def write_result(result: Mapping, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+
+
+def load_result(path) -> dict:
+    """Read a result JSON, checking that it holds the keys the tables need."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise EvaluationError(f"cannot read result {path}: {err}") from None
+    missing = [key for key in RESULT_KEYS if key not in result]
+    if missing or "dataset" not in result.get("meta", {}):
+        raise EvaluationError(f"{path} is not a result JSON: missing "
+                              f"{missing or ['meta.dataset']}")
+    return result

@@ -1,0 +1,282 @@
+"""The face-parsing scorer of the DML-CSR release (spec section 7), shared by every method here.
+
+One confusion histogram ``H[gt, pred]`` is pooled over ALL pixels of a split (pixels whose label is
+the ignore value 255 are dropped), and every number is computed from that single histogram:
+
+- F1 of a set G of gt classes against a set P of predicted classes:
+  ``2 * H[G, P].sum() / (H[G, :].sum() + H[:, P].sum())``; single classes use G = P = {c}; the
+  merged Helen names use G = P = the union, so confusions inside a merged set count as hits.
+- IoU_c = TP / max(1, TP + FP + FN); mIoU over all classes including background (release formula).
+- Mean F1 over every single class except background; pixel accuracy; mean class accuracy
+  TP_c / max(1, H[c, :].sum()) averaged over all classes (release formula).
+
+Pooling is deliberate: a per-image average would weigh a 20-pixel earring in one image as much as
+the whole face of another and would be undefined on every image where a class is absent.
+
+Classes absent from both the ground truth and the prediction (F1 = 0/0) get F1 ``None`` and are
+left out of the mean F1. On the real benchmarks every class occurs in every test split, so this
+equals the release's number exactly; the release itself would print ``nan`` there. IoU and class
+accuracy keep the release's ``max(1, ...)`` guard (an absent class scores 0 and still counts in
+mIoU and mean accuracy); the ``absent`` field of the result lists such classes.
+
+All returned numbers are percentages.
+"""
+import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["IGNORE_INDEX", "MERGED_NAMES", "HEADLINES", "ConfusionMatrix", "confusion_histogram",
+           "compute_metrics", "default_headline", "protocol_description"]
+
+IGNORE_INDEX = 255
+
+# Merged names of the release's scorer, defined over label_names.txt tokens. A merged name exists
+# only when all of its tokens do (Helen / LaPa tokens; CelebAMask-HQ has none).
+MERGED_NAMES: Dict[str, Tuple[str, ...]] = {
+    "eyes": ("le", "re"),
+    "brows": ("lb", "rb"),
+    "mouth": ("ulip", "imouth", "llip"),
+    "overall": ("le", "re", "lb", "rb", "nose", "ulip", "imouth", "llip"),
+}
+
+# Headline metric per data set: Helen reports the overall F1 (Table 1), every other data set the
+# mean F1 over the non-background classes (Tables 2 and 3).
+HEADLINES = ("overall_f1", "mean_f1")
+_HEADLINE_BY_DATASET = {"helen": "overall_f1"}
+
+
+def _is_torch_tensor(x) -> bool:
+    torch = sys.modules.get("torch")  # never import torch just to find out
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def confusion_histogram(gt, pred, num_classes: int,
+                        ignore_index: Optional[int] = IGNORE_INDEX) -> np.ndarray:
+    """Histogram ``H[gt, pred]`` (int64, (K, K)) of one label map pair or a batch of them.
+
+    Args:
+        gt: integer labels of any shape (numpy array or torch tensor, any device); ``ignore_index``
+            pixels are dropped, every other value must lie in [0, K).
+        pred: integer predictions of the same shape; values at kept pixels must lie in [0, K).
+        num_classes: K.
+        ignore_index: label value to drop (None keeps every pixel).
+    """
+    if _is_torch_tensor(gt) or _is_torch_tensor(pred):
+        return _torch_histogram(gt, pred, num_classes, ignore_index)
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    _check_pair(gt.shape, pred.shape, np.issubdtype(gt.dtype, np.integer),
+                np.issubdtype(pred.dtype, np.integer), gt.dtype, pred.dtype)
+    if ignore_index is not None:
+        keep = gt != ignore_index
+        gt, pred = gt[keep], pred[keep]
+    gt = gt.astype(np.int64, copy=False).ravel()
+    pred = pred.astype(np.int64, copy=False).ravel()
+    if gt.size:
+        _check_range("gt", int(gt.min()), int(gt.max()), num_classes)
+        _check_range("pred", int(pred.min()), int(pred.max()), num_classes)
+    return np.bincount(gt * num_classes + pred, minlength=num_classes ** 2).reshape(
+        num_classes, num_classes).astype(np.int64, copy=False)
+
+
+def _torch_histogram(gt, pred, num_classes, ignore_index) -> np.ndarray:
+    import torch
+
+    device = gt.device if isinstance(gt, torch.Tensor) else pred.device
+    gt, pred = torch.as_tensor(gt, device=device), torch.as_tensor(pred, device=device)
+    _check_pair(tuple(gt.shape), tuple(pred.shape), _torch_is_int(gt), _torch_is_int(pred),
+                gt.dtype, pred.dtype)
+    if ignore_index is not None:
+        keep = gt != ignore_index
+        gt, pred = gt[keep], pred[keep]
+    gt, pred = gt.reshape(-1).long(), pred.reshape(-1).long()
+    if gt.numel():
+        _check_range("gt", int(gt.min()), int(gt.max()), num_classes)
+        _check_range("pred", int(pred.min()), int(pred.max()), num_classes)
+    hist = torch.bincount(gt * num_classes + pred, minlength=num_classes ** 2)
+    return hist.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64, copy=False)
+
+
+def _torch_is_int(t) -> bool:
+    import torch
+
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_pair(gt_shape, pred_shape, gt_is_int, pred_is_int, gt_dtype, pred_dtype) -> None:
+    if tuple(gt_shape) != tuple(pred_shape):
+        raise ValueError(f"gt shape {tuple(gt_shape)} != pred shape {tuple(pred_shape)}")
+    if not (gt_is_int and pred_is_int):
+        raise TypeError(f"labels must be integer arrays, got gt {gt_dtype} and pred {pred_dtype}")
+
+
+def _check_range(what: str, lo: int, hi: int, num_classes: int) -> None:
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{what} holds ids in [{lo}, {hi}], outside [0, {num_classes - 1}] "
+                         f"(the ignore value is only dropped from gt)")
+
+
+class ConfusionMatrix:
+    """Accumulates one pooled histogram ``hist[gt, pred]`` (int64, (K, K)) over a whole split.
+
+    ``update`` takes numpy arrays or torch tensors (on any device; the counting runs there).
+    Partial matrices (data loader shards, processes) combine with ``merge`` / ``+`` or, under
+    torch.distributed, ``all_reduce()``.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: Optional[int] = IGNORE_INDEX):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+        self.hist = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def update(self, gt, pred) -> "ConfusionMatrix":
+        """Add one label map pair (H, W) or a batch (N, H, W); see ``confusion_histogram``."""
+        self.hist += confusion_histogram(gt, pred, self.num_classes, self.ignore_index)
+        return self
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        """Add ``other``'s counts into this matrix (in place) and return it."""
+        if not isinstance(other, ConfusionMatrix):
+            return NotImplemented
+        if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
+            raise ValueError(f"cannot merge a {other.num_classes}-class matrix (ignore "
+                             f"{other.ignore_index}) into a {self.num_classes}-class one "
+                             f"(ignore {self.ignore_index})")
+        self.hist += other.hist
+        return self
+
+    def __iadd__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        return self.merge(other)
+
+    def __add__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        if not isinstance(other, ConfusionMatrix):
+            return NotImplemented
+        out = ConfusionMatrix(self.num_classes, self.ignore_index)
+        out.hist = self.hist.copy()
+        return out.merge(other)
+
+    def all_reduce(self) -> "ConfusionMatrix":
+        """Sum the histogram over all torch.distributed processes (no-op when not distributed)."""
+        import torch
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            hist = torch.from_numpy(self.hist).to(device)
+            dist.all_reduce(hist)
+            self.hist = hist.cpu().numpy().astype(np.int64, copy=False)
+        return self
+
+    def reset(self) -> None:
+        self.hist[...] = 0
+
+    @property
+    def num_pixels(self) -> int:
+        return int(self.hist.sum())
+
+    def compute(self, tokens: Sequence[str], dataset: Optional[str] = None,
+                headline: Optional[str] = None) -> dict:
+        return compute_metrics(self.hist, tokens, dataset=dataset, headline=headline)
+
+    def __repr__(self) -> str:
+        return f"ConfusionMatrix(num_classes={self.num_classes}, num_pixels={self.num_pixels})"
+
+
+def default_headline(dataset: Optional[str]) -> str:
+    """``overall_f1`` for Helen, ``mean_f1`` for every other (or an unknown) data set."""
+    return _HEADLINE_BY_DATASET.get(dataset, "mean_f1")
+
+
+def _f1(hist: np.ndarray, ids: Sequence[int]) -> Optional[float]:
+    ids = list(ids)
+    hit = hist[np.ix_(ids, ids)].sum()
+    denom = hist[ids, :].sum() + hist[:, ids].sum()
+    if denom == 0:  # absent from gt and prediction: undefined, not 0 and not 100
+        return None
+    return float(200.0 * hit / denom)
+
+
+def compute_metrics(hist, tokens: Sequence[str], *, dataset: Optional[str] = None,
+                    headline: Optional[str] = None) -> dict:
+    """All scores of one pooled histogram, in percent.
+
+    Args:
+        hist: (K, K) counts, rows = ground truth, columns = prediction.
+        tokens: the K ``label_names.txt`` tokens, id order (first ``bg``).
+        dataset: data-set name; only used to pick the headline when ``headline`` is None.
+        headline: ``"overall_f1"`` or ``"mean_f1"``; default ``default_headline(dataset)``
+            (Helen -> overall F1, anything else -> mean F1).
+
+    Returns:
+        dict with ``classes`` (tokens), ``f1`` (token or merged name -> F1 or None when the class
+        is absent from gt and prediction), ``iou`` (token -> IoU), ``mean_f1`` (None if no
+        non-background class is present), ``miou``, ``pixel_accuracy``, ``mean_accuracy``,
+        ``headline`` ({"name", "value"}), ``absent`` (tokens absent from gt and prediction) and
+        ``num_pixels``.
+    """
+    hist = np.asarray(hist)
+    tokens = list(tokens)
+    k = len(tokens)
+    if hist.shape != (k, k):
+        raise ValueError(f"histogram shape {hist.shape} does not match {k} tokens")
+    if len(set(tokens)) != k:
+        raise ValueError(f"duplicate tokens in {tokens}")
+    if hist.sum() == 0:
+        raise ValueError("empty histogram: no labelled pixel was scored")
+    hist = hist.astype(np.float64)
+
+    f1: Dict[str, Optional[float]] = {t: _f1(hist, [i]) for i, t in enumerate(tokens)}
+    index = {t: i for i, t in enumerate(tokens)}
+    for name, members in MERGED_NAMES.items():
+        if name not in index and all(m in index for m in members):
+            f1[name] = _f1(hist, [index[m] for m in members])
+
+    tp = np.diag(hist)
+    gt_count, pred_count = hist.sum(1), hist.sum(0)
+    iou = tp / np.maximum(1.0, gt_count + pred_count - tp) * 100.0
+    class_acc = tp / np.maximum(1.0, gt_count) * 100.0
+    defined = [f1[t] for t in tokens[1:] if f1[t] is not None]
+
+    out = {
+        "classes": tokens,
+        "f1": f1,
+        "iou": {t: float(v) for t, v in zip(tokens, iou)},
+        "mean_f1": float(np.mean(defined)) if defined else None,
+        "miou": float(iou.mean()),
+        "pixel_accuracy": float(tp.sum() / hist.sum() * 100.0),
+        "mean_accuracy": float(class_acc.mean()),
+        "absent": [t for i, t in enumerate(tokens) if gt_count[i] == 0 and pred_count[i] == 0],
+        "num_pixels": int(hist.sum()),
+    }
+    name = headline or default_headline(dataset)
+    if name == "overall_f1":
+        if "overall" not in f1:
+            raise ValueError(f"headline 'overall_f1' needs the Helen tokens "
+                             f"{MERGED_NAMES['overall']}, got {tokens}")
+        value = f1["overall"]
+    elif name == "mean_f1":
+        value = out["mean_f1"]
+    else:
+        raise ValueError(f"unknown headline {name!r}; choose one of {HEADLINES}")
+    out["headline"] = {"name": name, "value": value}
+    return out
+
+
+def protocol_description(headline: str) -> dict:
+    """How the numbers were computed, written into every result JSON."""
+    return {
+        "scorer": "dml_csr.eval.metrics (DML-CSR release protocol, spec section 7)",
+        "histogram": "one confusion histogram H[gt, pred] pooled over all pixels of the split",
+        "ignore_index": IGNORE_INDEX,
+        "f1": "2*H[G,P].sum()/(H[G,:].sum()+H[:,P].sum()), G=P={c} for a class, G=P=union for "
+              "a merged name (confusions inside the set count as hits)",
+        "merged_names": {k: list(v) for k, v in MERGED_NAMES.items()},
+        "mean_f1": "mean single-class F1 over every class except background",
+        "iou": "TP/max(1,TP+FP+FN); miou = mean over all classes including background",
+        "mean_accuracy": "mean over all classes of TP/max(1,H[c,:].sum())",
+        "absent_classes": "F1 null (0/0) and left out of mean_f1; IoU and accuracy 0 and kept",
+        "headline": headline,
+        "units": "percent",
+    }

@@ -1,0 +1,202 @@
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dml_csr.data.schemas import get_schema
+from dml_csr.eval import paper
+from dml_csr.eval.evaluate import build_result, write_result
+from dml_csr.eval.tables import (format_class_table, format_result_table, headline_value,
+                                 make_tables)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _result(dataset, row=None, seed=0, **overrides):
+    """A real result record from a random histogram, with chosen numbers overridden."""
+    tokens = get_schema(dataset).tokens
+    rng = np.random.default_rng(seed)
+    hist = rng.integers(1, 50, size=(len(tokens), len(tokens))) + np.diag(
+        rng.integers(500, 900, size=len(tokens)))
+    result = build_result(hist, tokens, dataset=dataset, split="test", num_images=2,
+                          meta={} if row is None else {"row": row})
+    for key, value in overrides.items():
+        if key.startswith("f1_"):
+            result["f1"][key[3:]] = value
+        else:
+            result[key] = value
+    return result
+
+
+def _line(text, first_cell):
+    """The cells of the markdown table line whose first cell is ``first_cell``."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no line {first_cell!r} in\n{text}")
+
+
+# ---------------------------------------------------------------- the paper's numbers
+
+@pytest.mark.parametrize("dataset, row", [("lapa", "dml-csr"), ("lapa", "fp-liif"),
+                                          ("celebamask_hq", "dml-csr"),
+                                          ("celebamask_hq", "fp-liif")])
+def test_published_mean_f1_is_the_mean_of_the_classes(dataset, row):
+    numbers = paper.PER_CLASS_F1[dataset][row]
+    schema = get_schema(dataset)
+    classes = [numbers[t] for t in schema.tokens[1:]]  # every non-background token is there
+    assert len(classes) == schema.num_classes - 1
+    assert np.mean(classes) == pytest.approx(numbers["mean_f1"], abs=0.05)
+
+
+def test_paper_tables_agree_where_the_paper_repeats_an_experiment():
+    for ds in paper.DATASETS:
+        t4, t5, t6 = paper.TABLE4, paper.TABLE5, paper.TABLE6
+        assert t4["baseline"][ds]["f1"] == t5["baseline"][ds] == t6["baseline"][ds]
+        assert t4["ddgcn"][ds]["f1"] == t5["ddgcn"][ds]
+        assert t4["dml"][ds]["f1"] == t6["dml"][ds]
+        headline = "overall" if ds == "helen" else "mean_f1"
+        assert t4["dml-csr"][ds]["f1"] == pytest.approx(
+            paper.PER_CLASS_F1[ds]["dml-csr"][headline], abs=0.05)
+    assert paper.TABLE4["dml-csr"]["lapa"] == {"miou": 87.13, "f1": 92.38}
+    assert paper.PER_CLASS_F1["helen"]["dml-csr"]["overall"] == 93.8
+    assert paper.PER_CLASS_F1["celebamask_hq"]["fp-liif"]["neck_l"] == 42.2
+    assert paper.PER_CLASS_F1["lapa"]["fp-liif"]["ulip"] == 87.7
+
+
+def test_class_table_keys_exist_in_results():
+    for number, (dataset, _, columns) in paper.CLASS_TABLES.items():
+        result = _result(dataset)
+        for key, _ in columns:
+            assert key == "mean_f1" or key in result["f1"], (number, key)
+
+
+def test_canonical_row():
+    assert paper.canonical_row(None) == "dml-csr"
+    assert paper.canonical_row("+CSR") == "dml-csr"
+    assert paper.canonical_row("all") == paper.canonical_row("+DML") == "dml"
+    assert paper.canonical_row("+DDGCN") == "ddgcn"
+    assert paper.canonical_row("PSP-pooling") == "psp_pooling"
+    assert paper.canonical_row("fp_liif") == "fp-liif"
+    assert paper.canonical_row(" my run ") == "my run"
+    all_rows = set(paper.TABLE4) | set(paper.TABLE5) | set(paper.TABLE6)
+    assert all_rows | {"fp-liif"} == set(paper.ROW_LABELS)
+
+
+# ---------------------------------------------------------------- tables
+
+def test_ablation_tables_place_results_beside_the_paper():
+    lapa = _result("lapa", row="+CSR", mean_f1=92.0, miou=87.5)
+    helen = _result("helen", row="baseline", seed=1, f1_overall=92.61, mean_f1=10.0)
+    text = make_tables([lapa, helen], ["lapa.json", "helen.json"], tables=4)
+    cells = _line(text, "+CSR (DML-CSR)")
+    # row | Helen mIoU p d | Helen F1 p d | CelebA mIoU p d | CelebA F1 p d | LaPa mIoU p d | F1 p d
+    assert cells[1:4] == ["-", "85.58", "-"]
+    assert cells[13:19] == ["87.50", "87.13", "+0.37", "92.00", "92.38", "-0.38"]
+    baseline = _line(text, "Baseline")
+    assert baseline[4:7] == ["92.61", "92.11", "+0.50"]  # Helen's F1 is the overall F1
+    assert "lapa.json" in text and "helen.json" in text
+    table5 = make_tables([helen], tables=5)
+    assert _line(table5, "Baseline")[1:4] == ["92.61", "92.11", "+0.50"]
+    assert _line(table5, "+DDGCN")[1:4] == ["-", "92.56", "-"]
+    assert "Table 4" not in table5 and "Table 6" not in table5
+
+
+def test_table_six_all_row_is_the_dml_result():
+    result = _result("celebamask_hq", row="all", mean_f1=85.0)
+    text = make_tables([result], tables=6)
+    assert _line(text, "all (+DML)")[4:7] == ["85.00", "85.98", "-0.98"]
+
+
+def test_class_tables_and_extra_methods():
+    ours = _result("lapa", f1_hair=96.0)
+    mine = _result("lapa", row="my-method", seed=3, f1_hair=95.5)
+    ablation = _result("lapa", row="p+b", seed=4)
+    text = make_tables([ours, mine, ablation], tables=2)
+    header = _line(text, "class")
+    assert header[1:7] == ["DML-CSR ours", "DML-CSR paper", "Δ", "FP-LIIF ours",
+                           "FP-LIIF paper", "Δ"]
+    assert header[7:10] == ["my-method ours", "my-method paper", "Δ"]
+    assert len(header) == 10  # the p+b ablation result stays out of Table 2
+    hair = _line(text, "hair")
+    assert hair[1:4] == ["96.00", "96.4", "-0.40"]
+    assert hair[4:7] == ["-", "95.9", "-"]
+    assert hair[7:10] == ["95.50", "-", "-"]
+
+
+def test_undefined_f1_shows_na():
+    result = _result("helen", f1_nose=None)
+    text = make_tables([result], tables=1)
+    assert _line(text, "nose")[1:4] == ["n/a", "95.5", "-"]
+
+
+def test_duplicate_results_are_an_error():
+    with pytest.raises(ValueError, match="a.json and b.json"):
+        make_tables([_result("lapa", row="dml"), _result("lapa", row="+DML")],
+                    ["a.json", "b.json"])
+
+
+def test_synthetic_results_get_a_class_table_only_in_all():
+    synth = _result("synthetic", row="baseline")
+    text = make_tables([synth], ["s.json"])
+    assert "synthetic, row baseline (s.json)" in text and "| 10 hair |" in text
+    assert "synthetic" not in make_tables([synth], ["s.json"], tables=4)
+
+
+def test_latex_output():
+    text = make_tables([_result("celebamask_hq", row="my_run")], tables=3, latex=True)
+    assert "\\begin{tabular}{l" in text and "\\end{tabular}" in text
+    assert "$\\Delta$" in text and "Δ" not in text
+    assert "my\\_run ours & my\\_run paper" in text
+    assert "|" not in text.replace("\\begin{tabular}", "")
+
+
+def test_format_result_table_per_data_set():
+    helen = _result("helen", f1_overall=93.0)
+    text = format_result_table(helen)
+    assert "Table 1" in text
+    assert _line(text, "overall")[1:4] == ["93.00", "93.8", "-0.80"]
+    assert _line(text, "class")[2] == "paper (DML-CSR)"
+    fp = _result("celebamask_hq", row="fp-liif", f1_neck_l=40.0)
+    text = format_result_table(fp)
+    assert "Table 3" in text and _line(text, "necklace")[1:4] == ["40.00", "42.2", "-2.20"]
+    synth = _result("synthetic19")
+    text = format_result_table(synth)
+    assert "paper" not in text and "| 18 cloth |" in text
+    assert text == format_class_table(synth)
+
+
+def test_headline_value_ignores_a_stored_override():
+    result = _result("helen", f1_overall=91.0, mean_f1=50.0)
+    result["headline"] = {"name": "mean_f1", "value": 50.0}
+    assert headline_value(result) == 91.0
+    assert headline_value(_result("lapa", mean_f1=90.0)) == 90.0
+
+
+# ---------------------------------------------------------------- the CLI
+
+def test_make_tables_cli(tmp_path):
+    write_result(_result("lapa", row="ddgcn", mean_f1=91.0), tmp_path / "a.json")
+    write_result(_result("helen", row="ddgcn", f1_overall=92.0), tmp_path / "b.json")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_tables.py"), "a.json", "b.json",
+         "--table", "5", "--out", "t.md"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cells = _line(proc.stdout, "+DDGCN")
+    assert cells[1:4] == ["92.00", "92.56", "-0.56"] and cells[7:10] == ["91.00", "92.10", "-1.10"]
+    assert (tmp_path / "t.md").read_text() == proc.stdout
+
+
+def test_make_tables_cli_rejects_non_results(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text('{"f1": {}}')
+    spec = importlib.util.spec_from_file_location("make_tables_cli",
+                                                  REPO / "tools" / "make_tables.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main([str(tmp_path / "bad.json")]) == 1
+    assert "not a result JSON" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""Score a folder of predicted label PNGs against a split with the release's pooled-F1 protocol.
+
+    python tools/evaluate.py --data-root data/lapa --split test --pred-dir runs/x/pred \
+        --out runs/x/metrics.json --meta method=dml-csr --meta row=dml-csr
+
+See docs/evaluation.md for the protocol, the prediction folder and the JSON format.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import dml_csr  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dml_csr.data.schemas import SCHEMAS
+from dml_csr.eval.evaluate import EvaluationError, evaluate_folder, write_result
+from dml_csr.eval.paper import table_for_dataset
+from dml_csr.eval.tables import format_class_table, format_result_table
+
+
+def parse_meta(items):
+    meta = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--meta expects key=value, got {item!r}")
+        meta[key] = value
+    return meta
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True, help="ROOT with label_names.txt and lists")
+    parser.add_argument("--split", default="test", help="split name: ROOT/<split>_list.txt")
+    parser.add_argument("--pred-dir", required=True, help="folder of predicted id PNGs")
+    parser.add_argument("--out", help="write the result JSON here")
+    parser.add_argument("--dataset", choices=sorted(SCHEMAS),
+                        help="data set (default: synthetic roots by their synthetic_info.json, "
+                             "others guessed from the data root's folder name)")
+    parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra meta entries, e.g. method=dml-csr row=ddgcn (repeatable)")
+    parser.add_argument("--max-listed", type=int, default=20, help="problems listed on failure")
+    args = parser.parse_args(argv)
+
+    try:
+        result = evaluate_folder(args.data_root, args.split, args.pred_dir, dataset=args.dataset,
+                                 meta=parse_meta(args.meta), max_listed=args.max_listed)
+    except (EvaluationError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_class_table(result))
+    if table_for_dataset(result["meta"]["dataset"]) is not None:
+        print()
+        print(format_result_table(result))
+    if args.out:
+        write_result(result, args.out)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Assemble result JSONs (tools/evaluate.py, tools/test.py) into the paper's Tables 1 to 6.
+
+    python tools/make_tables.py runs/*/metrics.json --table all [--latex] [--out tables.md]
+
+Each result goes to the row ``meta.row`` (default dml-csr) of data set ``meta.dataset``; see
+docs/evaluation.md for the row keys and the layout.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import dml_csr  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dml_csr.eval.evaluate import EvaluationError, load_result
+from dml_csr.eval.tables import TABLE_NUMBERS, make_tables
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="*", help="result JSON files")
+    parser.add_argument("--table", default="all", choices=["all"] + [str(n) for n in TABLE_NUMBERS])
+    parser.add_argument("--latex", action="store_true", help="LaTeX tabulars (booktabs)")
+    parser.add_argument("--out", help="also write the tables to this file")
+    args = parser.parse_args(argv)
+
+    try:
+        results = [load_result(path) for path in args.results]
+        text = make_tables(results, sources=args.results,
+                           tables=args.table if args.table == "all" else int(args.table),
+                           latex=args.latex)
+    except (EvaluationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
