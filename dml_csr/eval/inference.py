@@ -1,0 +1,415 @@
+"""Model inference under the evaluation protocol of the release (spec section 7).
+
+Per test image (``evaluate_model``):
+
+1. the ``FaceDataset`` crop without augmentation (whole image, longer side fitted, no rotation);
+2. parsing logits at the crop size (``predict_logits``): DML-CSR's 1/4-size logits upsampled
+   bilinearly with ``align_corners=True``; a model whose ``forward`` takes ``size=`` (FP-LIIF) is
+   asked for the crop size directly; optional flip / multi-scale test-time augmentation;
+3. argmax in crop space;
+4. the label map warped back onto the ORIGINAL label size with the inverse affine (nearest,
+   border 0 = background);
+5. one confusion histogram pooled over every pixel of the split against the label file read from
+   disk at its own size (255 dropped), scored by ``metrics.compute_metrics``.
+
+Test-time augmentation (off by default; neither the paper nor the release uses it): every pass
+(each scale, each with and without a horizontal flip) gives logits at the crop size; their
+softmax probabilities are averaged and the log of the mean is returned. Probabilities rather than
+logits because passes at different scales are not calibrated alike and a single over-confident pass
+would dominate a logit average. Without TTA the model's logits are returned unchanged.
+
+``run_test`` is the logic behind ``tools/test.py``: config + checkpoint -> result JSON.
+"""
+import inspect
+import logging
+import time
+from pathlib import Path
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dml_csr.data.transforms import warp_back
+
+from .metrics import ConfusionMatrix, compute_metrics
+
+__all__ = ["predict_logits", "flip_logits", "evaluate_model", "load_inference_model",
+           "build_eval_dataset", "run_test", "INFERENCE_PROTOCOL"]
+
+logger = logging.getLogger(__name__)
+
+# How a result's predictions were made; test.py writes it into the result JSON under
+# protocol.inference (the scoring half is metrics.protocol_description).
+INFERENCE_PROTOCOL = {
+    "crop": "affine crop of the whole image (longer side fitted, shorter padded), no augmentation",
+    "logits": "at the crop size: bilinear align_corners=True upsampling of the model output, or "
+              "model(x, size=crop) for models that take a size (FP-LIIF)",
+    "label": "argmax in crop space, warped back to the original label size with the inverse "
+             "affine (nearest, border 0)",
+    "tta": "passes averaged as softmax probabilities; flip passes are flipped back and their "
+           "left/right channels swapped",
+}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP is bypassed at evaluation: its forward may sync buffers, and the shards of an uneven
+    # split run different numbers of batches per process.
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.module
+    return model
+
+
+def _takes_size(model: nn.Module) -> bool:
+    inner = model.module if isinstance(model, nn.DataParallel) else model
+    try:
+        return "size" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward_at(model: nn.Module, x: torch.Tensor, out_size: Tuple[int, int]) -> torch.Tensor:
+    """(N, 3, h, w) -> (N, K, *out_size) logits of one pass."""
+    out = model(x, size=out_size) if _takes_size(model) else model(x)
+    if isinstance(out, (tuple, list)):  # training form: (parsing, binary_edge, category_edge)
+        out = out[0]
+    if tuple(out.shape[-2:]) != out_size:
+        out = F.interpolate(out, size=out_size, mode="bilinear", align_corners=True)
+    return out
+
+
+def flip_logits(logits: torch.Tensor, flip_permutation: Sequence[int]) -> torch.Tensor:
+    """Mirror (N, K, H, W) logits of a flipped input back: flip the width and swap left/right.
+
+    ``flip_permutation[c]`` is the class that ``c`` becomes under a flip (``Schema.
+    flip_permutation``); channel ``c`` of the result is channel ``flip_permutation[c]`` of the
+    mirrored input's logits.
+    """
+    perm = torch.as_tensor(list(flip_permutation), dtype=torch.long, device=logits.device)
+    if perm.numel() != logits.shape[1]:
+        raise ValueError(f"flip permutation has {perm.numel()} entries, logits {logits.shape[1]} "
+                         "channels")
+    return logits.flip(-1).index_select(1, perm)
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Tuple[int, int], *,
+                   flip: bool = False, flip_permutation: Optional[Sequence[int]] = None,
+                   scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """Parsing logits of a batch of crops at ``out_size``.
+
+    Args:
+        model: DML-CSR (either form; a tuple output gives its first element), FP-LIIF (anything
+            whose ``forward`` takes ``size=``) or any module returning (N, K, h, w) logits.
+        images: (N, 3, H, W) normalised crops, on the model's device.
+        out_size: (H, W) of the returned logits, normally the crop size.
+        flip: add horizontally flipped passes (needs ``flip_permutation``).
+        flip_permutation: left/right class permutation of the label schema.
+        scales: resize factors of the input crop; each pass is resized back to ``out_size``.
+
+    Returns:
+        (N, K, H, W) float logits: the model's own for a single pass; with TTA the log of the mean
+        softmax probability over all passes (module docstring).
+    """
+    out_size = (int(out_size[0]), int(out_size[1]))
+    if flip and flip_permutation is None:
+        raise ValueError("flip TTA needs the schema's flip_permutation to swap left/right classes")
+    if not scales:
+        raise ValueError("scales must hold at least one factor")
+    model = _unwrap(model)
+    h, w = images.shape[-2:]
+    passes = 0
+    single: Optional[torch.Tensor] = None
+    prob_sum: Optional[torch.Tensor] = None
+    for s in scales:
+        if s <= 0:
+            raise ValueError(f"scales must be positive, got {s}")
+        size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear",
+                                                        align_corners=True)
+        views = [False, True] if flip else [False]
+        for flipped in views:
+            logits = _forward_at(model, x.flip(-1) if flipped else x, out_size)
+            if flipped:
+                logits = flip_logits(logits, flip_permutation)
+            passes += 1
+            if len(scales) == 1 and not flip:
+                single = logits
+                break
+            prob = logits.float().softmax(1)
+            prob_sum = prob if prob_sum is None else prob_sum.add_(prob)
+    if single is not None:
+        return single
+    return (prob_sum / passes).clamp_min_(1e-12).log_()
+
+
+class _EvalSamples(Dataset):
+    """The crops of a FaceDataset plus what scoring needs from disk: the original label (and the
+    original image for overlays), read in the loader's workers."""
+
+    def __init__(self, dataset: Dataset, base, with_image: bool):
+        self.dataset, self.base, self.with_image = dataset, base, with_image
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.dataset[i]
+        index = int(s["index"])
+        label_path = self.base.label_path(index)
+        out = {k: s[k] for k in ("image", "center", "scale", "rotation", "orig_size")}
+        out["index"] = index
+        out["out_name"] = (Path(label_path).name if label_path is not None
+                           else f"{self.base.names[index]}.png")
+        out["orig_label"] = self.base.read_label(index) if label_path is not None else None
+        out["orig_image"] = self.base.read_image(index) if self.with_image else None
+        return out
+
+
+_STACKED = ("image", "center", "scale", "rotation", "orig_size")
+
+
+def _collate(samples: List[dict]) -> dict:
+    batch = {k: torch.stack([s[k] for s in samples]) for k in _STACKED}
+    for k in samples[0]:
+        if k not in _STACKED:
+            batch[k] = [s[k] for s in samples]
+    return batch
+
+
+def _base_dataset(dataset: Dataset):
+    base = dataset
+    while isinstance(base, Subset):
+        base = base.dataset
+    for attr in ("read_label", "read_image", "label_path", "schema", "crop_size"):
+        if not hasattr(base, attr):
+            raise TypeError(f"evaluate_model needs a FaceDataset (or a Subset of one); "
+                            f"{type(base).__name__} has no {attr!r}")
+    if getattr(base, "augment", "none") != "none" or getattr(base, "flip", False):
+        raise ValueError(f"evaluation needs the un-augmented crop; got {base!r} "
+                         "(build it with augment='none', flip=False)")
+    return base
+
+
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return None
+
+
+def _overlay(image_bgr: np.ndarray, label: np.ndarray, palette_bgr: np.ndarray,
+             alpha: float = 0.5) -> np.ndarray:
+    colour = palette_bgr[label]
+    mixed = cv2.addWeighted(image_bgr, 1.0 - alpha, colour, alpha, 0.0)
+    return np.where((label > 0)[:, :, None], mixed, image_bgr)
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, workers: int = 0,
+                   device: Union[str, torch.device, None] = "cpu", flip: bool = False,
+                   scales: Sequence[float] = (1.0,), pred_dir=None, overlay_dir=None,
+                   save_logits: bool = False, progress: bool = False, *,
+                   dataset_name: Optional[str] = None, headline: Optional[str] = None) -> dict:
+    """Score ``model`` on a FaceDataset split with the release's protocol (module docstring).
+
+    Args:
+        model: a parsing model already on ``device`` (DDP is unwrapped). It runs in eval mode
+            under ``torch.inference_mode``; every submodule's train/eval flag is restored after.
+        dataset: ``FaceDataset`` (or a ``Subset`` of one) built with ``augment="none"``.
+        batch_size, workers: of the DataLoader.
+        device: where the crops go; ``None`` = the model's device. Must match the model's.
+        flip, scales: test-time augmentation, see ``predict_logits``.
+        pred_dir: write one uint8 id PNG per image, named like its label file (``NAME.png``) and
+            of the label's size, as ``tools/evaluate.py`` scores them.
+        overlay_dir: write ``NAME.jpg``: the original image with the prediction in the schema's
+            palette blended over it (background left as is).
+        save_logits: also write ``pred_dir/logits/NAME.npz``: the crop-space logits
+            (``logits`` float16 (K, H, W)) with the crop's ``center``, ``scale``, ``rotation``
+            and ``orig_size``, enough to redo steps 3 to 5 (needs ``pred_dir``).
+        progress: show a tqdm bar (main process only).
+        dataset_name: data-set name for the headline metric (Helen -> overall F1, else mean F1);
+            default the dataset's schema name. Pass it for LaPa: LaPa and Helen share their
+            tokens, so a schema read from label_names.txt is named ``helen``.
+        headline: force ``"overall_f1"`` or ``"mean_f1"``.
+
+    Under torch.distributed each process scores the strided shard ``rank::world_size`` (no
+    padding duplicates) and the histograms are all-reduced, so every process returns the same
+    numbers.
+
+    Returns:
+        ``compute_metrics``' dict plus ``num_images`` (images scored, all processes) and
+        ``confusion`` (the pooled (K, K) histogram as nested lists). A split without label files
+        gives only ``num_images`` and ``num_pixels`` 0.
+    """
+    base = _base_dataset(dataset)
+    schema = base.schema
+    k = schema.num_classes
+    crop_size = tuple(int(v) for v in base.crop_size)
+    inner = _unwrap(model)
+    model_device = _model_device(inner)
+    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
+    if model_device is not None and model_device.type != device.type:
+        raise ValueError(f"the model lives on {model_device} but evaluate_model was asked for "
+                         f"device={device}; move the model first (or pass device=None)")
+    if save_logits and pred_dir is None:
+        raise ValueError("save_logits needs pred_dir")
+    pred_dir = Path(pred_dir) if pred_dir is not None else None
+    overlay_dir = Path(overlay_dir) if overlay_dir is not None else None
+    for folder in (pred_dir, overlay_dir):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    if save_logits:
+        (pred_dir / "logits").mkdir(exist_ok=True)
+    palette_bgr = np.array([c[::-1] for c in schema.palette], dtype=np.uint8)
+    perm = schema.flip_permutation()
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    samples: Dataset = _EvalSamples(dataset, base, with_image=overlay_dir is not None)
+    if world > 1:
+        samples = Subset(samples, list(range(rank, len(samples), world)))
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate, pin_memory=device.type == "cuda")
+    if progress and rank == 0:
+        from tqdm import tqdm
+        loader = tqdm(loader, desc="evaluate", unit="batch")
+
+    cm = ConfusionMatrix(k)
+    num_images = 0
+    modes = [(m, m.training) for m in inner.modules()]
+    inner.eval()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                images = batch["image"].to(device, non_blocking=True)
+                logits = predict_logits(inner, images, crop_size, flip=flip,
+                                        flip_permutation=perm, scales=scales)
+                pred = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (N, H, W), K <= 255
+                logits_np = logits.half().cpu().numpy() if save_logits else None
+                for j in range(pred.shape[0]):
+                    center = batch["center"][j].numpy()
+                    scale = float(batch["scale"][j])
+                    rotation = float(batch["rotation"][j])
+                    gt = batch["orig_label"][j]
+                    size = gt.shape if gt is not None else tuple(batch["orig_size"][j].tolist())
+                    label = warp_back(pred[j], center, scale, rotation, size, "nearest")
+                    if gt is not None:
+                        cm.update(gt, label)
+                    name = batch["out_name"][j]
+                    if pred_dir is not None:
+                        cv2.imwrite(str(pred_dir / name), label)
+                    if overlay_dir is not None:
+                        cv2.imwrite(str(overlay_dir / (Path(name).stem + ".jpg")),
+                                    _overlay(batch["orig_image"][j], label, palette_bgr))
+                    if save_logits:
+                        np.savez(pred_dir / "logits" / (Path(name).stem + ".npz"),
+                                 logits=logits_np[j], center=center, scale=scale,
+                                 rotation=rotation, orig_size=np.asarray(size))
+                num_images += pred.shape[0]
+    finally:
+        for m, training in modes:
+            m.training = training
+
+    cm.all_reduce()
+    if distributed:
+        count = torch.tensor([num_images], dtype=torch.long,
+                             device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(count)
+        num_images = int(count.item())
+    if cm.num_pixels == 0:
+        logger.warning("no labelled pixel in %r: nothing scored", base)
+        return {"num_images": num_images, "num_pixels": 0}
+    metrics = compute_metrics(cm.hist, schema.tokens, dataset=dataset_name or schema.name,
+                              headline=headline)
+    metrics["num_images"] = num_images
+    metrics["confusion"] = cm.hist.tolist()
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# tools/test.py: config + checkpoint -> result
+
+
+def load_inference_model(cfg, checkpoint, device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The model of ``cfg`` in its inference form (no edge branch) with ``checkpoint``'s weights.
+
+    ``checkpoint``: path, loaded dict or state_dict; self-describing (ours) or the release's bare
+    state_dict (``module.`` prefixes and edge-branch keys are handled by ``load_model_weights``).
+    """
+    from dml_csr.data.schemas import get_schema
+    from dml_csr.models import build_model, model_kwargs_from_config
+    from dml_csr.models.checkpoint import load_model_weights
+
+    source, ckpt = "checkpoint", checkpoint
+    if isinstance(checkpoint, (str, Path)):
+        source = str(checkpoint)
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {source}")
+        ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    kwargs = model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
+    if isinstance(ckpt, Mapping) and "model_kwargs" in ckpt:
+        stored = dict(ckpt["model_kwargs"])
+        differ = {key: (stored.get(key), value) for key, value in kwargs.items()
+                  if key != "norm_backend" and key in stored and stored[key] != value}
+        if ckpt.get("model_name", cfg.model.name) != cfg.model.name or differ:
+            logger.warning("%s was saved for model %s %s; the config asks for %s %s (differing: "
+                           "%s); loading may fail", source, ckpt.get("model_name"), stored,
+                           cfg.model.name, kwargs, differ)
+    model = build_model(cfg.model.name, kwargs, with_edges=False)
+    load_model_weights(model, ckpt, source=source)
+    return model.to(device).eval()
+
+
+def build_eval_dataset(cfg, split: str, data_root: Optional[str] = None):
+    """The un-augmented ``FaceDataset`` of ``split`` with ``cfg``'s crop, channel order and
+    centre convention; the label_names.txt of the root must match ``cfg.data.dataset``."""
+    import os
+
+    from dml_csr.data import FaceDataset, get_schema, read_label_names
+
+    root = data_root or cfg.data.root
+    schema = get_schema(cfg.data.dataset)
+    tokens = tuple(read_label_names(os.path.join(root, "label_names.txt")))
+    if tokens != schema.tokens:
+        raise ValueError(f"{root}/label_names.txt {list(tokens)} does not match the "
+                         f"{cfg.data.dataset!r} schema {list(schema.tokens)}")
+    return FaceDataset(root, split, crop_size=tuple(cfg.data.crop_size), augment="none",
+                       flip=False, channel_order=cfg.data.channel_order,
+                       center_mode=cfg.data.center_mode, with_edges=False, schema=schema)
+
+
+def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[str] = None,
+             device: Union[str, torch.device] = "cpu", batch_size: int = 8, workers: int = 0,
+             flip: bool = False, scales: Sequence[float] = (1.0,), pred_dir=None,
+             overlay_dir=None, save_logits: bool = False, progress: bool = False,
+             meta: Optional[Mapping[str, object]] = None) -> dict:
+    """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
+    ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
+    ``meta`` and ``protocol.inference``."""
+    from .evaluate import build_result
+
+    model = load_inference_model(cfg, checkpoint, device)
+    dataset = build_eval_dataset(cfg, split, data_root)
+    start = time.perf_counter()
+    metrics = evaluate_model(model, dataset, batch_size=batch_size, workers=workers, device=device,
+                             flip=flip, scales=scales, pred_dir=pred_dir, overlay_dir=overlay_dir,
+                             save_logits=save_logits, progress=progress,
+                             dataset_name=cfg.data.dataset)
+    seconds = time.perf_counter() - start
+    if "confusion" not in metrics:
+        raise ValueError(f"split {split!r} of {dataset.root} has no label files: nothing to score")
+    info = {"checkpoint": str(checkpoint), "config": cfg.name, "preset": cfg.preset,
+            "model": cfg.model.name, "data_root": str(dataset.root),
+            "crop_size": list(dataset.crop_size), "flip": bool(flip),
+            "scales": [float(s) for s in scales], "seconds": round(seconds, 3)}
+    if pred_dir is not None:
+        info["pred_dir"] = str(pred_dir)
+    info.update(meta or {})
+    result = build_result(metrics["confusion"], dataset.schema.tokens, dataset=cfg.data.dataset,
+                          split=split, num_images=metrics["num_images"], meta=info)
+    result["protocol"]["inference"] = dict(INFERENCE_PROTOCOL)
+    return result
