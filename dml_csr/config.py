@@ -120,6 +120,7 @@ class Config:
     name: str = "default"
     preset: str = "paper"                 # paper | released
     output_dir: str = "runs/default"
+    row: str = ""                         # paper table row (dml_csr/eval/paper.py), for meta.row
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
