@@ -13,9 +13,10 @@ Backends:
 - ``native``: pure PyTorch; works on every device. Under ``torch.distributed`` (world size > 1,
   training mode) the batch statistics are all-reduced over the process group, with gradients
   flowing through the reduction, so every process normalises with the global batch statistics.
-- ``compiled``: the ``inplace-abn`` package's kernels (CUDA tensors only), passed the world group
+- ``compiled``: the ``inplace-abn`` package's kernels (CPU or CUDA), passed the world group
   explicitly, because its sync layer silently reduces nothing when given no group.
-- ``auto`` (default): ``compiled`` for CUDA tensors when the package imports, else ``native``.
+- ``auto`` (default): ``compiled`` for CUDA tensors when the package imports (where its in-place
+  memory saving matters), else ``native``.
 """
 from typing import Optional
 
@@ -125,7 +126,9 @@ class ABN(nn.Module):
         self.running_var.fill_(1.0)
 
     def _use_compiled(self, x: torch.Tensor) -> bool:
-        return self.backend != "native" and x.is_cuda and compiled_abn_available()
+        if self.backend == "compiled":
+            return True
+        return self.backend == "auto" and x.is_cuda and compiled_abn_available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_compiled(x):
