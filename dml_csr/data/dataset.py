@@ -109,6 +109,13 @@ class FaceDataset(Dataset):
         self.names = [os.path.splitext(os.path.basename(p))[0] for p in self._images]
         self._rng: Optional[np.random.Generator] = None
         self._rng_key: Optional[tuple] = None
+        self.epoch: Optional[int] = None
+
+    def set_epoch(self, epoch: Optional[int]) -> None:
+        """Make augmentation a function of (seed, epoch, index) only: sample ``i`` then draws from
+        ``default_rng([seed, epoch, i])``, whatever the worker or process (the trainer's hook for
+        exact resumption); ``None`` restores the per-process generator."""
+        self.epoch = None if epoch is None else int(epoch)
 
     @staticmethod
     def _read_list(list_path: str, split_dir: str) -> Tuple[List[str], List[Optional[str]]]:
@@ -213,7 +220,8 @@ class FaceDataset(Dataset):
         rotation = 0.0
         do_flip = False
         if self.augment != "none" or self.flip:
-            rng = self.rng
+            rng = self.rng if self.epoch is None else \
+                np.random.default_rng([int(self.seed or 0), self.epoch, int(i)])
             s, rotation = sample_augmentation(rng, self.augment)
             scale *= s
             # the flip coin is drawn even with flip off, so switching the flip on or off leaves

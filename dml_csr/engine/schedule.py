@@ -1,0 +1,81 @@
+"""Learning-rate schedules (spec section 5) as pure functions of the training position.
+
+- Multi-task stage: poly decay per iteration, ``lr * (1 - t / T) ** power`` (power 0.9), over the
+  ``multitask_epochs * iters_per_epoch`` iterations of the stage.
+- CSR stage, restarted at the start of every cycle:
+  ``cosine_epoch``: ``lr_min + (csr_lr - lr_min) * (1 + cos(pi * e / N)) / 2`` for epoch e = 0..N-1
+  of the cycle (constant within an epoch);
+  ``cosine_iter``: the same with e and N counted in iterations of the cycle;
+  ``released``: the release's warm-restart cosine, from ``train.lr / 2`` (the release halves its
+  single learning rate for this stage) down to ``csr_lr_min``, stepped every iteration and
+  restarted every 10 iterations.
+
+The schedule holds no state beyond its arguments: resuming at (epoch, iteration) gives the same lr.
+"""
+import math
+from dataclasses import dataclass
+
+__all__ = ["poly_lr", "cosine_lr", "LRSchedule", "RELEASED_RESTART_ITERS"]
+
+RELEASED_RESTART_ITERS = 10
+
+
+def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> float:
+    """``base_lr * (1 - step / total_steps) ** power`` (0 at and beyond the end)."""
+    if total_steps <= 0:
+        return base_lr
+    frac = min(max(step / float(total_steps), 0.0), 1.0)
+    return base_lr * (1.0 - frac) ** power
+
+
+def cosine_lr(lr_max: float, lr_min: float, step: int, period: int) -> float:
+    """Cosine annealing from ``lr_max`` (step 0) towards ``lr_min`` (step = period)."""
+    if period <= 0:
+        return lr_max
+    t = min(max(step, 0), period) / float(period)
+    return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@dataclass
+class LRSchedule:
+    """The whole run's learning rate as a function of (epoch, iteration within the epoch).
+
+    Args:
+        lr: base lr of the multi-task stage (poly) and, halved, of the ``released`` CSR schedule.
+        poly_power: poly exponent.
+        multitask_epochs: epochs of the multi-task stage.
+        cycle_epochs: N, epochs per CSR cycle.
+        iters_per_epoch: optimiser steps per epoch.
+        csr_lr, csr_lr_min: the CSR cosine range.
+        csr_mode: ``cosine_epoch`` | ``cosine_iter`` | ``released``.
+    """
+    lr: float
+    poly_power: float
+    multitask_epochs: int
+    cycle_epochs: int
+    iters_per_epoch: int
+    csr_lr: float
+    csr_lr_min: float = 0.0
+    csr_mode: str = "cosine_epoch"
+
+    def __post_init__(self):
+        if self.csr_mode not in ("cosine_epoch", "cosine_iter", "released"):
+            raise ValueError(f"unknown CSR lr schedule {self.csr_mode!r}")
+
+    def __call__(self, epoch: int, iteration: int) -> float:
+        ipe = max(1, self.iters_per_epoch)
+        if epoch < self.multitask_epochs:
+            return poly_lr(self.lr, epoch * ipe + iteration, self.multitask_epochs * ipe,
+                           self.poly_power)
+        e = (epoch - self.multitask_epochs) % max(1, self.cycle_epochs)
+        if self.csr_mode == "cosine_epoch":
+            return cosine_lr(self.csr_lr, self.csr_lr_min, e, self.cycle_epochs)
+        if self.csr_mode == "cosine_iter":
+            return cosine_lr(self.csr_lr, self.csr_lr_min, e * ipe + iteration,
+                             self.cycle_epochs * ipe)
+        # released: T_0 = 10 iterations, counted from the start of the cycle
+        t = (e * ipe + iteration) % RELEASED_RESTART_ITERS
+        return cosine_lr(self.lr / 2.0, self.csr_lr_min, t, RELEASED_RESTART_ITERS)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)

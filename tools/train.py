@@ -1,0 +1,57 @@
+"""Train DML-CSR (or FP-LIIF) with the whole schedule of a config; works under torchrun.
+
+    python tools/train.py CONFIG [section.key=value ...] [--resume] [--overwrite] [--output-dir DIR]
+    torchrun --nproc_per_node 4 tools/train.py helen          # multi-GPU (scripts/train.sh)
+
+CONFIG is a name in configs/ (helen, lapa, celebamask_hq, synthetic) or a YAML path. The run
+folder (train.output_dir, or --output-dir) receives config.yaml, train.log, metrics.jsonl, tb/,
+last.pth, best.pth and cycle{k}_aggregated.pth (docs/training.md).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dml_csr.config import ConfigError, load_config  # noqa: E402
+from dml_csr.engine import distributed as du  # noqa: E402
+from dml_csr.engine.trainer import NonFiniteLossError, RunDirError, Trainer  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="config name in configs/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files already in OUTPUT_DIR (nothing else is deleted)")
+    p.add_argument("--output-dir", help="run folder (default: the config's output_dir)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--test", action="store_true",
+                   help="after training, score best.pth on the test split (test_result.json)")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        trainer = Trainer(cfg, output_dir=args.output_dir, resume=args.resume,
+                          overwrite=args.overwrite, device=args.device)
+        trainer.fit()
+        if args.test and du.is_main():
+            import json
+            from dml_csr.eval.inference import run_test
+            result = run_test(cfg, trainer.path("best.pth"), "test", device=trainer.device,
+                              batch_size=cfg.eval.batch_size, workers=cfg.eval.workers)
+            with open(trainer.path("test_result.json"), "w") as f:
+                json.dump(result, f, indent=1, default=float)
+            h = result["headline"]
+            print(f"test {h['name']} {h['value']:.4f} | mean_f1 {result['mean_f1']:.4f} "
+                  f"| miou {result['miou']:.4f} -> {trainer.path('test_result.json')}")
+    except (ConfigError, RunDirError, NonFiniteLossError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        du.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
