@@ -1,0 +1,122 @@
+"""End-to-end trainer contracts on a tiny synthetic set (32 px, 4 training images, a tiny
+DML-CSR): both presets run 2 + 1 x 1 epochs, resume equals an uninterrupted run, a foreign run
+folder is refused, a NaN loss stops the run and keeps the last checkpoint, best.pth rebuilds."""
+import json
+import os
+
+import pytest
+import torch
+
+from dml_csr.config import load_config
+from dml_csr.engine.trainer import NonFiniteLossError, RunDirError, Trainer
+from dml_csr.models import build_model_from_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from dml_csr.data.synthetic import make_synthetic
+    root = tmp_path_factory.mktemp("syn") / "data"
+    make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=32)
+    return str(root)
+
+
+def _cfg(root, preset="paper", *extra):
+    return load_config("synthetic", [
+        f"preset={preset}", f"data.root={root}", "data.crop_size=[32,32]", "data.batch_size=2",
+        "data.workers=0", "model.layers=[1,1,1,1]", "model.width_mult=0.125", "train.epochs=3",
+        "train.cycles=1", "train.cycle_epochs=1", "train.image_log_interval=3", "eval.workers=0",
+        "eval.batch_size=2", *extra])
+
+
+def _lines(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def paper_run(data_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("paper"))
+    summary = Trainer(_cfg(data_root), output_dir=out).fit()
+    return out, summary
+
+
+def test_paper_run_end_to_end(paper_run):
+    out, summary = paper_run
+    assert summary["epochs_done"] == 3
+    for name in ("config.yaml", "train.log", "last.pth", "best.pth", "cycle1_aggregated.pth", "tb"):
+        assert os.path.exists(os.path.join(out, name)), name
+    lines = _lines(out)
+    assert [(l["epoch"], l["model"]) for l in lines] == [(1, "student"), (2, "student"),
+                                                         (3, "student"), (3, "aggregated")]
+    assert all(l["split"] == "valid" for l in lines)
+    last = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=False)
+    assert last["epoch"] == 3 and last["stage"] == "csr" and last["cycle"] == 1
+    for key in ("model", "optimizer", "scheduler", "rng", "snapshots", "teacher", "best", "config",
+                "model_name", "model_kwargs", "dataset", "class_tokens"):
+        assert key in last, key
+    assert last["best"]["score"] == max(l["headline"]["value"] for l in lines)
+
+
+def test_best_rebuilds_from_checkpoint(paper_run, data_root):
+    out, _ = paper_run
+    model, ckpt = build_model_from_checkpoint(os.path.join(out, "best.pth"))
+    assert "optimizer" not in ckpt and ckpt["class_tokens"][0] == "bg"
+    x = torch.randn(1, 3, 32, 32)
+    assert model.eval()(x).shape == (1, 11, 8, 8)
+
+
+def test_released_preset_runs(data_root, tmp_path):
+    summary = Trainer(_cfg(data_root, "released"), output_dir=str(tmp_path)).fit()
+    assert summary["epochs_done"] == 3
+    assert (tmp_path / "cycle1_aggregated.pth").exists()
+
+
+def test_resume_equals_uninterrupted(paper_run, data_root, tmp_path):
+    ref_out, ref_summary = paper_run
+    out = str(tmp_path / "run")
+    Trainer(_cfg(data_root), output_dir=out).fit(stop_after_epoch=2)    # "interrupted"
+    with pytest.raises(RunDirError):
+        Trainer(_cfg(data_root), output_dir=out)                         # foreign run: refused
+    summary = Trainer(_cfg(data_root), output_dir=out, resume=True).fit()
+    assert summary["best"]["score"] == ref_summary["best"]["score"]
+    assert [l["headline"] for l in _lines(out)] == [l["headline"] for l in _lines(ref_out)]
+    a = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=False)
+    b = torch.load(os.path.join(ref_out, "last.pth"), map_location="cpu", weights_only=False)
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in b["teacher"]:
+        assert torch.equal(a["teacher"][key], b["teacher"][key]), key
+
+
+def test_overwrite_only_touches_run_files(data_root, tmp_path):
+    (tmp_path / "config.yaml").write_text("name: other\n")
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="--resume"):
+        Trainer(_cfg(data_root), output_dir=str(tmp_path))
+    trainer = Trainer(_cfg(data_root), output_dir=str(tmp_path), overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert "name: synthetic" in (tmp_path / "config.yaml").read_text()
+    del trainer
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
+    trainer = Trainer(_cfg(data_root), output_dir=str(tmp_path))
+    trainer.fit(stop_after_epoch=1)
+    before = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=False)
+    loss = trainer.multitask_loss
+    original = loss.forward
+
+    def poisoned(outputs, batch):
+        out = original(outputs, batch)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(loss, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, iteration 1"):
+        trainer.fit()
+    after = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=False)
+    assert after["epoch"] == 1
+    for key in before["model"]:
+        assert torch.equal(before["model"][key], after["model"][key])
