@@ -1,0 +1,193 @@
+"""Contracts of the user API (dml_csr/api.py) and tools/infer.py on a tiny DML-CSR and tiny photos."""
+import os
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dml_csr.api import FaceParser, NoFaceWarning
+from dml_csr.data.schemas import get_schema
+from dml_csr.models import DMLCSR
+from dml_csr.models.checkpoint import save_atomic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CROP = (64, 64)
+KW = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = DMLCSR(with_edges=True, **KW)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random norms and a sharp classifier: input-dependent label maps
+        for m in model.modules():
+            if hasattr(m, "running_var"):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+        model.layer6.conv4.weight.mul_(5)
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+    save_atomic({"model": model.state_dict(), "model_name": "dml_csr", "model_kwargs": KW,
+                 "config": {"data": {"dataset": "helen", "crop_size": list(CROP),
+                                     "channel_order": "bgr"}}}, path)
+    return path
+
+
+def _photo(h=50, w=80, seed=0):
+    """Random 8x8-pixel colour blocks (structure the colour parser below can label)."""
+    blocks = np.random.default_rng(seed).random((h // 8 + 1, w // 8 + 1, 3)) * 255
+    return np.repeat(np.repeat(blocks, 8, 0), 8, 1)[:h, :w].astype(np.uint8)
+
+
+def _colour_parser(detector=None, **kw):
+    """FaceParser over a stand-in network whose 1/4-size logits are a fixed linear map of the
+    pixel colours: label maps then follow the photo's content (a random tiny DML-CSR predicts one
+    class everywhere)."""
+    weight = torch.randn(11, 3, generator=torch.Generator().manual_seed(0)) * 4
+
+    def backend(x, size):
+        return F.avg_pool2d(torch.einsum("kc,nchw->nkhw", weight, x), 4, ceil_mode=True)
+    return FaceParser(backend, get_schema("helen"), crop_size=CROP, detector=detector, **kw)
+
+
+def _draw_face(img, cx, cy, s):
+    """A cartoon face OpenCV's frontal Haar cascade finds (checked for the sizes used below)."""
+    cv2.ellipse(img, (cx, cy), (int(0.42 * s), int(0.55 * s)), 0, 0, 360, (150, 180, 220), -1, cv2.LINE_AA)
+    for dx in (-1, 1):
+        ex, ey = cx + dx * int(0.18 * s), cy - int(0.1 * s)
+        cv2.ellipse(img, (ex, ey - int(0.1 * s)), (int(0.11 * s), int(0.03 * s)), 0, 0, 360, (40, 40, 60), -1, cv2.LINE_AA)
+        cv2.ellipse(img, (ex, ey), (int(0.09 * s), int(0.045 * s)), 0, 0, 360, (255, 255, 255), -1, cv2.LINE_AA)
+        cv2.circle(img, (ex, ey), int(0.04 * s), (30, 30, 30), -1, cv2.LINE_AA)
+    cv2.line(img, (cx, cy - int(0.05 * s)), (cx - int(0.04 * s), cy + int(0.12 * s)), (100, 120, 170), max(1, s // 40))
+    cv2.ellipse(img, (cx, cy + int(0.27 * s)), (int(0.14 * s), int(0.04 * s)), 0, 0, 360, (60, 60, 160), -1, cv2.LINE_AA)
+    return img
+
+
+def test_label_facts_travel_with_the_weights(ckpt):
+    parser = FaceParser.from_checkpoint(ckpt, detector=None)
+    assert parser.crop_size == CROP and parser.channel_order == "bgr"
+    res = parser(_photo(), detect=False)
+    assert res.dataset == "helen" and res.tokens[0] == "bg" and len(res.palette) == 11
+
+
+def test_whole_image_mode_returns_the_photo_size(ckpt):
+    parser = FaceParser.from_checkpoint(ckpt, detector=None)
+    photo = _photo(50, 80)
+    res = parser(photo, detect=False)
+    assert len(res) == 1 and res.image_ids.tolist() == [0] and res.no_face == [False]
+    assert res.label_maps[0].shape == (50, 80) and res.combined[0].shape == (50, 80)
+    assert res.logits[0].shape == (11, 50, 80) and np.isfinite(res.logits[0]).all()
+    assert res.boxes[0].tolist() == [0, 0, 80, 50]
+    np.testing.assert_array_equal(res.combined[0], res.label_maps[0])
+    res = _colour_parser()(photo, detect=False)
+    assert res.label_maps[0].shape == (50, 80) and len(np.unique(res.label_maps[0])) > 3
+    # whole photo, one face: the combined map is that face's map; logits argmax agrees
+    np.testing.assert_array_equal(res.combined[0], res.label_maps[0])
+    agree = (res.logits[0].argmax(0) == res.label_maps[0]).mean()
+    assert agree > 0.9
+    # RGB input with rgb=True equals the BGR input
+    res_rgb = _colour_parser()(photo[:, :, ::-1].copy(), detect=False, rgb=True)
+    np.testing.assert_array_equal(res_rgb.label_maps[0], res.label_maps[0])
+    probs = _colour_parser()(photo, detect=False, probabilities=True).logits[0]
+    assert probs.min() >= 0 and probs.max() <= 1 + 1e-6
+
+
+def test_two_faces_get_their_own_maps_and_overlaps_are_resolved():
+    boxes = np.array([[10, 10, 50, 50, 0.9], [40, 20, 90, 70, 0.8]], np.float32)
+    parser = _colour_parser(detector=lambda img: boxes, margin=0.25)
+    photo = _photo(80, 100, seed=1)
+    res = parser(photo)
+    assert len(res) == 2 and res.image_ids.tolist() == [0, 0]
+    np.testing.assert_allclose(res.boxes, boxes[:, :4])
+    a, b = res.label_maps
+    assert a.shape == b.shape == (80, 100)
+    # each face's map is background outside its own square region (side 1.5 x 40 = 60 around (29.5, 29.5))
+    assert (a[:, 65:] == 0).all() and (b[:, :25] == 0).all()
+    assert (a[:5, 5:55] > 0).any() and (b[:, 70:] > 0).any()
+    comb = res.combined[0]
+    only_a, only_b = (a > 0) & (b == 0), (b > 0) & (a == 0)
+    np.testing.assert_array_equal(comb[only_a], a[only_a])
+    np.testing.assert_array_equal(comb[only_b], b[only_b])
+    assert (comb[(a == 0) & (b == 0)] == 0).all()
+    both = (a > 0) & (b > 0) & (a != b)
+    assert both.any()
+    # overlap rule: the higher max-probability wins
+    pa = res.logits[0]; pb = res.logits[1]
+    conf_a = torch.softmax(torch.from_numpy(pa), 0).max(0).values.numpy()
+    conf_b = torch.softmax(torch.from_numpy(pb), 0).max(0).values.numpy()
+    assert np.isin(comb[both], [0] + list(range(1, 11))).all()
+    agree = np.where(conf_a[both] >= conf_b[both], a[both], b[both]) == comb[both]
+    assert agree.mean() > 0.8  # bilinear vs nearest warping of the confidences differ at a few pixels
+
+
+def test_no_face_gives_an_empty_result_and_a_warning(ckpt):
+    parser = FaceParser.from_checkpoint(ckpt)                 # the real Haar cascade
+    flat = np.full((60, 90, 3), 128, np.uint8)
+    with pytest.warns(NoFaceWarning):
+        res = parser([flat, _photo()])
+    assert len(res) == 0 and res.no_face == [True, True]
+    assert res.label_maps == [] and res.boxes.shape == (0, 4)
+    assert [c.shape for c in res.combined] == [(60, 90), (50, 80)] and not res.combined[0].any()
+
+
+def test_opencv_cascade_finds_a_drawn_face(ckpt):
+    img = cv2.GaussianBlur(_draw_face(np.full((300, 300, 3), 90, np.uint8), 150, 150, 160), (5, 5), 0)
+    parser = FaceParser.from_checkpoint(ckpt)
+    res = parser(img)
+    assert len(res) == 1 and res.no_face == [False]
+    x1, y1, x2, y2 = res.boxes[0]
+    assert x1 < 150 < x2 and y1 < 150 < y2
+    assert res.label_maps[0].shape == (300, 300)
+    assert res.scales[0] == pytest.approx(2.0 * max(x2 - x1, y2 - y1))
+
+
+def test_batching_equals_one_by_one(ckpt):
+    boxes = np.array([[5, 5, 40, 40], [30, 10, 70, 50]], np.float32)
+    photos = [_photo(60, 80, seed=s) for s in range(3)]
+    batched = FaceParser.from_checkpoint(ckpt, detector=lambda img: boxes, max_batch=8)
+    single = FaceParser.from_checkpoint(ckpt, detector=lambda img: boxes, max_batch=1)
+    many = batched(photos)
+    assert many.image_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    for j, photo in enumerate(photos):
+        one = single(photo)
+        for k, i in enumerate(many.faces_of(j)):
+            np.testing.assert_allclose(many.logits[i], one.logits[k], atol=1e-4)
+        np.testing.assert_array_equal(many.combined[j], one.combined[0])
+
+
+def test_release_state_dict_needs_a_dataset(tmp_path):
+    path = str(tmp_path / "bare.pth")
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="dataset="):
+        FaceParser.from_checkpoint(path)
+
+
+def test_infer_cli_on_a_folder_with_an_unreadable_file(ckpt, tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), _photo(40, 60, seed=2))
+    cv2.imwrite(str(src / "b.jpg"), _photo(30, 30, seed=3))
+    (src / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--checkpoint", ckpt, str(src),
+           "--out", str(out), "--no-detect", "--save-logits", "--batch-size", "2", "--threads", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "broken.jpg" in run.stderr
+    label = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert label.shape == (40, 60) and label.max() < 11
+    assert cv2.imread(str(out / "b_overlay.jpg")).shape[0] >= 30
+    assert np.load(out / "a_logits.npy").shape == (1, 11, 40, 60)
+    assert not (out / "broken.png").exists()
+    # refuses to write into an input folder; nothing processable -> non-zero
+    bad = subprocess.run(cmd[:-8] + ["--out", str(src), "--no-detect"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "input folder" in bad.stderr
+    none = subprocess.run([sys.executable, os.path.join(REPO, "tools", "infer.py"), "--checkpoint", ckpt,
+                           str(src / "broken.jpg"), "--out", str(tmp_path / "o2")],
+                          capture_output=True, text=True, timeout=120)
+    assert none.returncode == 1

@@ -1,0 +1,140 @@
+"""Face parsing of photos from a checkpoint (or an ONNX file): label PNGs, overlays, logits.
+
+    python tools/infer.py --checkpoint CKPT INPUT... --out DIR [--dataset NAME] [--no-detect]
+        [--save-logits] [--device cpu] [--batch-size N] [--onnx MODEL.onnx]
+
+INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
+``DIR/NAME.png`` (uint8 class ids at the photo's size, all faces combined by the overlap rule of
+docs/inference.md), ``DIR/NAME_overlay.jpg`` (colours + face boxes + legend) and with
+``--save-logits`` ``DIR/NAME_logits.npy`` (float16 (F, K, h, w), one slice per face). Unreadable
+files and photos with no face are reported and skipped; the exit code is 1 only if no image could
+be processed (2 for usage errors).
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def collect_inputs(items):
+    """Expand files, folders and globs into a sorted, de-duplicated list of file paths."""
+    files = []
+    for item in items:
+        if os.path.isdir(item):
+            files += [os.path.join(item, f) for f in sorted(os.listdir(item))
+                      if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(item, f))]
+        elif any(ch in item for ch in "*?["):
+            files += sorted(p for p in glob.glob(item) if os.path.isfile(p))
+        else:
+            files.append(item)  # missing files are reported when read
+    seen, out = set(), []
+    for f in files:
+        key = os.path.abspath(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    ap.add_argument("--checkpoint", help="our checkpoint or a release state_dict (with --dataset)")
+    ap.add_argument("--onnx", help="an ONNX file from tools/export_onnx.py (instead of --checkpoint)")
+    ap.add_argument("--out", required=True, help="output folder (must not be an input folder)")
+    ap.add_argument("--dataset", help="label schema; required for release checkpoints")
+    ap.add_argument("--no-detect", action="store_true",
+                    help="no face detection: each image is one aligned face crop")
+    ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npy")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=8, help="faces per forward pass")
+    ap.add_argument("--margin", type=float, default=None, help="face region margin (default 0.5)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    if not args.checkpoint and not args.onnx:
+        ap.error("give --checkpoint or --onnx")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    log = logging.getLogger("infer")
+    out_dir = os.path.abspath(args.out)
+    for item in args.inputs:
+        if os.path.isdir(item) and os.path.abspath(item) == out_dir:
+            log.error("--out %s is an input folder: refusing to write beside the inputs", args.out)
+            return 2
+    files = collect_inputs(args.inputs)
+    if not files:
+        log.error("no input images found in %s", args.inputs)
+        return 1
+    if any(os.path.abspath(os.path.dirname(f)) == out_dir for f in files):
+        log.error("--out %s holds input images: choose another folder", args.out)
+        return 2
+
+    from dml_csr.api import FaceParser, NoFaceWarning, draw_overlay, read_image
+    from dml_csr.detect import DEFAULT_MARGIN
+    from dml_csr.utils.fold import set_inference_threads
+
+    set_inference_threads(args.threads)
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    detector = None if args.no_detect else "opencv"
+    if args.onnx:
+        parser = FaceParser.from_onnx(args.onnx, detector=detector, margin=margin,
+                                      max_batch=args.batch_size)
+    else:
+        parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset, device=args.device,
+                                            detector=detector, margin=margin,
+                                            max_batch=args.batch_size)
+    os.makedirs(out_dir, exist_ok=True)
+    warnings.simplefilter("ignore", NoFaceWarning)  # reported below, once per file
+
+    iterator = files
+    if len(files) > 1:
+        try:
+            from tqdm import tqdm
+            iterator = tqdm(files, unit="img", desc="parsing")
+        except ImportError:
+            pass
+    done, unreadable, faceless, stems = 0, [], [], set()
+    for path in iterator:
+        try:
+            image = read_image(path)
+        except ValueError as exc:
+            log.warning("skipped: %s", exc)
+            unreadable.append(path)
+            continue
+        res = parser(image, detect=not args.no_detect, return_logits=args.save_logits)
+        if res.no_face[0]:
+            log.warning("skipped: no face found in %s (try --no-detect for aligned crops)", path)
+            faceless.append(path)
+            continue
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:  # same name in two input folders: keep both
+            stem = f"{stem}_{len(stems)}"
+        stems.add(stem)
+        cv2.imwrite(os.path.join(out_dir, f"{stem}.png"), res.combined[0])
+        overlay = draw_overlay(image, res.combined[0], res.class_names, res.palette,
+                               boxes=None if args.no_detect else res.boxes)
+        cv2.imwrite(os.path.join(out_dir, f"{stem}_overlay.jpg"), overlay)
+        if args.save_logits:
+            np.save(os.path.join(out_dir, f"{stem}_logits.npy"),
+                    np.stack(res.logits).astype(np.float16))
+        done += 1
+    log.info("parsed %d of %d images into %s (%d unreadable, %d without a face)", done, len(files),
+             out_dir, len(unreadable), len(faceless))
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
