@@ -148,11 +148,11 @@ def test_opencv_cascade_finds_a_drawn_face(ckpt):
 
 def test_batching_equals_one_by_one(ckpt):
     boxes = np.array([[5, 5, 40, 40], [30, 10, 70, 50]], np.float32)
-    photos = [_photo(60, 80, seed=s) for s in range(3)]
+    photos = [_photo(60, 80, seed=s) for s in range(2)]
     batched = FaceParser.from_checkpoint(ckpt, detector=lambda img: boxes, max_batch=8)
     single = FaceParser.from_checkpoint(ckpt, detector=lambda img: boxes, max_batch=1)
     many = batched(photos)
-    assert many.image_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    assert many.image_ids.tolist() == [0, 0, 1, 1]
     for j, photo in enumerate(photos):
         one = single(photo)
         for k, i in enumerate(many.faces_of(j)):
@@ -184,10 +184,11 @@ def test_infer_cli_on_a_folder_with_an_unreadable_file(ckpt, tmp_path):
     assert cv2.imread(str(out / "b_overlay.jpg")).shape[0] >= 30
     assert np.load(out / "a_logits.npy").shape == (1, 11, 40, 60)
     assert not (out / "broken.png").exists()
-    # refuses to write into an input folder; nothing processable -> non-zero
-    bad = subprocess.run(cmd[:-8] + ["--out", str(src), "--no-detect"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "input folder" in bad.stderr
-    none = subprocess.run([sys.executable, os.path.join(REPO, "tools", "infer.py"), "--checkpoint", ckpt,
-                           str(src / "broken.jpg"), "--out", str(tmp_path / "o2")],
-                          capture_output=True, text=True, timeout=120)
-    assert none.returncode == 1
+    # in-process for the quick refusals: --out equal to an input folder, nothing processable -> 1
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("infer_tool", os.path.join(REPO, "tools", "infer.py"))
+    infer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer)
+    assert infer.main(["--checkpoint", ckpt, str(src), "--out", str(src)]) == 2
+    assert infer.main(["--checkpoint", ckpt, str(src / "broken.jpg"), "--out", str(tmp_path / "o2")]) == 1
+    assert sorted(os.listdir(src)) == ["a.png", "b.jpg", "broken.jpg"]
