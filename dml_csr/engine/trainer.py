@@ -566,7 +566,7 @@ class Trainer:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if self.info.is_main:
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
                 step = epoch * self.iters_per_epoch + it
                 if self.writer is not None and (it % max(1, cfg.train.log_interval) == 0
