@@ -1,0 +1,136 @@
+"""Inference speed of the DML-CSR inference form on this CPU: plain eval vs optimised vs ONNX Runtime.
+
+    python benchmarks/bench_inference.py [--size 473 473] [--runs 5] [--batch 8] [--batch-runs 2]
+        [--threads N] [--no-onnx] [--json OUT.json]
+
+Variants (same random weights with randomised norm statistics, same input):
+- ``plain``: ``model.eval()`` under ``torch.inference_mode`` (the reference);
+- ``optimised``: ``dml_csr.utils.fold.optimize_for_inference`` (norms folded into the
+  convolutions, channels_last, inference_mode);
+- ``onnxruntime``: the folded model exported by ``dml_csr.api.export_onnx`` (TorchScript exporter,
+  dynamic batch), run by onnxruntime's CPU provider with the same thread count.
+
+Latency: batch 1, median of ``--runs`` timed runs after one warm-up. Throughput: batch ``--batch``,
+images per second over ``--batch-runs`` runs (the batch-1 warm-up comes first). Parity: max abs
+difference of each variant's logits to the plain module's on the batch-1 input. Timings are wall
+clock and noisy on a shared machine: say so when reporting them.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from dml_csr.layers.abn import ABN  # noqa: E402
+from dml_csr.models import DMLCSR  # noqa: E402
+from dml_csr.utils.fold import optimize_for_inference, set_inference_threads  # noqa: E402
+
+
+def randomise_norms(model: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (ABN, nn.BatchNorm1d, nn.BatchNorm2d)):
+                c = m.running_mean.numel()
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(c, generator=g) * 0.5)
+
+
+def timed(fn, x, runs: int):
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, nargs=2, default=(473, 473))
+    ap.add_argument("--classes", type=int, default=11)
+    ap.add_argument("--width-mult", type=float, default=1.0, help="< 1 only for a quick smoke run")
+    ap.add_argument("--layers", type=int, nargs=4, default=(3, 4, 23, 3))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch-runs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--json", help="also write the numbers here")
+    args = ap.parse_args(argv)
+
+    threads = set_inference_threads(args.threads)
+    torch.manual_seed(0)
+    plain = DMLCSR(num_classes=args.classes, with_edges=False, layers=args.layers,
+                   width_mult=args.width_mult).eval()
+    randomise_norms(plain)
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    fast = optimize_for_inference(plain)
+    h, w = args.size
+    x1 = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
+    xb = torch.randn(args.batch, 3, h, w, generator=torch.Generator().manual_seed(2))
+
+    def run_plain(x):
+        with torch.inference_mode():
+            return plain(x)
+
+    variants = {"plain": run_plain, "optimised": fast}
+    if not args.no_onnx:
+        import onnxruntime as ort
+
+        from dml_csr.api import export_onnx
+        path = os.path.join(tempfile.mkdtemp(prefix="bench_onnx_"), "model.onnx")
+        t = time.perf_counter()
+        exporter = export_onnx(plain, path, {"dataset": "helen" if args.classes == 11 else "celebamask_hq",
+                                             "crop_size": (h, w), "channel_order": "bgr",
+                                             "model_name": "dml_csr"}, dynamic_batch=True)
+        print(f"exported ONNX ({exporter}) in {time.perf_counter() - t:.1f} s", flush=True)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        variants["onnxruntime"] = lambda x: torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+
+    results = {"size": [h, w], "threads": threads, "batch": args.batch, "runs": args.runs,
+               "batch_runs": args.batch_runs, "torch": torch.__version__, "variants": {}}
+    ref = run_plain(x1)
+    for name, fn in variants.items():
+        diff = float((fn(x1) - ref).abs().max())          # also the warm-up run
+        lat = timed(fn, x1, args.runs)
+        tb = timed(fn, xb, args.batch_runs) if args.batch_runs else []
+        r = {"latency_ms_median": 1000 * statistics.median(lat), "latency_ms_all": [1000 * v for v in lat],
+             "throughput_img_s": (args.batch / statistics.median(tb)) if tb else None,
+             "max_abs_diff_vs_plain": diff}
+        results["variants"][name] = r
+        print(f"{name:12s} latency b1 {r['latency_ms_median']:9.1f} ms (median of {args.runs})  "
+              f"throughput b{args.batch} {r['throughput_img_s'] or float('nan'):6.2f} img/s  "
+              f"max|diff| {diff:.2e}", flush=True)
+    base = results["variants"]["plain"]
+    for name, r in results["variants"].items():
+        r["latency_speedup"] = base["latency_ms_median"] / r["latency_ms_median"]
+        if r["throughput_img_s"] and base["throughput_img_s"]:
+            r["throughput_speedup"] = r["throughput_img_s"] / base["throughput_img_s"]
+    print("\n| variant | latency b1 (ms) | speed-up | throughput b%d (img/s) | speed-up | max abs diff |" % args.batch)
+    print("|---|---|---|---|---|---|")
+    for name, r in results["variants"].items():
+        tp = r["throughput_img_s"]
+        print(f"| {name} | {r['latency_ms_median']:.0f} | {r['latency_speedup']:.2f}x | "
+              f"{tp if tp is None else round(tp, 3)} | {r.get('throughput_speedup', float('nan')):.2f}x | "
+              f"{r['max_abs_diff_vs_plain']:.1e} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
