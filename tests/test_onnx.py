@@ -92,3 +92,22 @@ def test_fixed_batch_export_and_cli(ckpt, tmp_path):
     boxes = np.array([[0, 0, 20, 20], [10, 10, 30, 30], [5, 0, 25, 20]], np.float32)
     res = FaceParser.from_onnx(out, detector=lambda im: boxes)(np.zeros((30, 30, 3), np.uint8))
     assert len(res) == 3 and res.label_maps[0].shape == (30, 30)
+
+
+def test_fp_liif_exports_at_a_fixed_output_size(tmp_path):
+    from dml_csr.models.fp_liif import FPLIIF
+    kw = dict(num_classes=11, width=8, blocks=[1, 1, 1], reduce_dims=[16, 8], decoder_dims=[16])
+    torch.manual_seed(0)
+    path = str(tmp_path / "liif.pth")
+    save_atomic({"model": FPLIIF(**kw).state_dict(), "model_name": "fp_liif", "model_kwargs": kw,
+                 "config": {"data": {"dataset": "helen", "crop_size": [32, 32]}}}, path)
+    model, info = load_inference_model(path)
+    out = str(tmp_path / "liif.onnx")
+    export_onnx(model, out, info, output_size=(40, 36))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x, size=(40, 36)).numpy()
+    got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert got.shape == (1, 11, 40, 36) and np.abs(got - ref).max() < 1e-3
+    res = FaceParser.from_onnx(out, detector=None)(np.zeros((20, 30, 3), np.uint8), detect=False)
+    assert res.label_maps[0].shape == (20, 30)
