@@ -20,7 +20,7 @@ if [ ! -f "configs/${DATASET}.yaml" ]; then
 fi
 bash scripts/install.sh
 PY=.venv/bin/python
-if [ "$DATASET" = "synthetic" ] && [ ! -f data/synthetic/train_list.txt ]; then
+if [[ "$DATASET" == *synthetic* ]] && [ ! -f data/synthetic/train_list.txt ]; then
   echo "[train] generating the synthetic data set in data/synthetic"
   "$PY" tools/make_synthetic.py data/synthetic
 fi

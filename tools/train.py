@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", help="run folder (default: the config's output_dir)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--test", action="store_true",
-                   help="after training, score best.pth on the test split (test_result.json)")
+                   help="after training, score best.pth on the test split (metrics_test.json)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -36,15 +36,17 @@ def main(argv=None) -> int:
                           overwrite=args.overwrite, device=args.device)
         trainer.fit()
         if args.test and du.is_main():
-            import json
+            from dml_csr.eval.evaluate import write_result
             from dml_csr.eval.inference import run_test
+            from dml_csr.eval.tables import format_result_table
             result = run_test(cfg, trainer.path("best.pth"), "test", device=trainer.device,
                               batch_size=cfg.eval.batch_size, workers=cfg.eval.workers)
-            with open(trainer.path("test_result.json"), "w") as f:
-                json.dump(result, f, indent=1, default=float)
+            out = trainer.path("metrics_test.json")
+            write_result(result, out)
+            print(format_result_table(result, cfg.data.dataset, row=cfg.row or None))
             h = result["headline"]
-            print(f"test {h['name']} {h['value']:.4f} | mean_f1 {result['mean_f1']:.4f} "
-                  f"| miou {result['miou']:.4f} -> {trainer.path('test_result.json')}")
+            print(f"test {h['name']} {h['value']:.2f} | mean F1 {result['mean_f1']:.2f} "
+                  f"| mIoU {result['miou']:.2f} -> {out}")
     except (ConfigError, RunDirError, NonFiniteLossError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
