@@ -9,7 +9,8 @@
 # output_dir. A row whose run folder already holds last.pth is resumed (a finished run is only
 # re-tested); RETRAIN=1 starts every row afresh. Each best.pth is scored on the test split into
 # OUTPUT_DIR/metrics_test.json (meta.row = ROW), then tools/make_tables.py prints the table beside
-# the paper's. The overrides go to both tools/train.py and tools/test.py.
+# the paper's (synthetic has no paper column: see the per-row summary printed before it). The
+# overrides go to both tools/train.py and tools/test.py.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/run_table.sh TABLE DATASET [NUM_GPUS] [section.key=value ...]" >&2
@@ -70,4 +71,15 @@ for row in $rows; do
   results+=("$out/metrics_test.json")
 done
 
+# One line per row (also for synthetic, which has no column in the paper's tables).
+"$py" - "${results[@]}" <<'PY'
+import json, sys
+print("\n| row | headline | mIoU | result |\n|:---|---:|---:|:---|")
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    value = r["headline"]["value"]
+    value = "n/a" if value is None else f"{value:.2f}"
+    print(f"| {r['meta'].get('row', '')} | {r['headline']['name']} {value} | {r['miou']:.2f} | {path} |")
+print()
+PY
 "$py" tools/make_tables.py "${results[@]}" --table "$table"
