@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     results = {"size": [h, w], "threads": threads, "batch": args.batch, "runs": args.runs,
                "batch_runs": args.batch_runs, "torch": torch.__version__, "variants": {}}
     ref = run_plain(x1)
+    results["reference_logits_max_abs"] = float(ref.abs().max())
+    print(f"reference logits: max |value| {results['reference_logits_max_abs']:.3e}", flush=True)
     for name, fn in variants.items():
         diff = float((fn(x1) - ref).abs().max())          # also the warm-up run
         lat = timed(fn, x1, args.runs)
