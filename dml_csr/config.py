@@ -88,8 +88,9 @@ class TrainConfig:
     epochs: int = 200                     # total = multi-task epochs + cycles * cycle_epochs
     cycles: int = 5                       # K self-regulation cycles
     cycle_epochs: int = 10                # N epochs per cycle
+    optimizer: str = "sgd"                # sgd (DML-CSR, paper) | adamw (FP-LIIF configs; wd 0 = Adam)
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = 0.9                 # SGD momentum; AdamW uses betas (0.9, 0.999)
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     csr_lr: float = 1e-5                  # cosine from this value, restarted every cycle
@@ -261,6 +262,7 @@ def validate(cfg: Config) -> None:
         "loss.soft_targets": (cfg.loss.soft_targets, ("teacher", "released")),
         "train.csr_lr_schedule": (cfg.train.csr_lr_schedule, ("cosine_epoch", "cosine_iter", "released")),
         "train.teacher": (cfg.train.teacher, ("eq6", "released")),
+        "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

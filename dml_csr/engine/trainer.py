@@ -327,8 +327,11 @@ class Trainer:
         else:
             self.ddp = model
         t = cfg.train
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                                         weight_decay=t.weight_decay)
+        if t.optimizer == "adamw":   # FP-LIIF configs (docs/fp_liif.md); weight_decay 0 = Adam
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                                             weight_decay=t.weight_decay)
         self.schedule = LRSchedule(lr=t.lr, poly_power=t.poly_power,
                                    multitask_epochs=cfg.multitask_epochs,
                                    cycle_epochs=t.cycle_epochs, iters_per_epoch=self.iters_per_epoch,
