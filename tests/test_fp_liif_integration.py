@@ -1,0 +1,112 @@
+"""FP-LIIF through the whole project pipeline on a tiny synthetic set (48 px, 4 training images, a
+tiny FPLIIF via ``model.fp_liif`` overrides of configs/fp_liif_synthetic.yaml):
+
+(a) the Trainer trains it (AdamW, no CSR cycles) and writes a best.pth that rebuilds from the file
+    alone and is scored by tools/test.py with the pooled-F1 protocol;
+(b) the user API (FaceParser.from_checkpoint, whole-image mode) returns maps of the photo's size;
+(c) the ONNX export with a fixed output size (2x the crop) matches PyTorch within 1e-3.
+"""
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dml_csr.config import ConfigError, load_config
+from dml_csr.engine.trainer import Trainer
+from dml_csr.models import build_model_from_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CROP = 48
+TINY = "{width: 16, blocks: [1, 1, 1], reduce_dims: [32, 16], decoder_dims: [32, 32]}"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from dml_csr.data.synthetic import make_synthetic
+    root = tmp_path_factory.mktemp("syn") / "data"
+    make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=CROP)
+    cfg = load_config("fp_liif_synthetic", [
+        f"data.root={root}", f"data.crop_size=[{CROP},{CROP}]", "data.batch_size=2",
+        "data.workers=0", f"model.fp_liif={TINY}", "train.epochs=2", "train.image_log_interval=2",
+        "eval.workers=0", "eval.batch_size=2"])
+    out = str(tmp_path_factory.mktemp("run"))
+    summary = Trainer(cfg, output_dir=out).fit()
+    return out, summary
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_optimizer_field():
+    assert load_config("synthetic").train.optimizer == "sgd"          # DML-CSR unchanged
+    assert load_config("fp_liif_lapa").train.optimizer == "adamw"
+    with pytest.raises(ConfigError, match="train.optimizer"):
+        load_config("synthetic", ["train.optimizer=adam"])
+
+
+def test_trainer_best_checkpoint_rebuilds_and_scores(run, tmp_path):
+    out, summary = run
+    assert summary["epochs_done"] == 2
+    assert not os.path.exists(os.path.join(out, "cycle1_aggregated.pth"))   # no CSR cycles
+    last = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=False)
+    assert "betas" in last["optimizer"]["param_groups"][0]                  # AdamW, not SGD
+    assert last["stage"] == "multitask" and last["teacher"] is None
+    model, ckpt = build_model_from_checkpoint(os.path.join(out, "best.pth"))
+    assert type(model).__name__ == "FPLIIF" and ckpt["model_name"] == "fp_liif"
+    assert ckpt["model_kwargs"]["width"] == 16 and ckpt["model_kwargs"]["num_classes"] == 11
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["model"][key]), key
+    with torch.no_grad():
+        logits = model.eval()(torch.zeros(1, 3, CROP, CROP), size=(CROP, CROP))
+    assert logits.shape == (1, 11, CROP, CROP) and torch.isfinite(logits).all()
+
+    result_path = tmp_path / "test.json"
+    rc = _load_tool("test").main([os.path.join(out, "config.yaml"), "--checkpoint",
+                                  os.path.join(out, "best.pth"), "--split", "test",
+                                  "--out", str(result_path), "--device", "cpu"])
+    assert rc == 0
+    result = json.loads(result_path.read_text())
+    assert result["meta"]["model"] == "fp_liif" and result["meta"]["num_images"] == 2
+    assert math.isfinite(result["mean_f1"]) and 0.0 <= result["mean_f1"] <= 100.0
+    assert "pooled" in json.dumps(result["protocol"]).lower()
+
+
+def test_api_whole_image_mode_returns_the_photo_size(run):
+    from dml_csr.api import FaceParser
+    out, _ = run
+    parser = FaceParser.from_checkpoint(os.path.join(out, "best.pth"), detector=None)
+    assert parser.crop_size == (CROP, CROP) and parser.schema.num_classes == 11
+    photo = np.random.default_rng(0).integers(0, 256, (70, 53, 3), dtype=np.uint8)
+    res = parser(photo, detect=False)
+    assert len(res) == 1 and list(res.image_ids) == [0]
+    assert res.label_maps[0].shape == (70, 53) and res.combined[0].shape == (70, 53)
+    assert res.label_maps[0].max() < 11
+
+
+def test_onnx_fixed_output_size_matches_pytorch(run, tmp_path):
+    import onnxruntime as ort
+    from dml_csr.api import export_onnx, load_inference_model, read_onnx_metadata
+    out, _ = run
+    model, info = load_inference_model(os.path.join(out, "best.pth"))
+    size = (2 * CROP, 2 * CROP)                       # output at 2x the input: a LIIF property
+    path = str(tmp_path / "fp_liif.onnx")
+    export_onnx(model, path, info, output_size=size, exporter="torchscript")
+    meta = read_onnx_metadata(path)
+    assert meta["model_name"] == "fp_liif" and meta["crop_size"] == [CROP, CROP]
+    x = torch.randn(1, 3, CROP, CROP, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x, size=size).numpy()
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert got.shape == (1, 11, *size)
+    assert np.abs(got - ref).max() < 1e-3
