@@ -15,19 +15,9 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dml_csr.data.schemas import SCHEMAS
-from dml_csr.eval.evaluate import EvaluationError, evaluate_folder, write_result
+from dml_csr.eval.evaluate import EvaluationError, evaluate_folder, parse_meta, write_result
 from dml_csr.eval.paper import table_for_dataset
 from dml_csr.eval.tables import format_class_table, format_result_table
-
-
-def parse_meta(items):
-    meta = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--meta expects key=value, got {item!r}")
-        meta[key] = value
-    return meta
 
 
 def main(argv=None) -> int:

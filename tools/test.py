@@ -20,19 +20,9 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dml_csr.config import load_config
-from dml_csr.eval.evaluate import write_result
+from dml_csr.eval.evaluate import parse_meta, write_result
 from dml_csr.eval.inference import run_test
 from dml_csr.eval.tables import format_result_table
-
-
-def parse_meta(items):
-    meta = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--meta expects key=value, got {item!r}")
-        meta[key] = value
-    return meta
 
 
 def main(argv=None) -> int:

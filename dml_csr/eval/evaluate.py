@@ -17,7 +17,7 @@ from dml_csr.data.schemas import SCHEMAS, get_schema
 from .metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, default_headline, \
     protocol_description
 
-__all__ = ["EvaluationError", "read_label_names", "read_split_list", "resolve_dataset",
+__all__ = ["EvaluationError", "parse_meta", "read_label_names", "read_split_list", "resolve_dataset",
            "evaluate_folder", "build_result", "write_result", "load_result", "RESULT_KEYS"]
 
 RESULT_KEYS = ("f1", "iou", "mean_f1", "miou", "pixel_accuracy", "mean_accuracy", "headline",
@@ -235,3 +235,14 @@ def load_result(path) -> dict:
         raise EvaluationError(f"{path} is not a result JSON: missing "
                               f"{missing or ['meta.dataset']}")
     return result
+
+
+def parse_meta(items) -> dict:
+    """``["row=psp", "method=x"]`` (the ``--meta key=value`` options of the CLIs) -> dict."""
+    meta = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--meta expects key=value, got {item!r}")
+        meta[key] = value
+    return meta
