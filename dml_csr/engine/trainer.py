@@ -388,6 +388,7 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise RunDirError(f"{self.path('last.pth')} is not a training checkpoint of this trainer")
         saved = _flatten(ckpt["config"])
+        saved.setdefault("train.optimizer", "sgd")   # runs saved before the field existed
         now = _flatten(config_to_dict(self.cfg))
         diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
                 if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k)}
