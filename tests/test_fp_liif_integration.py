@@ -48,7 +48,9 @@ def _load_tool(name):
 
 
 def test_optimizer_field():
-    assert load_config("synthetic").train.optimizer == "sgd"          # DML-CSR unchanged
+    for name in ("helen", "lapa", "celebamask_hq"):                  # the paper's SGD for DML-CSR
+        assert load_config(name).train.optimizer == "sgd"
+    assert load_config("synthetic").train.optimizer == "adamw"        # the CPU synthetic preset only
     assert load_config("fp_liif_lapa").train.optimizer == "adamw"
     with pytest.raises(ConfigError, match="train.optimizer"):
         load_config("synthetic", ["train.optimizer=adam"])
