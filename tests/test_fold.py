@@ -92,11 +92,8 @@ def test_unfoldable_norm_is_left_alone():
     assert torch.allclose(optimize_for_inference(net)(x), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("context", ["baseline", "psp", "dgcnet"])
+@pytest.mark.parametrize("context", ["baseline", "psp", "psp_pooling", "dgcnet", "dgcnet_pooling"])
 def test_context_ablations_fold_exactly(context):
-    from dml_csr.models.context import CONTEXT_MODULES
-    if context not in CONTEXT_MODULES:
-        pytest.skip(f"{context} not built in this tree")
     torch.manual_seed(0)
     model = DMLCSR(num_classes=5, with_edges=False, layers=[1, 1, 1, 1], width_mult=0.125,
                    context=context).eval()
