@@ -439,16 +439,22 @@ def _plan_lapa(raw_dir: Path) -> Plan:
     return plan
 
 
+def _pair_items(images: Dict[str, Path], labels: Dict[str, Path], expected_label, expected_image
+                ) -> List[_Item]:
+    """Items for names present on both sides; the first unmatched file stops the run, naming the
+    file it expected (``expected_label(name)`` / ``expected_image(name)``)."""
+    for name in sorted(images.keys() - labels.keys()):
+        raise PrepareError(f"{images[name]}: image without label (expected {expected_label(name)})")
+    for name in sorted(labels.keys() - images.keys()):
+        raise PrepareError(f"{labels[name]}: label without image (expected {expected_image(name)})")
+    return [_Item(name, images[name], ((0, labels[name]),)) for name in sorted(images)]
+
+
 def _pair_folders(images_dir: Path, labels_dir: Path) -> List[_Item]:
     images = {p.stem: p for p in _list_dir(images_dir) if p.suffix.lower() == ".jpg"}
     labels = {p.stem: p for p in _list_dir(labels_dir) if p.suffix.lower() == ".png"}
-    for name in sorted(images.keys() - labels.keys()):
-        raise PrepareError(f"{images[name]}: image without label (expected "
-                           f"{labels_dir / (name + '.png')})")
-    for name in sorted(labels.keys() - images.keys()):
-        raise PrepareError(f"{labels[name]}: label without image (expected "
-                           f"{images_dir / (name + '.jpg')})")
-    return [_Item(name, images[name], ((0, labels[name]),)) for name in sorted(images)]
+    return _pair_items(images, labels, lambda n: labels_dir / (n + ".png"),
+                       lambda n: images_dir / (n + ".jpg"))
 
 
 def prepare_lapa(raw_dir: PathLike, out_dir: PathLike, *, link: str = "copy", workers: int = 0,
@@ -547,13 +553,8 @@ def _plan_helen_relabelled(raw_dir: Path, schema: Schema, holdout: int) -> Tuple
         files = _list_dir(folder)
         images = {p.name[:-len("_image.jpg")]: p for p in files if p.name.endswith("_image.jpg")}
         labels = {p.name[:-len("_label.png")]: p for p in files if p.name.endswith("_label.png")}
-        for name in sorted(images.keys() - labels.keys()):
-            raise PrepareError(f"{images[name]}: image without label (expected "
-                               f"{folder / (name + '_label.png')})")
-        for name in sorted(labels.keys() - images.keys()):
-            raise PrepareError(f"{labels[name]}: label without image (expected "
-                               f"{folder / (name + '_image.jpg')})")
-        splits[split] = [_Item(n, images[n], ((0, labels[n]),)) for n in sorted(images)]
+        splits[split] = _pair_items(images, labels, lambda n: folder / (n + "_label.png"),
+                                    lambda n: folder / (n + "_image.jpg"))
 
     train = splits.pop("train")
     if not 0 <= holdout < max(len(train), 1):
