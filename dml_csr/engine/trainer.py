@@ -567,16 +567,17 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             count += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            values = {k: float(v.detach()) for k, v in losses.items()}   # one device sync each
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
             if self.info.is_main:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
                 step = epoch * self.iters_per_epoch + it
                 if self.writer is not None and (it % max(1, cfg.train.log_interval) == 0
                                                 or it == self.iters_per_epoch - 1):
-                    for k, v in losses.items():
-                        self.writer.add_scalar(f"train/{k}", float(v), step)
+                    for k, v in values.items():
+                        self.writer.add_scalar(f"train/{k}", v, step)
                     self.writer.add_scalar("train/lr", lr, step)
         bar.close()
         means = du.reduce_dict({k: v / max(1, count) for k, v in sums.items()})
