@@ -3,12 +3,18 @@
     python benchmarks/bench_fp_liif.py [--classes 19] [--runs 3] [--threads N] [--json OUT.json]
         [--skip-2x] [--dml-size 473]
 
-Rows (random weights; both models in eval mode under ``torch.inference_mode``, no norm folding):
+Rows (random weights), each in two forms: ``plain`` (eval mode under ``torch.inference_mode``)
+and ``opt`` (``optimize_for_inference``, what ``FaceParser`` runs on the CPU: norms folded,
+Winograd for the large 3x3 convolutions, in-place activations, channels_last):
 
 - ``dml_csr@473``: the DML-CSR inference form (no edge branch; full ResNet-101 + DDGCN) at its
   473 x 473 input, output the 1/4-size logits (the protocol's upsampling is not counted);
 - ``fp_liif@256``, ``fp_liif@512``: the default FPLIIF at 256 / 512 input, output = input size;
-- ``fp_liif@256->512``: 256 input, output at 2x the input (the LIIF decoder alone grows).
+- ``fp_liif@256->512``: 256 input, output at 2x the input (the LIIF decoder alone grows);
+- ``fp_liif_s2@256``: FPLIIF with ``stem_stride=2`` (every encoder group at half the size, Z at
+  1/8; same parameters).
+
+The speed ratio of a row is against the DML-CSR row of the same form (plain vs plain, opt vs opt).
 
 Parameters and FLOPs from ``dml_csr.utils.complexity`` (FlopCounterMode; a multiply-add = 2
 FLOPs; element-wise ops, grid_sample and interpolation not counted). Latency: median of ``--runs``
@@ -30,17 +36,25 @@ import torch  # noqa: E402
 
 from dml_csr.models import build_model  # noqa: E402
 from dml_csr.utils.complexity import count_flops, count_parameters  # noqa: E402
+from dml_csr.utils.fold import optimize_for_inference  # noqa: E402
 
 
 def rows(classes: int, dml_size: int, skip_2x: bool):
-    """(name, model, input (N, C, H, W), forward kwargs)."""
-    dml = build_model("dml_csr", {"num_classes": classes}, with_edges=False)
-    fp = build_model("fp_liif", {"num_classes": classes})
-    out = [("dml_csr@%d" % dml_size, dml, (1, 3, dml_size, dml_size), {}),
-           ("fp_liif@256", fp, (1, 3, 256, 256), {"size": (256, 256)}),
-           ("fp_liif@512", fp, (1, 3, 512, 512), {"size": (512, 512)})]
+    """(name, form, model, plain model, input (N, C, H, W), forward kwargs)."""
+    dml = build_model("dml_csr", {"num_classes": classes}, with_edges=False).eval()
+    fp = build_model("fp_liif", {"num_classes": classes}).eval()
+    fp2 = build_model("fp_liif", {"num_classes": classes, "stem_stride": 2}).eval()
+    base = [("dml_csr@%d" % dml_size, dml, (1, 3, dml_size, dml_size), {}),
+            ("fp_liif@256", fp, (1, 3, 256, 256), {"size": (256, 256)}),
+            ("fp_liif@512", fp, (1, 3, 512, 512), {"size": (512, 512)})]
     if not skip_2x:
-        out.append(("fp_liif@256->512", fp, (1, 3, 256, 256), {"size": (512, 512)}))
+        base.append(("fp_liif@256->512", fp, (1, 3, 256, 256), {"size": (512, 512)}))
+    base.append(("fp_liif_s2@256", fp2, (1, 3, 256, 256), {"size": (256, 256)}))
+    optimised = {id(m): optimize_for_inference(m) for m in (dml, fp, fp2)}
+    out = []
+    for name, model, size, kw in base:
+        out.append((name, "plain", model, model, size, kw))
+        out.append((name, "opt", optimised[id(model)], model, size, kw))
     return out
 
 
@@ -60,44 +74,46 @@ def main(argv=None) -> int:
     report = {"classes": args.classes, "threads": torch.get_num_threads(),
               "load_before": os.getloadavg(), "rows": {}}
     inputs = {}
-    for name, model, size, kw in table:
-        model.eval()
-        report["rows"][name] = {"params": count_parameters(model),
-                                "gflops": count_flops(model, size, **kw) / 1e9,
-                                "input": list(size[-2:]),
-                                "output": list(kw.get("size", (size[-2] // 4, size[-1] // 4)))}
-        inputs[name] = torch.randn(*size)
-    times = {name: [] for name, *_ in table}
+    flops = {}
+    for name, form, model, plain, size, kw in table:
+        key = f"{name} {form}"
+        if name not in flops:
+            flops[name] = count_flops(plain, size, **kw) / 1e9
+        report["rows"][key] = {"model": name, "form": form, "params": count_parameters(plain),
+                               "gflops": flops[name], "input": list(size[-2:]),
+                               "output": list(kw.get("size", (size[-2] // 4, size[-1] // 4)))}
+        inputs[key] = torch.randn(*size, generator=torch.Generator().manual_seed(1))
+    times = {key: [] for key in report["rows"]}
     with torch.inference_mode():
-        for name, model, _, kw in table:                     # warm-up
-            model(inputs[name], **kw)
+        for name, form, model, _, _, kw in table:            # warm-up
+            model(inputs[f"{name} {form}"], **kw)
         for _ in range(args.runs):                           # round-robin timing
-            for name, model, _, kw in table:
+            for name, form, model, _, _, kw in table:
                 t = time.perf_counter()
-                model(inputs[name], **kw)
-                times[name].append((time.perf_counter() - t) * 1000.0)
+                model(inputs[f"{name} {form}"], **kw)
+                times[f"{name} {form}"].append((time.perf_counter() - t) * 1000.0)
     report["load_after"] = os.getloadavg()
-    ref = table[0][0]
-    for name, *_ in table:
-        r = report["rows"][name]
-        r["latency_ms"] = statistics.median(times[name])
-        r["latency_min_ms"] = min(times[name])
+    for key, r in report["rows"].items():
+        r["latency_ms"] = statistics.median(times[key])
+        r["latency_min_ms"] = min(times[key])
         r["images_per_s"] = 1000.0 / r["latency_ms"]
-    base = report["rows"][ref]
-    for name, r in report["rows"].items():
+    dml_name = table[0][0]
+    for key, r in report["rows"].items():
+        base = report["rows"][f"{dml_name} {r['form']}"]
         r["params_ratio"] = base["params"] / r["params"]
         r["flops_ratio"] = base["gflops"] / r["gflops"]
         r["throughput_ratio"] = r["images_per_s"] / base["images_per_s"]
 
     print(f"{args.classes} classes, {report['threads']} threads, load average "
           f"{report['load_before'][0]:.1f} -> {report['load_after'][0]:.1f}, {args.runs} runs (batch 1)")
-    print(f"{'model':18s} {'in':>9s} {'out':>9s} {'params':>11s} {'GFLOPs':>8s} {'ms (med)':>9s} "
-          f"{'ms (min)':>9s} {'img/s':>7s} {'DML/x params':>12s} {'x/DML speed':>11s}")
-    for name, r in report["rows"].items():
-        print(f"{name:18s} {'x'.join(map(str, r['input'])):>9s} {'x'.join(map(str, r['output'])):>9s} "
-              f"{r['params']:>11,d} {r['gflops']:>8.1f} {r['latency_ms']:>9.0f} "
-              f"{r['latency_min_ms']:>9.0f} {r['images_per_s']:>7.2f} {r['params_ratio']:>12.1f} "
-              f"{r['throughput_ratio']:>11.1f}")
+    print("| model | form | in | out | params | GFLOPs | ms (median) | ms (min) | img/s | DML-CSR / x params "
+          "| x / DML-CSR speed (same form) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in report["rows"].values():
+        print(f"| {r['model']} | {r['form']} | {'x'.join(map(str, r['input']))} | "
+              f"{'x'.join(map(str, r['output']))} | {r['params']:,d} | {r['gflops']:.1f} | "
+              f"{r['latency_ms']:.0f} | {r['latency_min_ms']:.0f} | {r['images_per_s']:.2f} | "
+              f"{r['params_ratio']:.1f} | {r['throughput_ratio']:.1f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -106,6 +106,8 @@ class TrainConfig:
     image_log_interval: int = 1           # epochs between TensorBoard image grids (0 = never)
     val_interval: int = 1                 # epochs between validations
     max_iters_per_epoch: int = 0          # 0 = full epoch (a cap for smoke tests)
+    query_samples: int = 0                # FP-LIIF: random output pixels per image in the training
+                                          # loss (LIIF's sampled queries); 0 = the whole output grid
 
 
 @dataclass
@@ -170,8 +172,20 @@ def _merge_into(obj: Any, data: Dict[str, Any], prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {dotted!r} is a section; got {value!r}")
             _merge_into(current, value, dotted + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            # a free-form mapping (e.g. model.fp_liif): later layers and overrides update it key
+            # by key instead of replacing it, like the sections
+            setattr(obj, key, _merge_mapping(current, _check_type(value, hints[key], dotted)))
         else:
             setattr(obj, key, _check_type(value, hints[key], dotted))
+
+
+def _merge_mapping(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (_merge_mapping(out[key], value)
+                    if isinstance(out.get(key), dict) and isinstance(value, dict) else value)
+    return out
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
@@ -276,6 +290,13 @@ def validate(cfg: Config) -> None:
                           f"train.cycle_epochs ({cfg.train.cycles} x {cfg.train.cycle_epochs})")
     if len(cfg.data.crop_size) != 2:
         raise ConfigError(f"config key 'data.crop_size' needs (h, w), got {cfg.data.crop_size}")
+    q = cfg.train.query_samples
+    if q < 0 or (q > 0 and cfg.model.name != "fp_liif"):
+        raise ConfigError(f"config key 'train.query_samples' must be >= 0 and needs model.name "
+                          f"fp_liif (an implicit decoder), got {q} with {cfg.model.name!r}")
+    if q > cfg.data.crop_size[0] * cfg.data.crop_size[1]:
+        raise ConfigError(f"config key 'train.query_samples' ({q}) exceeds the pixels of a "
+                          f"{cfg.data.crop_size[0]}x{cfg.data.crop_size[1]} crop")
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -6,29 +6,13 @@ import torch.nn as nn
 from dml_csr.layers.abn import ABN
 from dml_csr.models import DMLCSR
 from dml_csr.utils.fold import fold_norms, optimize_for_inference
-
-
-def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
-    """Random running stats and weights, half of the ABN weights negative (|w| matters)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (ABN, nn.BatchNorm1d, nn.BatchNorm2d)):
-                c = m.running_mean.numel()
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.2)
-                m.weight.copy_(torch.randn(c, generator=g))
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-            if hasattr(m, "gamma"):
-                m.gamma.fill_(0.7)
-            if hasattr(m, "gamma1"):
-                m.gamma1.fill_(0.5)
+from dml_csr.utils.random_weights import randomise_norms
 
 
 def _tiny(with_edges: bool = False) -> DMLCSR:
     torch.manual_seed(0)
     model = DMLCSR(num_classes=5, with_edges=with_edges, layers=[1, 1, 1, 1], width_mult=0.125)
-    _randomise_norms(model)
+    randomise_norms(model)
     return model.eval()
 
 
@@ -83,7 +67,7 @@ def test_unfoldable_norm_is_left_alone():
     # an ABN not behind a conv (after a pooling layer) must stay an ABN
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), ABN(4)).eval()
-    _randomise_norms(net)
+    randomise_norms(net)
     assert fold_norms(net) == []
     assert isinstance(net[2], ABN)
     x = torch.randn(1, 3, 9, 9)
@@ -97,8 +81,55 @@ def test_context_ablations_fold_exactly(context):
     torch.manual_seed(0)
     model = DMLCSR(num_classes=5, with_edges=False, layers=[1, 1, 1, 1], width_mult=0.125,
                    context=context).eval()
-    _randomise_norms(model)
+    randomise_norms(model)
     x = torch.randn(1, 3, 65, 65)
     with torch.no_grad():
         ref = model(x)
     assert (optimize_for_inference(model)(x) - ref).abs().max().item() < 1e-4
+
+
+def test_micro_batches_give_the_whole_batch_result():
+    model = _tiny(with_edges=True)
+    x = torch.randn(3, 3, 49, 41)
+    whole = optimize_for_inference(model, micro_batch=None)(x)
+    fast = optimize_for_inference(model)               # CPU: micro_batch "auto" = 1
+    assert fast.micro_batch == 1
+    split = fast(x)
+    assert isinstance(split, tuple) and len(split) == 3
+    for a, b in zip(split, whole):
+        assert a.shape == b.shape and a.is_contiguous()
+        assert (a - b).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="micro_batch"):
+        optimize_for_inference(model, micro_batch=0)
+
+
+def test_activations_on_temporaries_run_in_place():
+    from dml_csr.models.fp_liif import FPLIIF
+    fast = optimize_for_inference(_tiny())
+    acts = [m for m in fast.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    assert acts and all(m.inplace for m in acts)
+    torch.manual_seed(0)
+    fp = FPLIIF(4, width=8, blocks=(1, 1), reduce_dims=(16, 8), decoder_dims=(16, 16)).eval()
+    x = torch.randn(2, 3, 20, 24)
+    with torch.no_grad():
+        ref = fp(x, size=(31, 17))
+    fast_fp = optimize_for_inference(fp)
+    assert all(m.inplace for m in fast_fp.modules() if isinstance(m, nn.ReLU))
+    assert not any(m.inplace for m in fp.modules() if isinstance(m, nn.ReLU))   # the original is a copy
+    assert (fast_fp(x, size=(31, 17)) - ref).abs().max().item() < 1e-5
+
+
+def test_calibrated_norms_hold_the_batch_statistics():
+    from dml_csr.utils.random_weights import calibrate_norms
+    model = _tiny()
+    x = torch.randn(2, 3, 33, 33)
+    calibrate_norms(model, x, weight_scale=0.5)
+    assert not model.training and all(m.momentum == 0.1 for m in model.modules() if isinstance(m, ABN))
+    with torch.no_grad():
+        y = model.conv1(x)
+    assert torch.allclose(model.bn1.running_mean, y.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model.bn1.running_var, y.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+    fast = optimize_for_inference(model, winograd=4)       # still equal on unit-scale activations
+    with torch.no_grad():
+        ref = model(x)
+    assert (fast(x) - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())

@@ -69,7 +69,7 @@ def test_any_output_size_from_one_256_input(full_model):
     counter.handle.remove()
     assert y.shape == (1, 19, 1024, 1024)
     assert torch.isfinite(y).all()
-    assert counter.max_rows == full_model.chunk_size == 65536  # 16 chunks, never the whole 1M pixels
+    assert counter.max_rows == full_model.chunk_size == 4096  # 256 chunks, never the whole 1M pixels
 
 
 # ------------------------------------------------------------------------------- tiny models
@@ -222,7 +222,9 @@ def test_chunking_only_under_no_grad_unless_asked():
 
 @pytest.mark.parametrize("query,cell_decode", [("bilinear", False), ("local_ensemble", True)])
 def test_every_parameter_gets_a_gradient(query, cell_decode):
-    model = tiny(query, cell_decode=cell_decode)
+    # PyTorch's init: with init="kaiming" every residual conv2 starts at zero, so the conv1 before
+    # it gets a zero gradient on the first step (by design: the block starts as the identity)
+    model = tiny(query, cell_decode=cell_decode, init="default")
     x = torch.randn(2, 3, 16, 16)
     target = torch.randint(0, 5, (2, 24, 24))
     logits = model(x, size=(24, 24))
@@ -271,3 +273,34 @@ def test_onnx_dynamo_exporter_parity(tmp_path):
     # (ReduceMean / Pad adapters), so it is checked at its native opset.
     pytest.importorskip("onnxscript")
     _onnx_parity(tmp_path, "bilinear", dynamo=True, opset=18)
+
+
+# ------------------------------------------------------------------------------- stem stride, init
+def test_stride_two_stem_puts_z_at_one_eighth():
+    ref, fast = tiny(), tiny(stem_stride=2)
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in ref.parameters())
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        assert fast.encode(x).grid.shape[-2:] == (8, 6)
+        assert ref.encode(x).grid.shape[-2:] == (16, 12)
+        for size in ((64, 48), (100, 37)):
+            assert fast(x, size=size).shape == (1, 5, *size)
+
+
+def test_kaiming_init_starts_blocks_as_identity_with_small_logits():
+    from dml_csr.models.fp_liif import ResidualBlock
+    model = tiny(init="kaiming")
+    x = torch.randn(2, 8, 9, 9)
+    blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+    assert blocks and all(torch.equal(b(x), x) for b in blocks)
+    hidden = model.decoder[0].weight
+    assert abs(hidden.std().item() - (2 / hidden.shape[1]) ** 0.5) < 0.3 * (2 / hidden.shape[1]) ** 0.5
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert torch.isfinite(out).all() and out.abs().max().item() < 10
+
+
+@pytest.mark.parametrize("kw,match", [({"stem_stride": 3}, "stem_stride"), ({"init": "xavier"}, "init")])
+def test_bad_stem_stride_or_init_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**kw)

@@ -34,6 +34,7 @@ def run(tmp_path_factory):
     cfg = load_config("fp_liif_synthetic", [
         f"data.root={root}", f"data.crop_size=[{CROP},{CROP}]", "data.batch_size=2",
         "data.workers=0", f"model.fp_liif={TINY}", "train.epochs=2", "train.image_log_interval=2",
+        "train.query_samples=500",                          # the config samples 4096 of 128 x 128
         "eval.workers=0", "eval.batch_size=2"])
     out = str(tmp_path_factory.mktemp("run"))
     summary = Trainer(cfg, output_dir=out).fit()
@@ -54,6 +55,75 @@ def test_optimizer_field():
     assert load_config("fp_liif_lapa").train.optimizer == "adamw"
     with pytest.raises(ConfigError, match="train.optimizer"):
         load_config("synthetic", ["train.optimizer=adam"])
+
+
+def test_model_kwarg_override_updates_the_config_mapping(tmp_path):
+    """`model.fp_liif.KEY=VALUE` changes one keyword argument and keeps the config's others (it
+    used to replace the whole mapping, silently training a default-size FP-LIIF)."""
+    base = load_config("fp_liif_synthetic").model.fp_liif
+    cfg = load_config("fp_liif_synthetic", ["model.fp_liif.stem_stride=2", "model.fp_liif.width=48"])
+    assert cfg.model.fp_liif == {**base, "stem_stride": 2, "width": 48}
+    derived = tmp_path / "derived.yaml"                 # a _base_ layer's mapping is updated too
+    derived.write_text("_base_: %s\nmodel:\n  fp_liif:\n    blocks: [1, 1, 1]\n"
+                       % os.path.join(REPO, "configs", "fp_liif_synthetic.yaml"))
+    assert load_config(str(derived)).model.fp_liif == {**base, "blocks": [1, 1, 1]}
+
+
+def test_sample_queries_gathers_the_pixels_it_samples():
+    from dml_csr.engine.trainer import sample_queries
+    from dml_csr.models.fp_liif import pixel_centres
+    n, h, w, q = 2, 5, 7, 11
+    ids = torch.arange(h * w).view(1, h, w).repeat(n, 1, 1)
+    batch = {"image": torch.randn(n, 3, h, w), "label": ids, "edge": ids * 2, "cat_edge": ids * 3,
+             "name": ["a", "b"]}
+    torch.manual_seed(0)
+    sampled, coord = sample_queries(batch, q)
+    assert coord.shape == (n, q, 2) and sampled["label"].shape == (n, 1, q)
+    assert sampled["image"] is batch["image"] and batch["label"].shape == (n, h, w)   # input untouched
+    for i in range(n):
+        picked = sampled["label"][i, 0]
+        assert picked.unique().numel() == q                                          # no repeats
+        assert torch.equal(coord[i], pixel_centres(h, w)[picked])
+        assert torch.equal(sampled["edge"][i, 0], picked * 2) and torch.equal(sampled["cat_edge"][i, 0], picked * 3)
+    assert not torch.equal(sampled["label"][0], sampled["label"][1])                  # per image
+
+
+def test_coord_forward_equals_the_grid_decode_at_those_pixels():
+    from dml_csr.models.fp_liif import FPLIIF, pixel_centres
+    torch.manual_seed(0)
+    model = FPLIIF(4, width=8, blocks=(1, 1), reduce_dims=(16, 8), decoder_dims=(16,), cell_decode=True)
+    x = torch.randn(2, 3, 12, 10)
+    idx = torch.tensor([[0, 5, 119], [3, 64, 7]])
+    with torch.no_grad():
+        grid = model(x)                                                    # (2, 4, 12, 10)
+        pts = model(x, coord=pixel_centres(12, 10)[idx])                   # (2, 4, 1, 3)
+    assert pts.shape == (2, 4, 1, 3)
+    expect = torch.stack([grid[i].flatten(1)[:, idx[i]] for i in range(2)])
+    assert torch.allclose(pts[:, :, 0], expect, atol=1e-5)
+
+
+def test_query_samples_config_checks():
+    with pytest.raises(ConfigError, match="query_samples"):
+        load_config("synthetic", ["train.query_samples=100"])                 # DML-CSR: no queries
+    with pytest.raises(ConfigError, match="query_samples"):
+        load_config("fp_liif_synthetic", ["train.query_samples=100000"])      # > 128 x 128 pixels
+
+
+def test_trainer_with_sampled_queries(tmp_path):
+    from dml_csr.data.synthetic import make_synthetic
+    root = tmp_path / "data"
+    make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=CROP)
+    cfg = load_config("fp_liif_synthetic", [
+        f"data.root={root}", f"data.crop_size=[{CROP},{CROP}]", "data.batch_size=2",
+        "data.workers=0", f"model.fp_liif={TINY}", "train.epochs=1", "train.image_log_interval=1",
+        "train.query_samples=300", "eval.workers=0", "eval.batch_size=2"])
+    trainer = Trainer(cfg, output_dir=str(tmp_path / "run"))
+    seen = []
+    loss = trainer.multitask_loss
+    trainer.multitask_loss = lambda outputs, batch: seen.append((outputs.shape, batch["label"].shape)) or loss(outputs, batch)
+    summary = trainer.fit()
+    assert seen and all(o == (2, 11, 1, 300) and lab == (2, 1, 300) for o, lab in seen)
+    assert summary["epochs_done"] == 1 and os.path.isfile(os.path.join(trainer.out, "best.pth"))
 
 
 def test_trainer_best_checkpoint_rebuilds_and_scores(run, tmp_path):

@@ -68,11 +68,35 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # stages: batch -> loss dict
 # --------------------------------------------------------------------------------------------
-def model_forward(model: nn.Module, images: torch.Tensor, model_name: str):
-    """DML-CSR: ``model(x)`` (tuple with edges); FP-LIIF: ``model(x, size=(H, W))`` logits."""
+def model_forward(model: nn.Module, images: torch.Tensor, model_name: str,
+                  coord: Optional[torch.Tensor] = None):
+    """DML-CSR: ``model(x)`` (tuple with edges); FP-LIIF: ``model(x, size=(H, W))`` logits, or
+    with ``coord`` (N, Q, 2) the (N, K, 1, Q) logits at those pixel centres."""
     if model_name == "fp_liif":
-        return model(images, size=tuple(images.shape[-2:]))
+        return model(images, size=tuple(images.shape[-2:]), coord=coord)
     return model(images)
+
+
+SAMPLED_KEYS = ("label", "edge", "cat_edge")
+
+
+def sample_queries(batch: Dict[str, torch.Tensor], samples: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """LIIF-style training queries: ``samples`` distinct random output pixels per image.
+
+    Returns a shallow copy of ``batch`` whose per-pixel targets (``SAMPLED_KEYS``, (N, H, W))
+    are the values at the sampled pixels as (N, 1, Q), and their pixel-centre coordinates
+    (N, Q, 2) for ``FPLIIF(x, coord=...)``; the image is unchanged. Uses the global torch RNG
+    (so ``--resume`` reproduces it)."""
+    from ..models.fp_liif import pixel_centres
+    label = batch["label"]
+    n, h, w = label.shape
+    idx = torch.rand(n, h * w).argsort(dim=1)[:, :samples].to(label.device)   # without replacement
+    coord = pixel_centres(h, w, device=label.device)[idx]                       # (N, Q, 2)
+    out = dict(batch)
+    for key in SAMPLED_KEYS:
+        if key in batch:
+            out[key] = batch[key].reshape(n, h * w).gather(1, idx).view(n, 1, samples)
+    return out, coord
 
 
 class FrozenTeacher(nn.Module):
@@ -90,19 +114,22 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor):
-        return model_forward(self.model, images, self.model_name)
+    def forward(self, images: torch.Tensor, coord: Optional[torch.Tensor] = None):
+        return model_forward(self.model, images, self.model_name, coord)
 
 
 class MultiTaskStage:
     """Eq. 5 stage: ``(model, batch) -> (loss dict, outputs)``."""
     name = "multitask"
 
-    def __init__(self, loss: MultiTaskLoss, model_name: str):
-        self.loss, self.model_name = loss, model_name
+    def __init__(self, loss: MultiTaskLoss, model_name: str, query_samples: int = 0):
+        self.loss, self.model_name, self.query_samples = loss, model_name, query_samples
 
     def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
-        outputs = model_forward(model, batch["image"], self.model_name)
+        coord = None
+        if self.query_samples:
+            batch, coord = sample_queries(batch, self.query_samples)
+        outputs = model_forward(model, batch["image"], self.model_name, coord)
         return self.loss(outputs, batch), outputs
 
 
@@ -111,12 +138,16 @@ class DistillStage:
     name = "csr"
 
     def __init__(self, loss: SelfDistillationLoss, teacher: FrozenTeacher, cycle: int,
-                 model_name: str):
+                 model_name: str, query_samples: int = 0):
         self.loss, self.teacher, self.cycle, self.model_name = loss, teacher, cycle, model_name
+        self.query_samples = query_samples
 
     def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
-        outputs = model_forward(model, batch["image"], self.model_name)
-        soft = self.teacher(batch["image"])
+        coord = None
+        if self.query_samples:
+            batch, coord = sample_queries(batch, self.query_samples)
+        outputs = model_forward(model, batch["image"], self.model_name, coord)
+        soft = self.teacher(batch["image"], coord)
         return self.loss(outputs, batch, soft, cycle=self.cycle), outputs
 
 
@@ -208,6 +239,10 @@ class Trainer:
         self.overwrite = overwrite
         self.info = du.init_distributed(device)
         self.device = self.info.device
+        if self.device.type == "cpu":
+            # Subnormal floats (e.g. softmax probabilities of large logits) run ~100x slower on
+            # x86 CPUs; flushing them to zero changes nothing above 1.2e-38.
+            torch.set_flush_denormal(True)
         self.model_name = cfg.model.name
         self.writer = None
         self._prepare_run_dir()
@@ -526,6 +561,9 @@ class Trainer:
         size = img.shape[-2:]
         palette = torch.tensor(self.schema.palette, dtype=torch.float32) / 255.0
         outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        if outs[0].shape[-2] == 1 and outs[0].shape[-2:] != size:     # sampled queries: decode the grid
+            with torch.no_grad():
+                outs = (model_forward(self.model, batch["image"][:n], self.model_name),)
         up = lambda t: nn.functional.interpolate(t[:n].detach().float().cpu(), size=size,  # noqa: E731
                                                  mode="bilinear", align_corners=True)
         rows = [img, _colorize(batch["label"][:n].cpu(), palette), _colorize(up(outs[0]).argmax(1), palette)]
@@ -607,11 +645,12 @@ class Trainer:
                 epoch = self.epoch
                 stage_name, cycle = self._stage_of(epoch)
                 if stage_name == "multitask":
-                    stage = MultiTaskStage(self.multitask_loss, self.model_name)
+                    stage = MultiTaskStage(self.multitask_loss, self.model_name, t.query_samples)
                 else:
                     if self.teacher is None:
                         self._first_teacher()
-                    stage = DistillStage(self.distill_loss, self.teacher, cycle, self.model_name)
+                    stage = DistillStage(self.distill_loss, self.teacher, cycle, self.model_name,
+                                         t.query_samples)
                 train_means = self.train_one_epoch(epoch, stage)
                 self.epoch = epoch + 1
                 if stage_name == "csr":

@@ -35,6 +35,7 @@ __all__ = ["FPLIIF", "FPLIIFLatent", "ResidualBlock", "ResidualGroup", "pixel_ce
 QueryMode = Literal["bilinear", "local_ensemble"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+_ACT_TYPES = tuple(_ACTIVATIONS.values())
 
 
 def _make_act(name: str) -> nn.Module:
@@ -124,6 +125,15 @@ class FPLIIF(nn.Module):
         cell_decode: also feed the output pixel size, measured in latent cells (LIIF's cell).
         chunk_size: output pixels per decoder evaluation when gradients are disabled (None:
             never chunk by default). `forward(..., chunk_size=n)` forces chunking at any time.
+            4096 (default) was the fastest of 2,048 to 65,536 on the project's CPU (a 256 x 256
+            decode in 222 ms against 372 ms for one chunk: the per-chunk activations stay small).
+        stem_stride: stride of the stem conv3x3. 1 (default): group 1 runs at the input size and
+            Z is at 1/4; 2: every group runs at half the size and Z is at 1/8 (about a quarter of
+            the encoder's FLOPs).
+        init: "kaiming" (default; He-normal for the layers before an activation, each residual
+            block's second conv zero so blocks start as the identity; `_kaiming_init`) or
+            "default" (PyTorch's layer initialisation). On the synthetic preset "kaiming" reached
+            a test mean F1 of 73.5 where "default" reached 47.0 (docs/fp_liif.md).
 
     Decoder input width = reduce_dims[-1] + width * global_feature + 2 * pos_encoding
     + 2 * cell_decode (64 + 64 + 2 = 130 by default).
@@ -143,7 +153,9 @@ class FPLIIF(nn.Module):
         global_feature: bool = True,
         query: QueryMode = "bilinear",
         cell_decode: bool = False,
-        chunk_size: Optional[int] = 65536,
+        chunk_size: Optional[int] = 4096,
+        stem_stride: int = 1,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         if query not in ("bilinear", "local_ensemble"):
@@ -152,6 +164,10 @@ class FPLIIF(nn.Module):
             raise ValueError(f"unfold must be a positive odd kernel size, got {unfold}")
         if len(blocks) < 1:
             raise ValueError("blocks needs at least one group")
+        if init not in ("default", "kaiming"):
+            raise ValueError(f"init must be 'default' or 'kaiming', got {init!r}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be positive or None, got {chunk_size}")
         self.num_classes = num_classes
@@ -162,7 +178,8 @@ class FPLIIF(nn.Module):
         self.cell_decode = cell_decode
         self.chunk_size = chunk_size
 
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict(stem=nn.Conv2d(in_channels, width, 3, padding=1))
+        layers: "OrderedDict[str, nn.Module]" = OrderedDict(
+            stem=nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1))
         for i, depth in enumerate(blocks, start=1):
             layers[f"group{i}"] = ResidualGroup(width, depth, act)
             if i < len(blocks):
@@ -187,6 +204,28 @@ class FPLIIF(nn.Module):
             dim = hidden
         mlp.append(nn.Linear(dim, num_classes))
         self.decoder = nn.Sequential(*mlp)
+        if init == "kaiming":
+            self._kaiming_init()
+
+    @torch.no_grad()
+    def _kaiming_init(self) -> None:
+        """He-normal (fan-in, ReLU gain) weights and zero biases for every layer followed by the
+        activation (residual conv1, the hidden layers of both MLPs); the second conv of every
+        residual block starts at zero, so each block (and group) starts as the identity; the other
+        layers (stem, strided convs, last reduce layer, classifier) keep PyTorch's initialisation,
+        so the initial logits stay small (the SkipInit / Fixup idea for BN-free residual nets)."""
+        hidden: List[nn.Module] = []
+        for seq in (self.reduce, self.decoder):
+            mods = list(seq)
+            hidden += [m for m, nxt in zip(mods, mods[1:]) if isinstance(nxt, _ACT_TYPES)]
+        hidden += [m.conv1 for m in self.modules() if isinstance(m, ResidualBlock)]
+        for mod in hidden:
+            nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(mod.bias)
+        for mod in self.modules():
+            if isinstance(mod, ResidualBlock):
+                nn.init.zeros_(mod.conv2.weight)
+                nn.init.zeros_(mod.conv2.bias)
 
     # ----------------------------------------------------------------------------------- encoder
     def encode(self, x: Tensor) -> FPLIIFLatent:
@@ -304,8 +343,18 @@ class FPLIIF(nn.Module):
             )
         return logits.transpose(1, 2).reshape(n, self.num_classes, height, width)
 
-    def forward(self, x: Tensor, size: Optional[Tuple[int, int]] = None, chunk_size: Optional[int] = None) -> Tensor:
-        """(N, C_in, H_in, W_in) image -> (N, K, H, W) logits at `size` (default: the input size)."""
+    def forward(self, x: Tensor, size: Optional[Tuple[int, int]] = None, chunk_size: Optional[int] = None,
+                coord: Optional[Tensor] = None) -> Tensor:
+        """(N, C_in, H_in, W_in) image -> (N, K, H, W) logits at `size` (default: the input size).
+
+        With `coord` (N, Q, 2), (x, y) pixel centres in [-1, 1]: logits at those points only, as
+        (N, K, 1, Q) so that pixel-wise losses take them like a 1 x Q image (LIIF's sampled-query
+        training; `size` is then the grid they come from, for the cell size).
+        """
         if size is None:
             size = (x.shape[-2], x.shape[-1])
-        return self.decode(self.encode(x), size, chunk_size)
+        latent = self.encode(x)
+        if coord is None:
+            return self.decode(latent, size, chunk_size)
+        cell = coord.new_tensor([2.0 / size[1], 2.0 / size[0]]).view(1, 1, 2) if self.cell_decode else None
+        return self.query(latent, coord, cell).transpose(1, 2).unsqueeze(2)

@@ -25,20 +25,33 @@ rounding (a test checks 1e-4 against the plain eval-mode module):
    residual add comes before the ReLU).
 3. **channels_last** weights and inputs (oneDNN's preferred layout on CPU), outputs returned
    contiguous (NCHW) so callers see the same tensors.
-4. ``torch.inference_mode`` around the forward; the module refuses ``train()``.
+4. ``torch.inference_mode`` around the forward; the module refuses ``train()``. Activations whose
+   input is a temporary (an ``nn.ReLU`` / ``nn.LeakyReLU`` right after a convolution or linear
+   layer in an ``nn.Sequential``, those of ``INPLACE_ACTIVATIONS`` and the activations that
+   replaced the attribute norms of ``FOLD_ATTRIBUTE_PAIRS``) run in place: no new
+   activation tensor per layer. On the CPU a batch is run ``micro_batch`` images at a time
+   (default 1: DML-CSR at 473 runs faster per image at batch 1 than at batch 8 on the project's
+   CPU, docs/inference.md).
+5. **Winograd** (CPU only, ``winograd="auto"``): the 3x3 stride-1 convolutions with at least
+   256 x 256 channels become :class:`~dml_csr.utils.winograd.WinogradConv2d` F(4x4, 3x3) (2.25
+   multiplies per output and channel pair instead of 9; see :func:`winograd_tile`): the only way
+   to a lower batch-1 latency where the direct convolutions already run at the CPU's peak. Its
+   rounding error is of the order of the folding's own (docs/inference.md).
 
 Thread settings are the caller's (:func:`set_inference_threads`).
 """
 import copy
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from ..layers.abn import ABN
+from .winograd import WinogradConv2d, winograd_eligible
 
 __all__ = ["optimize_for_inference", "fold_norms", "fold_conv_norm", "InferenceModule",
-           "set_inference_threads", "FOLD_ATTRIBUTE_PAIRS"]
+           "set_inference_threads", "FOLD_ATTRIBUTE_PAIRS", "apply_winograd", "winograd_tile",
+           "inplace_activations", "INPLACE_ACTIVATIONS"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONV = (nn.Conv1d, nn.Conv2d)
@@ -122,17 +135,85 @@ def fold_norms(model: nn.Module) -> List[str]:
     return folded
 
 
+# class name -> activation attributes that are only ever applied to a temporary tensor (after
+# folding: conv -> Identity -> activation, or a sum), so running them in place is safe.
+INPLACE_ACTIVATIONS = {"Bottleneck": ("relu",), "DMLCSR": ("relu1", "relu2", "relu3"),
+                       "ResidualBlock": ("act",)}
+_ACTS = (nn.ReLU, nn.LeakyReLU)
+_PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Linear, WinogradConv2d)
+
+
+def inplace_activations(model: nn.Module) -> List[str]:
+    """Make the activations that only see temporaries run in place (module docstring, item 4);
+    returns their names. Inference only: in-place activations break autograd's saved inputs."""
+    names: List[str] = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Sequential):
+            children = list(module._modules.items())
+            for (_, prev), (key, act) in zip(children, children[1:]):
+                if isinstance(act, _ACTS) and isinstance(prev, _PRODUCERS):
+                    act.inplace = True
+                    names.append(prefix + key)
+        kind = type(module).__name__
+        # a folded attribute norm became an activation of its convolution's output (a temporary)
+        folded_norms = tuple(norm for _, norm, _ in FOLD_ATTRIBUTE_PAIRS.get(kind, ()))
+        for attr in INPLACE_ACTIVATIONS.get(kind, ()) + folded_norms:
+            act = getattr(module, attr, None)
+            if isinstance(act, _ACTS):
+                act.inplace = True
+                names.append(prefix + attr)
+    return names
+
+
+# Winograd for the large 3x3 convolutions only: in benchmarks/bench_winograd.py (batch 1, 2 threads,
+# channels_last, the project's CPU machine; docs/inference.md) F(4x4, 3x3) beat the direct
+# convolution by 1.6x to 2.7x from 256 x 256 channels up (DML-CSR layer3/layer4 conv2, the context
+# convs) and lost below (0.5x to 0.9x for 64 and 128 channels: the transforms are memory-bound).
+# F(2x2, 3x3) was slower than F(4x4, 3x3) at every shape.
+WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
+WINOGRAD_AUTO_TILE = 4
+
+
+def winograd_tile(conv: nn.Module) -> Optional[int]:
+    """The Winograd tile ``optimize_for_inference(winograd="auto")`` uses for ``conv``:
+    ``WINOGRAD_AUTO_TILE`` for an eligible 3x3 convolution with ``C_in * C_out >=
+    WINOGRAD_MIN_CHANNEL_PRODUCT``, else None (direct convolution)."""
+    if not winograd_eligible(conv):
+        return None
+    return WINOGRAD_AUTO_TILE if conv.in_channels * conv.out_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT else None
+
+
+def apply_winograd(model: nn.Module, tile: Union[str, int] = "auto") -> List[str]:
+    """Replace 3x3 convolutions of ``model`` by :class:`WinogradConv2d` in place (after folding,
+    so folded biases travel along). ``tile="auto"``: :func:`winograd_tile` per convolution;
+    ``2`` or ``4``: every eligible convolution with that tile. Returns the replaced names."""
+    replaced: List[str] = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            m = winograd_tile(child) if tile == "auto" else (int(tile) if winograd_eligible(child) else None)
+            if m is not None:
+                setattr(module, child_name, WinogradConv2d(child, m))
+                replaced.append(f"{name}.{child_name}" if name else child_name)
+    return replaced
+
+
 class InferenceModule(nn.Module):
     """Eval-only wrapper: channels_last input, ``torch.inference_mode``, NCHW outputs.
 
     ``forward`` takes the wrapped model's arguments (e.g. ``size=`` for FP-LIIF).
     """
 
-    def __init__(self, model: nn.Module, channels_last: bool = True, folded: Iterable[str] = ()):
+    def __init__(self, model: nn.Module, channels_last: bool = True, folded: Iterable[str] = (),
+                 winograd: Iterable[str] = (), micro_batch: Optional[int] = None):
         super().__init__()
         self.model = model.eval()
         self.channels_last = channels_last
         self.folded = tuple(folded)
+        self.winograd = tuple(winograd)
+        if micro_batch is not None and micro_batch < 1:
+            raise ValueError(f"micro_batch must be positive or None, got {micro_batch}")
+        self.micro_batch = micro_batch
 
     def train(self, mode: bool = True):
         if mode:
@@ -147,17 +228,35 @@ class InferenceModule(nn.Module):
             return type(out)(InferenceModule._contiguous(o) for o in out)
         return out
 
+    @staticmethod
+    def _cat(outs):
+        if isinstance(outs[0], torch.Tensor):
+            return torch.cat(outs)
+        return type(outs[0])(torch.cat(parts) for parts in zip(*outs))
+
     def forward(self, x: torch.Tensor, *args, **kwargs):
         with torch.inference_mode():
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self._contiguous(self.model(x, *args, **kwargs))
+            if self.micro_batch is None or x.shape[0] <= self.micro_batch:
+                return self._contiguous(self.model(x, *args, **kwargs))
+            outs = [self._contiguous(self.model(part, *args, **kwargs)) for part in x.split(self.micro_batch)]
+            return self._cat(outs)
 
 
 def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: bool = True,
-                           inplace: bool = False) -> InferenceModule:
+                           inplace: bool = False,
+                           winograd: Union[str, int, None] = "auto",
+                           micro_batch: Union[str, int, None] = "auto") -> InferenceModule:
     """An eval-only copy of ``model`` with norms folded (module docstring); outputs equal the plain
-    eval-mode module's to float rounding (~1e-5). ``inplace=True`` reuses ``model``'s weights."""
+    eval-mode module's to float rounding (~1e-5). ``inplace=True`` reuses ``model``'s weights.
+
+    ``winograd``: ``"auto"`` (default) applies :func:`apply_winograd` when the model is on the CPU
+    (on CUDA, cuDNN chooses its own algorithms); ``2`` / ``4`` force that tile on every eligible
+    convolution; ``None`` keeps the direct convolutions. ``micro_batch``: ``"auto"`` = 1 on the
+    CPU and None (whole batches) on CUDA; an int or None sets it."""
+    if winograd not in ("auto", 2, 4, None):
+        raise ValueError(f"winograd must be 'auto', 2, 4 or None, got {winograd!r}")
     if isinstance(model, InferenceModule):
         return model
     m = model if inplace else copy.deepcopy(model)
@@ -165,9 +264,17 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: b
     for p in m.parameters():
         p.requires_grad_(False)
     folded = fold_norms(m) if fold else []
+    on_cpu = all(p.device.type == "cpu" for p in m.parameters())
+    replaced = []
+    if winograd is not None and (winograd != "auto" or on_cpu):
+        replaced = apply_winograd(m, winograd)
+    inplace_activations(m)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
-    return InferenceModule(m, channels_last=channels_last, folded=folded)
+    if micro_batch == "auto":
+        micro_batch = 1 if on_cpu else None
+    return InferenceModule(m, channels_last=channels_last, folded=folded, winograd=replaced,
+                           micro_batch=micro_batch)
 
 
 def set_inference_threads(num_threads: Optional[int] = None, interop: Optional[int] = None) -> int:
