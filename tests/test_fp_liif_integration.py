@@ -120,7 +120,11 @@ def test_trainer_with_sampled_queries(tmp_path):
     trainer = Trainer(cfg, output_dir=str(tmp_path / "run"))
     seen = []
     loss = trainer.multitask_loss
-    trainer.multitask_loss = lambda outputs, batch: seen.append((outputs.shape, batch["label"].shape)) or loss(outputs, batch)
+
+    def spy(outputs, batch):                      # what the loss receives
+        seen.append((outputs.shape, batch["label"].shape))
+        return loss(outputs, batch)
+    trainer.multitask_loss = spy
     summary = trainer.fit()
     assert seen and all(o == (2, 11, 1, 300) and lab == (2, 1, 300) for o, lab in seen)
     assert summary["epochs_done"] == 1 and os.path.isfile(os.path.join(trainer.out, "best.pth"))

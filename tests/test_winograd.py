@@ -24,7 +24,8 @@ def test_matrices_reproduce_1d_correlation(m):
 
 
 @pytest.mark.parametrize("m,tol", [(2, 1e-5), (4, 5e-5)])
-@pytest.mark.parametrize("dilation,h,w", [(1, 13, 17), (1, 8, 8), (2, 15, 12), (2, 60, 60), (4, 9, 21), (1, 1, 3)])
+@pytest.mark.parametrize("dilation,h,w", [(1, 13, 17), (1, 8, 8), (2, 15, 12), (2, 60, 60), (4, 9, 21),
+                                          (1, 1, 3)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_equals_direct_convolution(m, tol, dilation, h, w, bias):
     torch.manual_seed(dilation * 100 + h)

@@ -80,7 +80,8 @@ def model_forward(model: nn.Module, images: torch.Tensor, model_name: str,
 SAMPLED_KEYS = ("label", "edge", "cat_edge")
 
 
-def sample_queries(batch: Dict[str, torch.Tensor], samples: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+def sample_queries(batch: Dict[str, torch.Tensor],
+                   samples: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """LIIF-style training queries: ``samples`` distinct random output pixels per image.
 
     Returns a shallow copy of ``batch`` whose per-pixel targets (``SAMPLED_KEYS``, (N, H, W))
@@ -239,10 +240,6 @@ class Trainer:
         self.overwrite = overwrite
         self.info = du.init_distributed(device)
         self.device = self.info.device
-        if self.device.type == "cpu":
-            # Subnormal floats (e.g. softmax probabilities of large logits) run ~100x slower on
-            # x86 CPUs; flushing them to zero changes nothing above 1.2e-38.
-            torch.set_flush_denormal(True)
         self.model_name = cfg.model.name
         self.writer = None
         self._prepare_run_dir()

@@ -168,9 +168,10 @@ def inplace_activations(model: nn.Module) -> List[str]:
 
 # Winograd for the large 3x3 convolutions only: in benchmarks/bench_winograd.py (batch 1, 2 threads,
 # channels_last, the project's CPU machine; docs/inference.md) F(4x4, 3x3) beat the direct
-# convolution by 1.6x to 2.7x from 256 x 256 channels up (DML-CSR layer3/layer4 conv2, the context
-# convs) and lost below (0.5x to 0.9x for 64 and 128 channels: the transforms are memory-bound).
-# F(2x2, 3x3) was slower than F(4x4, 3x3) at every shape.
+# convolution by 1.8x to 2.8x from 256 x 256 channels up (DML-CSR layer3/layer4 conv2, the context
+# convs), about broke even at 128 x 128 (0.94x and 1.14x in two runs) and lost for 64 channels
+# (0.5x to 0.8x: the transforms are memory-bound). F(2x2, 3x3) was slower than F(4x4, 3x3) at
+# every DML-CSR shape.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
 WINOGRAD_AUTO_TILE = 4
 
@@ -181,7 +182,8 @@ def winograd_tile(conv: nn.Module) -> Optional[int]:
     WINOGRAD_MIN_CHANNEL_PRODUCT``, else None (direct convolution)."""
     if not winograd_eligible(conv):
         return None
-    return WINOGRAD_AUTO_TILE if conv.in_channels * conv.out_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT else None
+    large = conv.in_channels * conv.out_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT
+    return WINOGRAD_AUTO_TILE if large else None
 
 
 def apply_winograd(model: nn.Module, tile: Union[str, int] = "auto") -> List[str]:

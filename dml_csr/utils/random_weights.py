@@ -42,7 +42,8 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
-def calibrate_norms(model: nn.Module, images: torch.Tensor, weight_scale: Optional[float] = None) -> nn.Module:
+def calibrate_norms(model: nn.Module, images: torch.Tensor,
+                    weight_scale: Optional[float] = None) -> nn.Module:
     """Running statistics of every norm := the batch statistics of ``images`` (one forward pass in
     training mode with momentum 1; the model is left in eval mode). ``weight_scale`` rescales
     the norms' weights first (e.g. 0.5 keeps deep residual stacks from growing)."""
