@@ -56,7 +56,8 @@ def parse_args(argv=None):
                     help="no face detection: each image is one aligned face crop")
     ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npy")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=8, help="faces per forward pass")
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
     ap.add_argument("--margin", type=float, default=None, help="face region margin (default 0.5)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
