@@ -56,14 +56,17 @@ def _coefficients(matrix: torch.Tensor) -> List[List[Tuple[int, float]]]:
     return [[(k, float(v)) for k, v in enumerate(row.tolist()) if v != 0] for row in matrix]
 
 
-def _combine(coeffs: List[List[Tuple[int, float]]], src: List[torch.Tensor], out: List[torch.Tensor]) -> None:
+def _combine(coeffs: List[List[Tuple[int, float]]], src: List[torch.Tensor],
+             out: List[torch.Tensor]) -> None:
     """out[r] = sum_k coeffs[r][k] * src[k], written into the (possibly strided) views ``out``."""
     for dst, row in zip(out, coeffs):
         (k0, c0), rest = row[0], row[1:]
         if c0 == 1:
             dst.copy_(src[k0])
+        elif dst.is_contiguous():
+            torch.mul(src[k0], c0, out=dst)                  # one pass
         else:
-            torch.mul(src[k0], c0, out=dst) if dst.is_contiguous() else dst.copy_(src[k0] * c0)
+            dst.copy_(src[k0]).mul_(c0)
         for k, c in rest:
             dst.add_(src[k], alpha=c)
 
