@@ -109,25 +109,35 @@ def test_query_samples_config_checks():
         load_config("fp_liif_synthetic", ["train.query_samples=100000"])      # > 128 x 128 pixels
 
 
-def test_trainer_with_sampled_queries(tmp_path):
+def test_trainer_with_sampled_queries_in_both_stages(tmp_path):
+    """1 multi-task epoch + 1 CSR cycle of 1 epoch, both on 300 sampled pixels per image: the
+    student, the teacher's soft targets and the targets all arrive as 1 x 300 images."""
     from dml_csr.data.synthetic import make_synthetic
     root = tmp_path / "data"
     make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=CROP)
     cfg = load_config("fp_liif_synthetic", [
         f"data.root={root}", f"data.crop_size=[{CROP},{CROP}]", "data.batch_size=2",
-        "data.workers=0", f"model.fp_liif={TINY}", "train.epochs=1", "train.image_log_interval=1",
-        "train.query_samples=300", "eval.workers=0", "eval.batch_size=2"])
+        "data.workers=0", f"model.fp_liif={TINY}", "train.epochs=2", "train.cycles=1",
+        "train.cycle_epochs=1", "train.image_log_interval=1", "train.query_samples=300",
+        "eval.workers=0", "eval.batch_size=2"])
     trainer = Trainer(cfg, output_dir=str(tmp_path / "run"))
-    seen = []
-    loss = trainer.multitask_loss
+    seen = {"multitask": [], "csr": []}
+    multitask, distill = trainer.multitask_loss, trainer.distill_loss
 
-    def spy(outputs, batch):                      # what the loss receives
-        seen.append((outputs.shape, batch["label"].shape))
-        return loss(outputs, batch)
-    trainer.multitask_loss = spy
+    def spy_multitask(outputs, batch):            # what the losses receive
+        seen["multitask"].append((outputs.shape, batch["label"].shape))
+        return multitask(outputs, batch)
+
+    def spy_distill(outputs, batch, soft, cycle):
+        seen["csr"].append((outputs.shape, batch["label"].shape, soft.shape))
+        return distill(outputs, batch, soft, cycle=cycle)
+    trainer.multitask_loss, trainer.distill_loss = spy_multitask, spy_distill
     summary = trainer.fit()
-    assert seen and all(o == (2, 11, 1, 300) and lab == (2, 1, 300) for o, lab in seen)
-    assert summary["epochs_done"] == 1 and os.path.isfile(os.path.join(trainer.out, "best.pth"))
+    assert seen["multitask"] and all(o == (2, 11, 1, 300) and lab == (2, 1, 300)
+                                     for o, lab in seen["multitask"])
+    assert seen["csr"] and all(o == soft == (2, 11, 1, 300) and lab == (2, 1, 300)
+                               for o, lab, soft in seen["csr"])
+    assert summary["epochs_done"] == 2 and os.path.isfile(os.path.join(trainer.out, "best.pth"))
 
 
 def test_trainer_best_checkpoint_rebuilds_and_scores(run, tmp_path):

@@ -81,13 +81,15 @@ SAMPLED_KEYS = ("label", "edge", "cat_edge")
 
 
 def sample_queries(batch: Dict[str, torch.Tensor],
-                   samples: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+                   samples: int) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
     """LIIF-style training queries: ``samples`` distinct random output pixels per image.
 
     Returns a shallow copy of ``batch`` whose per-pixel targets (``SAMPLED_KEYS``, (N, H, W))
     are the values at the sampled pixels as (N, 1, Q), and their pixel-centre coordinates
     (N, Q, 2) for ``FPLIIF(x, coord=...)``; the image is unchanged. Uses the global torch RNG
-    (so ``--resume`` reproduces it)."""
+    (so ``--resume`` reproduces it). ``samples=0``: ``(batch, None)``, the whole grid."""
+    if not samples:
+        return batch, None
     from ..models.fp_liif import pixel_centres
     label = batch["label"]
     n, h, w = label.shape
@@ -127,9 +129,7 @@ class MultiTaskStage:
         self.loss, self.model_name, self.query_samples = loss, model_name, query_samples
 
     def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
-        coord = None
-        if self.query_samples:
-            batch, coord = sample_queries(batch, self.query_samples)
+        batch, coord = sample_queries(batch, self.query_samples)
         outputs = model_forward(model, batch["image"], self.model_name, coord)
         return self.loss(outputs, batch), outputs
 
@@ -144,9 +144,7 @@ class DistillStage:
         self.query_samples = query_samples
 
     def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
-        coord = None
-        if self.query_samples:
-            batch, coord = sample_queries(batch, self.query_samples)
+        batch, coord = sample_queries(batch, self.query_samples)
         outputs = model_forward(model, batch["image"], self.model_name, coord)
         soft = self.teacher(batch["image"], coord)
         return self.loss(outputs, batch, soft, cycle=self.cycle), outputs
