@@ -116,6 +116,8 @@ class EvalConfig:
     workers: int = 2
     flip: bool = False                    # test-time flip (swaps left/right channels)
     scales: List[float] = field(default_factory=lambda: [1.0])
+    output_scale: float = 1.0             # logits at output_scale x the crop before the warp back
+                                          # (FP-LIIF decodes there directly; 2.0: 256 crop -> 512)
 
 
 @dataclass
@@ -290,6 +292,9 @@ def validate(cfg: Config) -> None:
                           f"train.cycle_epochs ({cfg.train.cycles} x {cfg.train.cycle_epochs})")
     if len(cfg.data.crop_size) != 2:
         raise ConfigError(f"config key 'data.crop_size' needs (h, w), got {cfg.data.crop_size}")
+    if not cfg.eval.output_scale > 0:
+        raise ConfigError(f"config key 'eval.output_scale' must be positive, "
+                          f"got {cfg.eval.output_scale}")
     q = cfg.train.query_samples
     if q < 0 or (q > 0 and cfg.model.name != "fp_liif"):
         raise ConfigError(f"config key 'train.query_samples' must be >= 0 and needs model.name "

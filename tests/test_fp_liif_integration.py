@@ -107,6 +107,9 @@ def test_query_samples_config_checks():
         load_config("synthetic", ["train.query_samples=100"])                 # DML-CSR: no queries
     with pytest.raises(ConfigError, match="query_samples"):
         load_config("fp_liif_synthetic", ["train.query_samples=100000"])      # > 128 x 128 pixels
+    with pytest.raises(ConfigError, match="output_scale"):
+        load_config("fp_liif_synthetic", ["eval.output_scale=0"])
+    assert load_config("fp_liif_celebamask_hq").eval.output_scale == 2.0     # 256 crop -> 512 labels
 
 
 def test_trainer_with_sampled_queries_in_both_stages(tmp_path):

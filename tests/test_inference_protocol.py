@@ -143,6 +143,47 @@ def test_oracle_errors_only_on_boundaries_when_the_crop_downsamples(data_root, t
         100.0 * (1 - wrong_total / metrics["num_pixels"]))
 
 
+class ImplicitOracle(nn.Module):
+    """Like Oracle, but takes ``size=`` (as FP-LIIF does): one-hot of the sample's label warped
+    straight onto a ``size`` grid of the crop region (the crop parameters of the dataset)."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.samples = {}
+        for i in range(len(dataset)):
+            s = dataset[i]
+            self.samples[_key(s["image"])] = (dataset.read_label(int(s["index"])), s["center"].numpy(),
+                                              float(s["scale"]), float(s["rotation"]))
+        self.sizes = []
+
+    def forward(self, x, size):
+        from dml_csr.data.transforms import warp_label
+        self.sizes.append(tuple(size))
+        labels = []
+        for img in x:
+            lab, center, scale, rotation = self.samples[_key(img)]
+            crop = warp_label(lab, center, scale, rotation, tuple(size))
+            labels.append(torch.from_numpy(np.where(crop == 255, 0, crop).astype(np.int64)))
+        return 10.0 * F.one_hot(torch.stack(labels), K).permute(0, 3, 1, 2).float()
+
+
+def test_output_scale_decodes_at_a_finer_grid_and_maps_back_exactly(data_root, tmp_path):
+    # the 24 px crop loses boundary pixels (previous test); asking for the logits at 3 x 24 = 72
+    # px (finer than the <= 50 px labels) makes the round trip exact again: the inverse crop is
+    # computed for the 72 px grid, which covers the same region
+    ds = _dataset(data_root, 24)
+    coarse = evaluate_model(ImplicitOracle(ds), ds, batch_size=3)
+    oracle = ImplicitOracle(ds)
+    fine = evaluate_model(oracle, ds, batch_size=3, output_scale=3.0, pred_dir=tmp_path / "pred")
+    assert set(oracle.sizes) == {(72, 72)}
+    assert coarse["pixel_accuracy"] < 100.0
+    assert fine["pixel_accuracy"] == 100.0
+    for name, pred in _read_preds(tmp_path / "pred").items():
+        assert pred.shape == SIZES[Path(name).stem]          # still the label's own size
+    with pytest.raises(ValueError, match="output_scale"):
+        evaluate_model(oracle, ds, output_scale=0)
+
+
 def test_flip_tta_of_an_equivariant_model_equals_no_tta(data_root, tmp_path):
     model = SymmetricConv()
     x = torch.randn(2, 3, 64, 64)

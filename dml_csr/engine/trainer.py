@@ -502,7 +502,7 @@ class Trainer:
         start = time.time()
         metrics = evaluate_model(du.unwrap(model), self.val_set, batch_size=e.batch_size,
                                  workers=e.workers, device=self.device, flip=False, scales=(1.0,),
-                                 dataset_name=self.cfg.data.dataset)
+                                 dataset_name=self.cfg.data.dataset, output_scale=e.output_scale)
         metrics = {k: v for k, v in metrics.items() if k != "confusion"}
         stage, _ = self._stage_of(self.epoch - 1)
         line = {"epoch": self.epoch, "stage": stage, "cycle": cycle, "model": kind,

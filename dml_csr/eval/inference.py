@@ -47,8 +47,9 @@ logger = logging.getLogger(__name__)
 # protocol.inference (the scoring half is metrics.protocol_description).
 INFERENCE_PROTOCOL = {
     "crop": "affine crop of the whole image (longer side fitted, shorter padded), no augmentation",
-    "logits": "at the crop size: bilinear align_corners=True upsampling of the model output, or "
-              "model(x, size=crop) for models that take a size (FP-LIIF)",
+    "logits": "at the crop size (times meta.output_scale, default 1): bilinear align_corners=True "
+              "upsampling of the model output, or model(x, size=...) for models that take a size "
+              "(FP-LIIF)",
     "label": "argmax in crop space, warped back to the original label size with the inverse "
              "affine (nearest, border 0)",
     "tta": "passes averaged as softmax probabilities; flip passes are flipped back and their "
@@ -213,7 +214,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
                    device: Union[str, torch.device, None] = "cpu", flip: bool = False,
                    scales: Sequence[float] = (1.0,), pred_dir=None, overlay_dir=None,
                    save_logits: bool = False, progress: bool = False, *,
-                   dataset_name: Optional[str] = None, headline: Optional[str] = None) -> dict:
+                   dataset_name: Optional[str] = None, headline: Optional[str] = None,
+                   output_scale: float = 1.0) -> dict:
     """Score ``model`` on a FaceDataset split with the release's protocol (module docstring).
 
     Args:
@@ -235,6 +237,10 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
             default the dataset's schema name. Pass it for LaPa: LaPa and Helen share their
             tokens, so a schema read from label_names.txt is named ``helen``.
         headline: force ``"overall_f1"`` or ``"mean_f1"``.
+        output_scale: ask for the logits at ``round(output_scale * crop size)`` (FP-LIIF decodes
+            there directly; other models are upsampled bilinearly) before the argmax and the
+            warp back; the inverse crop is computed for that size, so the prediction covers the
+            same region at a finer grid. 2.0 with a 256 crop of CelebAMask-HQ = its 512 labels.
 
     Under torch.distributed each process scores the strided shard ``rank::world_size`` (no
     padding duplicates) and the histograms are all-reduced, so every process returns the same
@@ -249,6 +255,9 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
     schema = base.schema
     k = schema.num_classes
     crop_size = tuple(int(v) for v in base.crop_size)
+    if not output_scale > 0:
+        raise ValueError(f"output_scale must be positive, got {output_scale}")
+    out_size = tuple(max(1, int(round(v * output_scale))) for v in crop_size)
     inner = _unwrap(model)
     model_device = _model_device(inner)
     device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
@@ -286,7 +295,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
         with torch.inference_mode():
             for batch in loader:
                 images = batch["image"].to(device, non_blocking=True)
-                logits = predict_logits(inner, images, crop_size, flip=flip,
+                logits = predict_logits(inner, images, out_size, flip=flip,
                                         flip_permutation=perm, scales=scales)
                 pred = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (N, H, W), K <= 255
                 logits_np = logits.half().cpu().numpy() if save_logits else None
@@ -386,26 +395,28 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
              device: Union[str, torch.device] = "cpu", batch_size: int = 8, workers: int = 0,
              flip: bool = False, scales: Sequence[float] = (1.0,), pred_dir=None,
              overlay_dir=None, save_logits: bool = False, progress: bool = False,
-             meta: Optional[Mapping[str, object]] = None) -> dict:
+             meta: Optional[Mapping[str, object]] = None, output_scale: Optional[float] = None) -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
-    ``meta`` and ``protocol.inference``."""
+    ``meta`` and ``protocol.inference``. ``output_scale``: default ``cfg.eval.output_scale``."""
     from .evaluate import build_result
 
     model = load_inference_model(cfg, checkpoint, device)
     dataset = build_eval_dataset(cfg, split, data_root)
+    output_scale = float(cfg.eval.output_scale if output_scale is None else output_scale)
     start = time.perf_counter()
     metrics = evaluate_model(model, dataset, batch_size=batch_size, workers=workers, device=device,
                              flip=flip, scales=scales, pred_dir=pred_dir, overlay_dir=overlay_dir,
                              save_logits=save_logits, progress=progress,
-                             dataset_name=cfg.data.dataset)
+                             dataset_name=cfg.data.dataset, output_scale=output_scale)
     seconds = time.perf_counter() - start
     if "confusion" not in metrics:
         raise ValueError(f"split {split!r} of {dataset.root} has no label files: nothing to score")
     info = {"checkpoint": str(checkpoint), "config": cfg.name, "preset": cfg.preset,
             "model": cfg.model.name, "data_root": str(dataset.root),
             "crop_size": list(dataset.crop_size), "flip": bool(flip),
-            "scales": [float(s) for s in scales], "seconds": round(seconds, 3)}
+            "scales": [float(s) for s in scales], "output_scale": output_scale,
+            "seconds": round(seconds, 3)}
     if pred_dir is not None:
         info["pred_dir"] = str(pred_dir)
     info.update(meta or {})
