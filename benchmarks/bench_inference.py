@@ -16,8 +16,9 @@ Weights: random, every norm randomised and then calibrated on two random images
 (``dml_csr.utils.random_weights``) so that each layer sees unit-scale activations as in a trained
 network and the logits depend on the whole network (``--no-calibrate``: the randomised norms
 alone, whose activations fade out layer by layer so that the logits hardly depend on the
-network: the runs before calibration existed matched to 9.7e-8 that way, a weak check). Parity: max abs difference of each variant's logits to the plain module's, the same
-relative to max |logit|, and the share of pixels whose argmax agrees.
+network: the runs before calibration existed matched to 9.7e-8 that way, a weak check).
+Parity: max abs difference of each variant's logits to the plain module's, the same relative to
+max |logit|, and the share of pixels whose argmax agrees.
 
 Latency: batch 1, median of ``--runs`` timed runs after one warm-up. Throughput: batch ``--batch``,
 images per second over ``--batch-runs`` runs (the batch-1 warm-up comes first). Parity: max abs
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-onnx", action="store_true")
-    ap.add_argument("--no-calibrate", action="store_true", help="skip the norm calibration (weak parity check)")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="skip the norm calibration (weak parity check)")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
 

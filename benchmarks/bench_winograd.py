@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     rows = []
     print(f"threads {threads}, torch {torch.__version__}")
-    print("| layer | C_in -> C_out @ H (dil) | x | direct (ms) | F(2x2) (ms) | speed-up | F(4x4) (ms) | speed-up | max abs diff F2 / F4 |")
+    print("| layer | C_in -> C_out @ H (dil) | x | direct (ms) | F(2x2) (ms) | speed-up | F(4x4) (ms) "
+          "| speed-up | max abs diff F2 / F4 |")
     print("|---|---|---|---|---|---|---|---|---|")
     with torch.inference_mode():
         for name, ci, co, hw, d, count in SHAPES:

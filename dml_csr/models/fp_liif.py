@@ -218,14 +218,14 @@ class FPLIIF(nn.Module):
         for seq in (self.reduce, self.decoder):
             mods = list(seq)
             hidden += [m for m, nxt in zip(mods, mods[1:]) if isinstance(nxt, _ACT_TYPES)]
-        hidden += [m.conv1 for m in self.modules() if isinstance(m, ResidualBlock)]
+        blocks = [m for m in self.modules() if isinstance(m, ResidualBlock)]
+        hidden += [b.conv1 for b in blocks]
         for mod in hidden:
             nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(mod.bias)
-        for mod in self.modules():
-            if isinstance(mod, ResidualBlock):
-                nn.init.zeros_(mod.conv2.weight)
-                nn.init.zeros_(mod.conv2.bias)
+        for b in blocks:
+            nn.init.zeros_(b.conv2.weight)
+            nn.init.zeros_(b.conv2.bias)
 
     # ----------------------------------------------------------------------------------- encoder
     def encode(self, x: Tensor) -> FPLIIFLatent:
