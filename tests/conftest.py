@@ -7,16 +7,14 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
+DATA = os.path.join(REPO, "tests", "data")
 
 torch.set_num_threads(2)
 
 
 def read_reference(form: str):
-    """{key: shape tuple} of shared/reference/dml_csr_state_dict_{form}.txt (None for scalars)."""
-    path = os.path.join(SHARED, "reference", f"dml_csr_state_dict_{form}.txt")
-    if not os.path.isfile(path):
-        pytest.fail(f"reference file missing: {path} (shared/ must sit beside the repository)")
+    """{key: shape tuple} of tests/data/reference/dml_csr_state_dict_{form}.txt (the release)."""
+    path = os.path.join(DATA, "reference", f"dml_csr_state_dict_{form}.txt")
     ref = {}
     with open(path) as f:
         for line in f:
