@@ -225,7 +225,8 @@ class FaceParser:
         detector: ``"opencv"`` (Haar cascade), None (no detection: whole photo = one face) or a
             callable ``image_bgr -> (F, 4|5) boxes``.
         margin: square region side = (1 + 2 * margin) * longer box side.
-        max_batch: faces per forward pass. center_mode: whole-photo crop centre convention.
+        max_batch: faces per forward pass. center_mode: crop geometry of the whole-photo crop
+            (``crop_params``; detected faces use ``face_region``).
     """
 
     def __init__(self, backend: Callable, schema: Schema, crop_size: Tuple[int, int] = (473, 473),
@@ -338,6 +339,8 @@ class FaceParser:
                                                             and images.dtype != object)
         photos = [_as_bgr(im, rgb) for im in ([images] if single else list(images))]
         ids, boxes, regions = [], [], []
+        # the checkpoint's crop geometry for the whole-photo crop; detected faces: face_region's
+        mode = self.center_mode if not detect or self.detector is None else "exact"
         crops: List[torch.Tensor] = []
         no_face = []
         for j, photo in enumerate(photos):
@@ -351,7 +354,7 @@ class FaceParser:
                 ids.append(j)
                 boxes.append(box)
                 regions.append((center, scale))
-                crop = warp_image(photo, center, scale, 0.0, self.crop_size)
+                crop = warp_image(photo, center, scale, 0.0, self.crop_size, mode)
                 crops.append(normalize_image(crop, self.channel_order))
         logits = self._logits(crops) if crops else torch.zeros(0, self.schema.num_classes,
                                                                 *self.crop_size)
@@ -363,12 +366,13 @@ class FaceParser:
         label_maps, confs, full = [], [], [] if return_logits else None
         for i, (center, scale) in enumerate(regions):
             h, w = photos[ids[i]].shape[:2]
-            label_maps.append(warp_back(labels[i].numpy().astype(np.uint8), center, scale, 0.0, (h, w)))
+            label_maps.append(warp_back(labels[i].numpy().astype(np.uint8), center, scale, 0.0,
+                                        (h, w), center_mode=mode))
             confs.append(warp_back(conf[i].numpy(), center, scale, 0.0, (h, w),
-                                   interpolation="nearest"))
+                                   interpolation="nearest", center_mode=mode))
             if return_logits:
                 src = probs[i] if probabilities else logits[i]
-                full.append(warp_back(src.numpy(), center, scale, 0.0, (h, w)))
+                full.append(warp_back(src.numpy(), center, scale, 0.0, (h, w), center_mode=mode))
         combined = [self._combine([label_maps[i] for i in range(len(ids)) if ids[i] == j],
                                   [confs[i] for i in range(len(ids)) if ids[i] == j],
                                   [regions[i][1] for i in range(len(ids)) if ids[i] == j],

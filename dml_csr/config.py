@@ -51,7 +51,7 @@ class DataConfig:
     augment: str = "paper"                # paper | released | none
     flip: bool = False                    # neither paper nor release flips
     channel_order: str = "bgr"            # bgr (the release, official checkpoints) | rgb
-    center_mode: str = "exact"            # exact | released (crop centre truncated to int)
+    center_mode: str = "exact"            # exact | released (the release's crop geometry, int centre back)
     edge_width: int = 1
     batch_size: int = 28                  # global batch (split over processes)
     workers: int = 4                      # data-loader workers per process

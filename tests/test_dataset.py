@@ -230,7 +230,8 @@ def test_channel_order(root):
 
 def test_released_center_mode(root):
     s = FaceDataset(str(root), "test", crop_size=CROP, center_mode="released")[0]
-    assert s["center"].tolist() == [15.0, 19.0]
+    # the release crops around the float centre with a span of the longer side minus 1
+    assert s["center"].tolist() == [15.5, 19.5] and float(s["scale"]) == 39.0
 
 
 def test_image_only_list(tmp_path):

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,10 +22,11 @@ def _blocky_label(h, w, k=6, seed=0):
 def test_crop_params_modes():
     c, s = crop_params(40, 32, "exact")
     assert np.allclose(c, [15.5, 19.5]) and s == 40.0
+    # the release: the same float centre, a span of the longer side minus one pixel
     c, s = crop_params(40, 32, "released")
-    assert np.allclose(c, [15.0, 19.0]) and s == 40.0
+    assert np.allclose(c, [15.5, 19.5]) and s == 39.0
     c, s = crop_params(31, 50, "released")
-    assert np.allclose(c, [24.0, 15.0]) and s == 50.0
+    assert np.allclose(c, [24.5, 15.0]) and s == 49.0
     with pytest.raises(ValueError):
         crop_params(4, 4, "bogus")
 
@@ -54,25 +56,65 @@ def test_affine_inverse_and_rotation_sign():
     assert np.isclose(x, 5.0) and y < 5.0
 
 
+def _release_affine(center, scale, rotation, out_size, inverse=False):
+    """The release's get_affine_transform, from its three point pairs (written out here)."""
+    out_h, out_w = out_size
+    t = np.deg2rad(rotation)
+    up = np.array([0.0, -0.5 * scale])
+    src_dir = np.array([up[0] * np.cos(t) - up[1] * np.sin(t), up[0] * np.sin(t) + up[1] * np.cos(t)])
+    src0 = np.asarray(center, np.float64)
+    dst0 = np.array([out_w * 0.5, out_h * 0.5])
+    src = [src0, src0 + src_dir]
+    dst = [dst0, dst0 + np.array([0.0, -0.5 * out_w])]
+    third = lambda a, b: b + np.array([-(a - b)[1], (a - b)[0]])  # noqa: E731
+    src.append(third(*src))
+    dst.append(third(*dst))
+    src, dst = np.float32(src), np.float32(dst)
+    return cv2.getAffineTransform(dst, src) if inverse else cv2.getAffineTransform(src, dst)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 23.0])
+def test_released_affine_is_the_releases(rotation):
+    center, scale = crop_params(40, 31, "released")
+    for inverse in (False, True):
+        ours = get_affine_matrix(center, scale * 1.1, rotation, (473, 473), inverse=inverse,
+                                 center_mode="released")
+        ref = _release_affine(center, scale * 1.1, rotation, (473, 473), inverse=inverse)
+        assert np.allclose(ours, ref, atol=1e-4)
+    # and it is not the exact geometry (the test can tell them apart)
+    exact = get_affine_matrix(*crop_params(40, 31), rotation, (473, 473))
+    assert not np.allclose(exact, _release_affine(center, scale, rotation, (473, 473)), atol=1e-2)
+
+
 @pytest.mark.parametrize("shape", [(40, 32), (31, 50), (473, 473)])
-@pytest.mark.parametrize("mode", ["exact", "released"])
-def test_warp_back_recovers_label_no_augmentation(shape, mode):
+def test_warp_back_recovers_label_no_augmentation(shape):
     label = _blocky_label(*shape)
-    center, scale = crop_params(*shape, center_mode=mode)
+    center, scale = crop_params(*shape)
     crop = warp_label(label, center, scale, 0.0, (473, 473))
     assert crop.shape == (473, 473) and crop.dtype == np.uint8
     back = warp_back(crop, center, scale, 0.0, shape)
     assert back.shape == shape and back.dtype == np.uint8
-    if mode == "released" and shape[0] != shape[1]:
-        # the truncated centre shifts the image by half a pixel: the last row (column) of the
-        # longer side lands on the crop's outer edge and comes back as the border value 0
-        if shape[0] > shape[1]:
-            assert (back[-1] == 0).all()
-            back, label = back[:-1], label[:-1]
-        else:
-            assert (back[:, -1] == 0).all()
-            back, label = back[:, :-1], label[:, :-1]
     assert np.array_equal(back, label)
+
+
+@pytest.mark.parametrize("shape", [(40, 32), (31, 50)])
+def test_released_crop_and_warp_back(shape):
+    """The release crops with the float centre and maps back with the int32-truncated one."""
+    h, w = shape
+    label = _blocky_label(h, w)
+    center, scale = crop_params(h, w, "released")
+    crop = warp_label(label, center, scale, 0.0, (473, 473), center_mode="released")
+    ref_crop = cv2.warpAffine(label, _release_affine(center, scale, 0.0, (473, 473)), (473, 473),
+                              flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=255)
+    assert (crop != ref_crop).mean() < 1e-3       # float32 vs float64 matrices at cell borders
+    back = warp_back(crop, center, scale, 0.0, shape, center_mode="released")
+    int_center = center.astype(np.int32)
+    ref_back = cv2.warpAffine(crop, _release_affine(int_center, scale, 0.0, (473, 473), inverse=True),
+                              (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+    assert (back != ref_back).mean() < 1e-3
+    assert not np.array_equal(int_center, center)   # odd-even sizes: the truncation matters
 
 
 def test_warp_back_recovers_label_rotated_zoomed_out():

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from .edges import binary_edges, category_edges
 from .schemas import Schema, schema_from_tokens
-from .transforms import (AUGMENT_MODES, crop_params, normalize_image, sample_augmentation,
+from .transforms import (AUGMENT_MODES, CENTER_MODES, crop_params, normalize_image, sample_augmentation,
                          warp_image, warp_label)
 
 __all__ = ["FaceDataset", "read_label_names"]
@@ -52,7 +52,7 @@ class FaceDataset(Dataset):
             left/right classes (neither the paper nor the release flips).
         flip_prob: probability of the flip when ``flip`` is on.
         channel_order: ``"bgr"`` (release, official checkpoints) or ``"rgb"``.
-        center_mode: ``"exact"`` or ``"released"`` (integer crop centre), see ``crop_params``.
+        center_mode: ``"exact"`` or ``"released"`` (the release's crop geometry), see ``crop_params``.
         edge_width: width of the edge band, see ``edges.binary_edges``.
         with_edges: return ``edge`` and ``cat_edge``; default True for ``split == "train"``.
         schema: label schema; default read from ``ROOT/label_names.txt``.
@@ -73,8 +73,8 @@ class FaceDataset(Dataset):
             raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
         if channel_order not in ("bgr", "rgb"):
             raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
-        if center_mode not in ("exact", "released"):
-            raise ValueError(f"center_mode must be 'exact' or 'released', got {center_mode!r}")
+        if center_mode not in CENTER_MODES:
+            raise ValueError(f"center_mode must be one of {CENTER_MODES}, got {center_mode!r}")
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
         self.root = root
@@ -229,12 +229,13 @@ class FaceDataset(Dataset):
             coin = rng.random()
             do_flip = self.flip and coin < self.flip_prob
 
-        crop = warp_image(image, center, scale, rotation, self.crop_size)
+        crop = warp_image(image, center, scale, rotation, self.crop_size, self.center_mode)
         if do_flip:
             crop = crop[:, ::-1]
         sample = {"image": normalize_image(crop, self.channel_order)}
         if label is not None:
-            lab = warp_label(label, center, scale, rotation, self.crop_size, IGNORE_INDEX)
+            lab = warp_label(label, center, scale, rotation, self.crop_size, IGNORE_INDEX,
+                             self.center_mode)
             if do_flip:
                 lab = self._flip_lut[lab[:, ::-1]]
             sample["label"] = torch.from_numpy(lab.astype(np.int64))

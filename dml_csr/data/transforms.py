@@ -26,6 +26,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 AUGMENT_MODES = ("none", "paper", "released")
+CENTER_MODES = ("exact", "released")
 
 _INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR}
 _CV_MAX_CHANNELS = 512  # cv2 refuses images with more channels; warp_back splits larger stacks
@@ -36,35 +37,48 @@ def crop_params(h: int, w: int, center_mode: str = "exact") -> Tuple[np.ndarray,
 
     Args:
         h, w: image size in pixels.
-        center_mode: ``"exact"`` uses ``((w - 1) / 2, (h - 1) / 2)``; ``"released"`` truncates both
-            to integers as the release does (a half-pixel shift on even sizes).
+        center_mode: the crop geometry (``CENTER_MODES``). ``"exact"``: the source square of side
+            max(h, w) centred on ((w - 1) / 2, (h - 1) / 2) fills the crop pixel for pixel.
+            ``"released"``: the release's geometry, the same float centre but a source span of
+            max(h, w) - 1 pixels (its box runs from pixel 0 to pixel w - 1); see
+            ``get_affine_matrix`` and ``warp_back`` for the rest of it.
 
     Returns:
         center: float64 (2,) array (x, y) in source pixels.
-        scale: side of the square source region, the longer image side (the shorter one is padded).
+        scale: side of the square source region (the shorter image side is padded).
     """
-    if center_mode == "exact":
-        center = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
-    elif center_mode == "released":
-        center = np.array([float((w - 1) // 2), float((h - 1) // 2)])
-    else:
-        raise ValueError(f"center_mode must be 'exact' or 'released', got {center_mode!r}")
-    return center, float(max(h, w))
+    _check_center_mode(center_mode)
+    center = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    side = float(max(h, w))
+    return center, side - 1.0 if center_mode == "released" else side
+
+
+def _check_center_mode(center_mode: str) -> None:
+    if center_mode not in CENTER_MODES:
+        raise ValueError(f"center_mode must be one of {CENTER_MODES}, got {center_mode!r}")
 
 
 def get_affine_matrix(center, scale: float, rotation_deg: float, out_size: Tuple[int, int],
-                      inverse: bool = False) -> np.ndarray:
+                      inverse: bool = False, center_mode: str = "exact") -> np.ndarray:
     """2x3 float64 matrix mapping source pixels to crop pixels (or back with ``inverse=True``).
 
-    The source square of side ``scale`` around ``center`` is fitted onto the shorter side of
-    ``out_size`` (h, w); for the usual square crop it fills the crop exactly.
+    ``center_mode="exact"``: the source square of side ``scale`` around ``center`` is fitted onto
+    the shorter side of ``out_size`` (h, w), ``center`` landing on the crop's centre pixel
+    ((w - 1) / 2, (h - 1) / 2); for the usual square crop it fills the crop exactly.
+    ``center_mode="released"``: the release's ``get_affine_transform``: ``scale`` source pixels
+    onto the crop's width, ``center`` landing on (w / 2, h / 2).
     """
+    _check_center_mode(center_mode)
     out_h, out_w = out_size
     cx, cy = float(center[0]), float(center[1])
-    f = min(out_h, out_w) / float(scale)
+    if center_mode == "released":
+        f = out_w / float(scale)
+        ox, oy = out_w / 2.0, out_h / 2.0
+    else:
+        f = min(out_h, out_w) / float(scale)
+        ox, oy = (out_w - 1) / 2.0, (out_h - 1) / 2.0
     theta = np.deg2rad(rotation_deg)
     a, b = f * np.cos(theta), f * np.sin(theta)
-    ox, oy = (out_w - 1) / 2.0, (out_h - 1) / 2.0
     if not inverse:
         # crop = f * R * (src - center) + crop_centre
         return np.array([[a, b, ox - a * cx - b * cy],
@@ -84,16 +98,17 @@ def _warp(src: np.ndarray, inverse_matrix: np.ndarray, out_size: Tuple[int, int]
 
 
 def warp_image(image: np.ndarray, center, scale: float, rotation: float,
-               out_size: Tuple[int, int]) -> np.ndarray:
+               out_size: Tuple[int, int], center_mode: str = "exact") -> np.ndarray:
     """Crop an (H, W[, C]) image: bilinear, border 0. Returns (out_h, out_w[, C]), same dtype."""
-    inv = get_affine_matrix(center, scale, rotation, out_size, inverse=True)
+    inv = get_affine_matrix(center, scale, rotation, out_size, inverse=True, center_mode=center_mode)
     return _warp(image, inv, out_size, cv2.INTER_LINEAR, 0)
 
 
 def warp_label(label: np.ndarray, center, scale: float, rotation: float,
-               out_size: Tuple[int, int], ignore_index: int = 255) -> np.ndarray:
+               out_size: Tuple[int, int], ignore_index: int = 255,
+               center_mode: str = "exact") -> np.ndarray:
     """Crop an (H, W) label map: nearest, border ``ignore_index``. Returns (out_h, out_w)."""
-    inv = get_affine_matrix(center, scale, rotation, out_size, inverse=True)
+    inv = get_affine_matrix(center, scale, rotation, out_size, inverse=True, center_mode=center_mode)
     return _warp(label, inv, out_size, cv2.INTER_NEAREST, ignore_index)
 
 
@@ -101,7 +116,8 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def warp_back(array: ArrayLike, center, scale: float, rotation: float, orig_size: Tuple[int, int],
-              interpolation: Optional[str] = None, layout: str = "chw") -> ArrayLike:
+              interpolation: Optional[str] = None, layout: str = "chw",
+              center_mode: str = "exact") -> ArrayLike:
     """Map a crop-space array back onto the original image (inverse of the crop), border 0.
 
     Args:
@@ -112,6 +128,9 @@ def warp_back(array: ArrayLike, center, scale: float, rotation: float, orig_size
         interpolation: ``"nearest"`` or ``"bilinear"``; default nearest for 2-D arrays (label
             maps, as the evaluation protocol prescribes) and bilinear for 3-D stacks.
         layout: ``"chw"`` or ``"hwc"`` for 3-D arrays.
+        center_mode: the crop geometry (``crop_params``). ``"released"`` also truncates the centre
+            to integers first, as the release's scorer does (it stores the centres as int32), so
+            the map back is half a pixel off the crop on even image sides.
 
     Returns:
         (h, w), (C, h, w) or (h, w, C) array, matching the input layout.
@@ -142,7 +161,10 @@ def warp_back(array: ArrayLike, center, scale: float, rotation: float, orig_size
         x = x.astype(np.float32)
     crop_size = x.shape[:2]
     # the inverse of the crop is the forward matrix, used as cv2's dst -> src map
-    fwd = get_affine_matrix(center, scale, rotation, crop_size, inverse=False)
+    if center_mode == "released":
+        center = np.trunc(np.asarray(center, dtype=np.float64))
+    fwd = get_affine_matrix(center, scale, rotation, crop_size, inverse=False,
+                            center_mode=center_mode)
     h, w = int(orig_size[0]), int(orig_size[1])
     interp = _INTERP[interpolation]
     if x.ndim == 3 and x.shape[2] > _CV_MAX_CHANNELS:

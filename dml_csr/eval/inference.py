@@ -255,6 +255,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
     schema = base.schema
     k = schema.num_classes
     crop_size = tuple(int(v) for v in base.crop_size)
+    center_mode = base.center_mode   # "released": the release's crop and truncated warp-back centre
     if not output_scale > 0:
         raise ValueError(f"output_scale must be positive, got {output_scale}")
     out_size = tuple(max(1, int(round(v * output_scale))) for v in crop_size)
@@ -305,7 +306,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
                     rotation = float(batch["rotation"][j])
                     gt = batch["orig_label"][j]
                     size = gt.shape if gt is not None else tuple(batch["orig_size"][j].tolist())
-                    label = warp_back(pred[j], center, scale, rotation, size, "nearest")
+                    label = warp_back(pred[j], center, scale, rotation, size, "nearest",
+                                      center_mode=center_mode)
                     if gt is not None:
                         cm.update(gt, label)
                     name = batch["out_name"][j]
