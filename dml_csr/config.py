@@ -62,7 +62,7 @@ class DataConfig:
 @dataclass
 class LossConfig:
     # Multi-task stage (eq. 2-5)
-    parse_ce_weight: float = 1.0          # lambda0 * CE
+    parse_ce_weight: float = 1.0          # lambda0 * CE (the KL's weight in the CSR stage)
     parse_lovasz_weight: float = 1.0      # lambda0 * Lovasz
     binary_edge_weight: float = 1.0       # lambda1
     category_edge_weight: float = 1.0     # lambda2
@@ -73,7 +73,6 @@ class LossConfig:
     class_weights: List[float] = field(default_factory=list)  # w_j of eq. 4 ([] = all ones)
     tasks: List[str] = field(default_factory=lambda: [
         "binary_edge", "binary_attention", "category_edge", "category_attention"])
-    total_scale: float = 1.0              # the release multiplies its total by 4
     # Self-distillation stage (eq. 7)
     distill_parse_weight: float = 1.0     # alpha0
     distill_binary_weight: float = 1.0    # alpha1
@@ -93,6 +92,7 @@ class TrainConfig:
     momentum: float = 0.9                 # SGD momentum; AdamW uses betas (0.9, 0.999)
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    poly_horizon: str = "multitask"       # poly decay over: multitask (the stage) | total (release)
     csr_lr: float = 1e-5                  # cosine from this value, restarted every cycle
     csr_lr_min: float = 0.0
     csr_lr_schedule: str = "cosine_epoch"  # cosine_epoch | cosine_iter | released
@@ -277,6 +277,7 @@ def validate(cfg: Config) -> None:
         "loss.category_attention_mode": (cfg.loss.category_attention_mode, ("eq4", "released")),
         "loss.soft_targets": (cfg.loss.soft_targets, ("teacher", "released")),
         "train.csr_lr_schedule": (cfg.train.csr_lr_schedule, ("cosine_epoch", "cosine_iter", "released")),
+        "train.poly_horizon": (cfg.train.poly_horizon, ("multitask", "total")),
         "train.teacher": (cfg.train.teacher, ("eq6", "released")),
         "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw")),
     }

@@ -11,7 +11,7 @@ from dml_csr.config import CONFIG_DIR, config_to_dict, load_config
 from dml_csr.data.edges import binary_edges, category_edges
 from dml_csr.eval.paper import ABLATION_TABLES, ROW_LABELS
 from dml_csr.layers.abn import ABN
-from dml_csr.losses import MultiTaskLoss
+from dml_csr.losses import build_losses
 from dml_csr.models import DMLCSR
 from dml_csr.models.context import CONTEXT_MODULES, build_context
 from dml_csr.models.dml_csr import DDualGCN, SpatialGCN
@@ -213,9 +213,7 @@ def test_one_training_step_per_row(row):
     cfg = load_config(_ablation_path("synthetic", row))
     tasks = set(cfg.loss.tasks)
     model = DMLCSR(5, with_edges=True, layers=[1, 1, 1, 1], width_mult=0.125, context=cfg.model.context)
-    loss_fn = MultiTaskLoss(binary_edge="binary_edge" in tasks, category_edge="category_edge" in tasks,
-                            binary_attention="binary_attention" in tasks,
-                            category_attention="category_attention" in tasks)
+    loss_fn = build_losses(cfg)[0]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     before = {k: v.clone() for k, v in model.context.state_dict().items()}
     batch = _batch()

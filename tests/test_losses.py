@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from dml_csr.losses import (BinaryEdgeAttentionLoss, BinaryEdgeLoss, CategoryEdgeAttentionLoss,
                             CategoryEdgeLoss, DistillationKL, LovaszSoftmaxLoss, MultiTaskLoss,
                             ParsingLoss, SelfDistillationLoss, lovasz_softmax_flat, mix_with_one_hot)
+from dml_csr.config import load_config
+from dml_csr.losses import build_losses
 from dml_csr.losses.common import pixel_cross_entropy
 
 N, K, H, W = 2, 4, 6, 5
@@ -144,12 +146,18 @@ def ref_category_attention(logits, label, edge, cat_edge, class_weight, include_
 
 
 def ref_released_category_attention(logits, label, cat_edge):
-    num, count = 0.0, 0
-    for p in pixels(label):
-        if label[p] != IGNORE and cat_edge[p] not in (0, IGNORE):
-            num += cat_edge[p].item() * ce_at(logits, *p, label[p].item())
-            count += 1
-    return num / count if count else 0.0
+    """The release: per image, sum of class id x CE over its category-edge pixels divided by
+    their count in that image; summed over the images and divided by N."""
+    total = 0.0
+    for i in range(label.shape[0]):
+        num, count = 0.0, 0
+        for (j, y, x) in pixels(label):
+            p = (j, y, x)
+            if j == i and label[p] != IGNORE and cat_edge[p] not in (0, IGNORE):
+                num += cat_edge[p].item() * ce_at(logits, *p, label[p].item())
+                count += 1
+        total += num / count if count else 0.0
+    return total / label.shape[0]
 
 
 def ref_kl(student, teacher, label, temperature=1.0):
@@ -265,7 +273,7 @@ def test_category_attention_matches_loops(include_background):
     logits = make_logits()[0]
     weights = [0.5, 1.0, 2.0, 3.0]
     pce = pixel_cross_entropy(logits, batch["label"])
-    loss = CategoryEdgeAttentionLoss("paper", weights, include_background)
+    loss = CategoryEdgeAttentionLoss("eq4", weights, include_background)
     got = loss(pce, batch["label"], batch["edge"], batch["cat_edge"], K).item()
     expected = ref_category_attention(logits, batch["label"], batch["edge"], batch["cat_edge"],
                                       weights, include_background)
@@ -293,9 +301,13 @@ def test_category_attention_released_variant():
     released = CategoryEdgeAttentionLoss("released")(*args).item()
     assert released == pytest.approx(
         ref_released_category_attention(logits, batch["label"], batch["cat_edge"]), rel=1e-5)
-    assert abs(released - CategoryEdgeAttentionLoss("paper")(*args).item()) > 1e-3
+    assert abs(released - CategoryEdgeAttentionLoss("eq4")(*args).item()) > 1e-3
+    # per image, not per batch: pooling the two images' edge pixels gives another number
+    on = (batch["cat_edge"] > 0) & (batch["cat_edge"] != IGNORE) & (batch["label"] != IGNORE)
+    pooled = (pce * batch["cat_edge"].float() * on).sum() / on.sum()
+    assert abs(released - pooled.item()) > 1e-3
     with pytest.raises(ValueError):
-        CategoryEdgeAttentionLoss("paper", [1.0, 1.0])(*args)      # wrong number of class weights
+        CategoryEdgeAttentionLoss("eq4", [1.0, 1.0])(*args)      # wrong number of class weights
 
 
 # ----------------------------------------------------------------------------- distillation (eq. 7)
@@ -324,7 +336,7 @@ def test_self_distillation_parts_and_total():
     batch = make_batch()
     student, teacher = make_logits(seed=1), make_logits(seed=2)
     label = batch["label"]
-    loss = SelfDistillationLoss(kl_weight=0.5, lovasz_weight=0.25)
+    loss = SelfDistillationLoss(parse_ce_weight=0.5, parse_lovasz_weight=0.25)
     out = loss(student, batch, teacher)
     assert out["parse_kl"].item() == pytest.approx(ref_kl(student[0], teacher[0], label), rel=1e-5)
     assert out["parse_lovasz"].item() == pytest.approx(ref_lovasz(torch.softmax(student[0], 1), label),
@@ -343,8 +355,8 @@ def test_self_distillation_released_options():
     student, teacher = make_logits(seed=1), make_logits(seed=2)
     label = batch["label"]
     paper = SelfDistillationLoss()(student, batch, teacher)
-    released = SelfDistillationLoss(soft_targets="mixed", add_attention=True, attention_mode="released",
-                                    loss_scale=4.0)
+    released = SelfDistillationLoss(soft_targets="released", csr_attention=True,
+                                    category_attention_mode="released", distill_category_weight=0.2)
     out = released(student, batch, teacher, cycle=1)
     mixed = mix_with_one_hot(teacher[1], batch["edge"], 0.5)
     assert out["binary_edge_kl"].item() == pytest.approx(ref_kl(student[1], mixed, label), rel=1e-5)
@@ -353,8 +365,8 @@ def test_self_distillation_released_options():
         ref_binary_attention(student[0], label, batch["edge"]), rel=1e-5)
     assert out["category_attention"].item() == pytest.approx(
         ref_released_category_attention(student[0], label, batch["cat_edge"]), rel=1e-5)
-    expected = 4.0 * (out["parse"] + out["binary_edge_kl"] + 0.1 * out["category_edge_kl"]
-                      + 4.0 * out["binary_attention"] + 1.0 * out["category_attention"])
+    expected = (out["parse"] + out["binary_edge_kl"] + 0.2 * out["category_edge_kl"]
+                + 4.0 * out["binary_attention"] + 1.0 * out["category_attention"])
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     # cycle m = 0 mixes with weight 1: the target is the softmax of the one-hot label alone
     at_zero = released(student, batch, teacher, cycle=0)["parse_kl"].item()
@@ -368,7 +380,7 @@ def test_self_distillation_teacher_is_not_trained_and_student_is():
     batch = make_batch()
     student = make_logits(seed=1, requires_grad=True)
     teacher = make_logits(seed=2, requires_grad=True)
-    SelfDistillationLoss(add_attention=True)(student, batch, teacher)["loss"].backward()
+    SelfDistillationLoss(csr_attention=True)(student, batch, teacher)["loss"].backward()
     assert all(t.grad is None for t in teacher)
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
 
@@ -387,11 +399,12 @@ def test_multitask_parts_match_references_and_total_is_weighted_sum():
     batch = make_batch()
     logits = make_logits(requires_grad=True)
     label = batch["label"]
-    weights = dict(lambda0=1.5, lambda1=0.7, lambda2=0.3, lambda3=4.0, lambda4=2.0)
-    loss = MultiTaskLoss(**weights, ce_weight=0.5, lovasz_weight=0.5, loss_scale=4.0)
+    weights = dict(binary_edge_weight=0.7, category_edge_weight=0.3, binary_attention_weight=4.0,
+                   category_attention_weight=2.0)
+    loss = MultiTaskLoss(**weights, parse_ce_weight=0.5, parse_lovasz_weight=1.5)
     out = loss(logits, batch)
     ce, lov = ref_mean_ce(logits[0], label), ref_lovasz(torch.softmax(logits[0], 1), label)
-    assert out["parse"].item() == pytest.approx(0.5 * ce + 0.5 * lov, rel=1e-5)
+    assert out["parse"].item() == pytest.approx(0.5 * ce + 1.5 * lov, rel=1e-5)
     n_non, n_edge = counts(batch["edge"], 2)
     bw = [n_edge / (n_non + n_edge), n_non / (n_non + n_edge)]
     assert out["binary_edge"].item() == pytest.approx(ref_weighted_ce(logits[1], batch["edge"], bw), rel=1e-5)
@@ -399,8 +412,8 @@ def test_multitask_parts_match_references_and_total_is_weighted_sum():
         ref_binary_attention(logits[0], label, batch["edge"]), rel=1e-5)
     assert out["category_attention"].item() == pytest.approx(
         ref_category_attention(logits[0], label, batch["edge"], batch["cat_edge"], [1.0] * K), rel=1e-5)
-    expected = 4.0 * (1.5 * out["parse"] + 0.7 * out["binary_edge"] + 0.3 * out["category_edge"]
-                      + 4.0 * out["binary_attention"] + 2.0 * out["category_attention"])
+    expected = (out["parse"] + 0.7 * out["binary_edge"] + 0.3 * out["category_edge"]
+                + 4.0 * out["binary_attention"] + 2.0 * out["category_attention"])
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert out["loss"].requires_grad and not any(v.requires_grad for k, v in out.items() if k != "loss")
 
@@ -409,11 +422,10 @@ def test_multitask_release_weights_differ_from_paper():
     batch = make_batch()
     logits = make_logits()
     paper = MultiTaskLoss()(logits, batch)
-    released = MultiTaskLoss(ce_weight=0.5, lovasz_weight=0.5, lambda2=0.1, loss_scale=4.0,
-                             category_weighting="frequency", attention_mode="released")(logits, batch)
+    released = build_losses(load_config("synthetic", ["preset=released"]))[0](logits, batch)
     for key in ("loss", "category_edge", "category_attention"):
         assert abs(paper[key].item() - released[key].item()) > 1e-3, key
-    assert released["parse"].item() == pytest.approx(0.5 * paper["parse"].item(), rel=1e-6)
+    assert released["parse"].item() == pytest.approx(2.0 * paper["parse"].item(), rel=1e-6)
 
 
 def test_multitask_logits_are_upsampled_to_label_size():
@@ -438,12 +450,12 @@ def test_ignored_pixels_do_not_matter():
     logits = make_logits()
     ignored = (batch["label"] == IGNORE).unsqueeze(1)
     noisy = [torch.where(ignored, torch.randn_like(t) * 10, t) for t in logits]
-    loss = MultiTaskLoss(category_weighting="frequency")
+    loss = MultiTaskLoss(category_edge_weighting="frequency")
     a, b = loss(logits, batch), loss(noisy, batch)
     for key in a:
         assert a[key].item() == pytest.approx(b[key].item(), rel=1e-6), key
     teacher = make_logits(seed=2)
-    sd = SelfDistillationLoss(soft_targets="mixed", add_attention=True)
+    sd = SelfDistillationLoss(soft_targets="released", csr_attention=True)
     a, b = sd(logits, batch, teacher, cycle=1), sd(noisy, batch, teacher, cycle=1)
     for key in a:
         assert a[key].item() == pytest.approx(b[key].item(), rel=1e-6), key
@@ -455,7 +467,7 @@ def test_task_switches_and_parse_only_models():
     full = MultiTaskLoss()(logits, batch)
     assert set(full) == {"loss", "parse", "parse_ce", "parse_lovasz", "binary_edge", "category_edge",
                          "binary_attention", "category_attention"}
-    p_b = MultiTaskLoss(category_edge=False, binary_attention=False, category_attention=False)(logits, batch)
+    p_b = MultiTaskLoss(tasks=["binary_edge"])(logits, batch)
     assert set(p_b) == {"loss", "parse", "parse_ce", "parse_lovasz", "binary_edge"}
     assert p_b["loss"].item() == pytest.approx((full["parse"] + full["binary_edge"]).item(), rel=1e-6)
     # a model without edge heads (baseline, FP-LIIF): parsing and attention terms only
@@ -465,7 +477,7 @@ def test_task_switches_and_parse_only_models():
                                "category_attention"}
     assert parse_only["loss"].item() == pytest.approx(
         (full["parse"] + 4 * full["binary_attention"] + full["category_attention"]).item(), rel=1e-6)
-    no_att = MultiTaskLoss(binary_attention=False, category_attention=False)
+    no_att = MultiTaskLoss(tasks=["binary_edge", "category_edge"])
     assert set(no_att(logits[0], {"label": batch["label"]})) == {"loss", "parse", "parse_ce", "parse_lovasz"}
     with pytest.raises(KeyError):
         MultiTaskLoss()(logits[0], {"label": batch["label"]})    # attention needs the edge labels
@@ -480,10 +492,11 @@ def test_no_nan_without_edges_or_valid_pixels(case):
     logits = make_logits(size=(3, 3), requires_grad=True)
     teacher = make_logits(seed=2)
     for weighting in ("balanced", "frequency"):
-        for mode in ("paper", "released"):
-            out = MultiTaskLoss(category_weighting=weighting, attention_mode=mode)(logits, batch)
-            sd = SelfDistillationLoss(soft_targets="mixed", add_attention=True,
-                                      attention_mode=mode)(logits, batch, teacher, cycle=1)
+        for mode in ("eq4", "released"):
+            out = MultiTaskLoss(category_edge_weighting=weighting,
+                                category_attention_mode=mode)(logits, batch)
+            sd = SelfDistillationLoss(soft_targets="released", csr_attention=True,
+                                      category_attention_mode=mode)(logits, batch, teacher, cycle=1)
             for result in (out, sd):
                 assert all(torch.isfinite(v) for v in result.values())
                 result["loss"].backward()

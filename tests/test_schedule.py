@@ -50,3 +50,28 @@ def test_released_warm_restarts_every_10_iterations():
 def test_unknown_mode():
     with pytest.raises(ValueError):
         _sched("step")
+
+
+def _trainer_schedule(preset):
+    """The schedule Trainer builds from a resolved config (paper's 200 = 150 + 5 x 10 epochs)."""
+    from dml_csr.config import load_config
+    return LRSchedule.from_config(load_config("lapa", [f"preset={preset}"]), iters_per_epoch=100)
+
+
+def test_release_poly_runs_over_all_epochs_and_csr_floor():
+    released, paper = _trainer_schedule("released"), _trainer_schedule("paper")
+    # the release's poly horizon is all 200 epochs: at the last multi-task iteration the lr is
+    # 1e-3 * (1 - 14999 / 20000) ** 0.9, about 2.9e-4; the paper's reaches ~0 there
+    assert released(149, 99) == pytest.approx(1e-3 * (1 - 14999 / 20000) ** 0.9, rel=1e-9)
+    assert 2.8e-4 < released(149, 99) < 3.0e-4
+    assert paper(149, 99) == pytest.approx(1e-3 * (1 / 15000) ** 0.9, rel=1e-9)
+    # the release's SGDR floor is lr / 100 = 1e-5, reached at the end of each 10-iteration cycle
+    lows = [released(150, it) for it in range(10)]
+    assert lows[0] == pytest.approx(5e-4) and min(lows) > 1e-5
+    assert cosine_lr(5e-4, released.csr_lr_min, 10, 10) == pytest.approx(1e-5)
+    assert released.csr_lr_min == pytest.approx(1e-5) and paper.csr_lr_min == 0.0
+
+
+def test_poly_horizon_before_stage_end_is_refused():
+    with pytest.raises(ValueError):
+        _sched("cosine_epoch", poly_epochs=1, multitask_epochs=2)

@@ -90,6 +90,24 @@ def test_resume_equals_uninterrupted(paper_run, data_root, tmp_path):
         assert torch.equal(a["teacher"][key], b["teacher"][key]), key
 
 
+def test_resume_of_a_run_saved_before_the_poly_horizon(paper_run, data_root, tmp_path):
+    """Runs saved with loss.total_scale (removed) and without train.poly_horizon resume when
+    they meant today's behaviour, and are refused when they did not (x4 on the whole sum)."""
+    import shutil
+    for total_scale, resumes in ((1.0, True), (4.0, False)):
+        out = tmp_path / f"scale{total_scale}"
+        shutil.copytree(paper_run[0], out)
+        last = torch.load(out / "last.pth", map_location="cpu", weights_only=False)
+        last["config"]["loss"]["total_scale"] = total_scale
+        del last["config"]["train"]["poly_horizon"]
+        torch.save(last, out / "last.pth")
+        if resumes:
+            assert Trainer(_cfg(data_root), output_dir=str(out), resume=True).epoch == 3
+        else:
+            with pytest.raises(RunDirError, match="total_scale"):
+                Trainer(_cfg(data_root), output_dir=str(out), resume=True)
+
+
 def test_overwrite_only_touches_run_files(data_root, tmp_path):
     (tmp_path / "config.yaml").write_text("name: other\n")
     (tmp_path / "notes.txt").write_text("keep me")

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config, config_to_dict, save_config
 from ..data import FaceDataset, get_schema
-from ..losses import MultiTaskLoss, SelfDistillationLoss
+from ..losses import MultiTaskLoss, SelfDistillationLoss, build_losses
 from ..models import build_model, load_imagenet_backbone, model_kwargs_from_config
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr
@@ -45,7 +45,7 @@ from . import distributed as du
 from .schedule import LRSchedule
 
 __all__ = ["Trainer", "FrozenTeacher", "MultiTaskStage", "DistillStage", "RunDirError",
-           "NonFiniteLossError", "model_forward", "build_losses", "RUN_FILES"]
+           "NonFiniteLossError", "model_forward", "RUN_FILES"]
 
 logger = logging.getLogger("dml_csr.train")
 
@@ -53,6 +53,10 @@ CHECKPOINT_FORMAT = "dml_csr.train/1"
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "tb")
 REESTIMATE_EPOCH_OFFSET = 1_000_000   # augmentation epoch ids of the BN re-estimation passes
 # keys that may change on --resume without changing the run's results
+# --resume of runs saved by earlier versions: fields added since (their behaviour then) and
+# fields removed since (the value that meant "no effect")
+LEGACY_DEFAULTS = {"train.optimizer": "sgd", "train.poly_horizon": "multitask"}
+LEGACY_REMOVED = {"loss.total_scale": 1.0}
 RESUME_FREE_KEYS = {"output_dir", "data.workers", "eval.workers", "eval.batch_size",
                     "train.log_interval", "train.image_log_interval"}
 
@@ -148,30 +152,6 @@ class DistillStage:
         outputs = model_forward(model, batch["image"], self.model_name, coord)
         soft = self.teacher(batch["image"], coord)
         return self.loss(outputs, batch, soft, cycle=self.cycle), outputs
-
-
-def build_losses(cfg: Config) -> Tuple[MultiTaskLoss, SelfDistillationLoss]:
-    """Map ``cfg.loss`` onto the two loss modules (config names -> constructor names)."""
-    lc = cfg.loss
-    tasks = set(lc.tasks)
-    mode = "paper" if lc.category_attention_mode == "eq4" else "released"
-    common = dict(lambda3=lc.binary_attention_weight, lambda4=lc.category_attention_weight,
-                  attention_mode=mode, class_weights=list(lc.class_weights) or None,
-                  binary_attention="binary_attention" in tasks,
-                  category_attention="category_attention" in tasks,
-                  binary_edge="binary_edge" in tasks, category_edge="category_edge" in tasks,
-                  loss_scale=lc.total_scale)
-    multitask = MultiTaskLoss(lambda0=1.0, lambda1=lc.binary_edge_weight,
-                              lambda2=lc.category_edge_weight, ce_weight=lc.parse_ce_weight,
-                              lovasz_weight=lc.parse_lovasz_weight,
-                              category_weighting=lc.category_edge_weighting, **common)
-    distill = SelfDistillationLoss(alpha0=lc.distill_parse_weight, alpha1=lc.distill_binary_weight,
-                                   alpha2=lc.distill_category_weight, kl_weight=lc.parse_ce_weight,
-                                   lovasz_weight=lc.parse_lovasz_weight,
-                                   temperature=lc.temperature,
-                                   soft_targets="mixed" if lc.soft_targets == "released" else "teacher",
-                                   add_attention=lc.csr_attention, **common)
-    return multitask, distill
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,10 +342,7 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
                                              weight_decay=t.weight_decay)
-        self.schedule = LRSchedule(lr=t.lr, poly_power=t.poly_power,
-                                   multitask_epochs=cfg.multitask_epochs,
-                                   cycle_epochs=t.cycle_epochs, iters_per_epoch=self.iters_per_epoch,
-                                   csr_lr=t.csr_lr, csr_lr_min=t.csr_lr_min, csr_mode=t.csr_lr_schedule)
+        self.schedule = LRSchedule.from_config(cfg, self.iters_per_epoch)
         self.use_amp = bool(t.amp and self.device.type == "cuda")
         if t.amp and not self.use_amp:
             logger.warning("train.amp is ignored on %s (mixed precision needs CUDA)", self.device)
@@ -418,7 +395,11 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise RunDirError(f"{self.path('last.pth')} is not a training checkpoint of this trainer")
         saved = _flatten(ckpt["config"])
-        saved.setdefault("train.optimizer", "sgd")   # runs saved before the field existed
+        for key, value in LEGACY_DEFAULTS.items():   # runs saved before the field existed
+            saved.setdefault(key, value)
+        for key, neutral in LEGACY_REMOVED.items():  # removed keys, harmless at that value
+            if saved.get(key, neutral) == neutral:
+                saved.pop(key, None)
         now = _flatten(config_to_dict(self.cfg))
         diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
                 if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k)}

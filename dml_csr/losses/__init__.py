@@ -1,7 +1,8 @@
 """Training losses of DML-CSR: the multi-task loss (eq. 5) and the self-distillation loss (eq. 7).
 
-Both take the model outputs (parsing logits, or the tuple (parsing, binary_edge, category_edge))
-and the batch dict (``label``, ``edge``, ``cat_edge``: int64 (N,H,W), 255 = ignore), upsample every
+``build_losses(cfg)`` maps the ``loss.*`` config keys onto them, each key to the constructor
+argument of the same name. Both take the model outputs (parsing logits, or the tuple
+(parsing, binary_edge, category_edge)) and the batch dict (``label``, ``edge``, ``cat_edge``: int64 (N,H,W), 255 = ignore), upsample every
 logit map bilinearly (align_corners=True) to the label size, and return a dict whose "loss" is
 the only entry meant for ``backward()``; the other entries are the detached parts for logging.
 Terms, defaults and the paper / release options: docs/losses.md.
@@ -17,16 +18,25 @@ from .edges import BinaryEdgeLoss, CategoryEdgeLoss
 from .lovasz import LovaszSoftmaxLoss, lovasz_softmax_flat
 from .parsing import ParsingLoss
 
-__all__ = ["MultiTaskLoss", "SelfDistillationLoss", "ParsingLoss", "LovaszSoftmaxLoss",
-           "lovasz_softmax_flat", "BinaryEdgeLoss", "CategoryEdgeLoss", "BinaryEdgeAttentionLoss",
-           "CategoryEdgeAttentionLoss", "DistillationKL", "DistillationParsingLoss",
-           "mix_with_one_hot", "split_outputs"]
+__all__ = ["MultiTaskLoss", "SelfDistillationLoss", "build_losses", "TASKS", "ParsingLoss",
+           "LovaszSoftmaxLoss", "lovasz_softmax_flat", "BinaryEdgeLoss", "CategoryEdgeLoss",
+           "BinaryEdgeAttentionLoss", "CategoryEdgeAttentionLoss", "DistillationKL",
+           "DistillationParsingLoss", "mix_with_one_hot", "split_outputs"]
+
+TASKS = ("binary_edge", "binary_attention", "category_edge", "category_attention")
 
 
 def _batch_key(batch: Mapping[str, Tensor], key: str, term: str) -> Tensor:
     if key not in batch:
         raise KeyError(f"the {term} loss needs batch[{key!r}]; disable the term or provide it")
     return batch[key]
+
+
+def _check_tasks(tasks: Sequence[str]) -> set:
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown loss task {unknown[0]!r}; known: {list(TASKS)}")
+    return set(tasks)
 
 
 class _EdgeAttention(nn.Module):
@@ -57,46 +67,52 @@ class _EdgeAttention(nn.Module):
 class MultiTaskLoss(nn.Module):
     """Eq. 5: decoupled multi-task loss of the initialisation stage.
 
-    loss = loss_scale * (lambda0 * parse + lambda1 * binary_edge + lambda2 * category_edge
-                         + lambda3 * binary_attention + lambda4 * category_attention)
+    loss = parse_ce_weight * CE + parse_lovasz_weight * Lovasz
+           + binary_edge_weight * binary_edge + category_edge_weight * category_edge
+           + binary_attention_weight * binary_attention
+           + category_attention_weight * category_attention
 
-    Paper defaults below. The release is ce_weight = lovasz_weight = 0.5, lambda2 = 0.1,
-    category_weighting="frequency", attention_mode="released", loss_scale = 4.
+    The arguments carry the names of the ``loss.*`` config keys (``build_losses``). Paper
+    defaults below. The release's ``Criterion`` is parse_ce_weight = parse_lovasz_weight = 2
+    (0.5 CE + 0.5 Lovasz, and then its parsing term alone doubled twice), category_edge_weight =
+    0.2 (its 0.1 doubled once), category_edge_weighting="frequency" and
+    category_attention_mode="released"; the binary edge and both attention terms are not
+    scaled (docs/losses.md).
 
     Args:
-        lambda0..lambda4: term weights (paper 1, 1, 1, 4, 1).
-        ce_weight, lovasz_weight: the two halves of the parsing term (eq. 2).
-        category_weighting: "balanced" (project default) or "frequency" (release), see edges.py.
-        attention_mode: "paper" (eq. 4) or "released" for the category attention term.
+        parse_ce_weight, parse_lovasz_weight: the two halves of the parsing term (eq. 2).
+        binary_edge_weight, category_edge_weight, binary_attention_weight,
+        category_attention_weight: lambda1..lambda4 (paper 1, 1, 4, 1).
+        category_edge_weighting: "balanced" (project default) or "frequency" (release), edges.py.
+        category_attention_mode: "eq4" (paper) or "released", see attention.py.
         class_weights: w_j of eq. 4 (length K), default all 1.
+        tasks: the terms besides parsing (``TASKS``); a task left out is switched off (paper
+            Table 6). The edge prediction terms also drop out by themselves when the model
+            returns parsing logits only; the attention terms need only the edge labels.
         include_background_edges: count class 0 edges in eq. 4 (C = K), else C = K - 1.
-        binary_edge, category_edge, binary_attention, category_attention: switch a task off for
-            ablations (paper Table 6). The edge prediction terms also drop out by themselves when
-            the model returns parsing logits only; the attention terms need only the edge labels.
-        loss_scale: factor on the whole sum (the release multiplies its total by 4).
     Returns of forward: {"loss", "parse", "parse_ce", "parse_lovasz"} plus "binary_edge",
         "category_edge", "binary_attention", "category_attention" for the terms that applied.
     """
 
-    def __init__(self, *, lambda0: float = 1.0, lambda1: float = 1.0, lambda2: float = 1.0,
-                 lambda3: float = 4.0, lambda4: float = 1.0, ce_weight: float = 1.0,
-                 lovasz_weight: float = 1.0, category_weighting: str = "balanced",
-                 attention_mode: str = "paper", class_weights: Optional[Sequence[float]] = None,
-                 include_background_edges: bool = True, binary_edge: bool = True,
-                 category_edge: bool = True, binary_attention: bool = True,
-                 category_attention: bool = True, loss_scale: float = 1.0,
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(self, *, parse_ce_weight: float = 1.0, parse_lovasz_weight: float = 1.0,
+                 binary_edge_weight: float = 1.0, category_edge_weight: float = 1.0,
+                 binary_attention_weight: float = 4.0, category_attention_weight: float = 1.0,
+                 category_edge_weighting: str = "balanced", category_attention_mode: str = "eq4",
+                 class_weights: Optional[Sequence[float]] = None, tasks: Sequence[str] = TASKS,
+                 include_background_edges: bool = True, ignore_index: int = IGNORE_INDEX):
         super().__init__()
-        self.lambda0, self.lambda1, self.lambda2 = lambda0, lambda1, lambda2
-        self.lambda3, self.lambda4 = lambda3, lambda4
-        self.loss_scale = loss_scale
-        self.use_binary_edge, self.use_category_edge = binary_edge, category_edge
+        tasks = _check_tasks(tasks)
+        self.binary_edge_weight, self.category_edge_weight = binary_edge_weight, category_edge_weight
+        self.binary_attention_weight = binary_attention_weight
+        self.category_attention_weight = category_attention_weight
+        self.use_binary_edge, self.use_category_edge = "binary_edge" in tasks, "category_edge" in tasks
         self.ignore_index = ignore_index
-        self.parse_loss = ParsingLoss(ce_weight, lovasz_weight, ignore_index)
+        self.parse_loss = ParsingLoss(parse_ce_weight, parse_lovasz_weight, ignore_index)
         self.binary_edge_loss = BinaryEdgeLoss(ignore_index)
-        self.category_edge_loss = CategoryEdgeLoss(category_weighting, ignore_index)
-        self.attention = _EdgeAttention(binary_attention, category_attention, attention_mode,
-                                        class_weights, include_background_edges, ignore_index)
+        self.category_edge_loss = CategoryEdgeLoss(category_edge_weighting, ignore_index)
+        self.attention = _EdgeAttention("binary_attention" in tasks, "category_attention" in tasks,
+                                        category_attention_mode, class_weights,
+                                        include_background_edges, ignore_index)
 
     def forward(self, outputs: ModelOutputs, batch: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         parse_logits, binary_logits, category_logits = split_outputs(outputs)
@@ -115,80 +131,85 @@ class MultiTaskLoss(nn.Module):
         parts.update(self.attention(pixel_ce, batch, parse_logits.shape[1]))
 
         zero = parts["parse"].new_zeros(())
-        total = self.loss_scale * (
-            self.lambda0 * parts["parse"] + self.lambda1 * parts.get("binary_edge", zero)
-            + self.lambda2 * parts.get("category_edge", zero)
-            + self.lambda3 * parts.get("binary_attention", zero)
-            + self.lambda4 * parts.get("category_attention", zero))
+        total = (parts["parse"] + self.binary_edge_weight * parts.get("binary_edge", zero)
+                 + self.category_edge_weight * parts.get("category_edge", zero)
+                 + self.binary_attention_weight * parts.get("binary_attention", zero)
+                 + self.category_attention_weight * parts.get("category_attention", zero))
         return {"loss": total, **{name: value.detach() for name, value in parts.items()}}
 
 
 class SelfDistillationLoss(nn.Module):
     """Eq. 7: self-distillation loss of the CSR stage, from a frozen teacher's logits.
 
-    loss = loss_scale * (alpha0 * parse + alpha1 * binary_edge_kl + alpha2 * category_edge_kl
-                         + lambda3 * binary_attention + lambda4 * category_attention)
+    loss = distill_parse_weight * (parse_ce_weight * KL_parse + parse_lovasz_weight * Lovasz_parse)
+           + distill_binary_weight * binary_edge_kl + distill_category_weight * category_edge_kl
+           [+ binary_attention_weight * binary_attention
+            + category_attention_weight * category_attention      when csr_attention]
 
-    with parse = kl_weight * KL_parse + lovasz_weight * Lovasz_parse (hard label), and the two
-    attention terms only when ``add_attention`` (the release's CSR stage: soft-target KL plus the
-    attention losses). Paper defaults below; the release's CSR stage is
-    soft_targets="mixed", add_attention=True, attention_mode="released", loss_scale=4 and the
-    release's parsing halves (docs/losses.md).
+    The KL takes the CE's place in the parsing term, with its weight (the release does the same;
+    Lovasz_parse is against the hard label). The arguments carry the names of the ``loss.*``
+    config keys (``build_losses``). Paper defaults below; the release's CSR stage is
+    soft_targets="released", csr_attention=True, category_attention_mode="released", the
+    release's parsing weights (2, 2) and distill_category_weight = 0.2 (docs/losses.md).
 
     Args:
-        alpha0, alpha1, alpha2: eq. 7 weights (paper 1, 1, 0.1).
-        kl_weight, lovasz_weight: the two halves of the parsing bracket of eq. 7.
+        distill_parse_weight, distill_binary_weight, distill_category_weight: eq. 7's alpha0..2
+            (paper 1, 1, 0.1).
+        parse_ce_weight, parse_lovasz_weight: the two halves of the parsing bracket of eq. 7.
         temperature: softmax temperature of both sides of every KL (KL scaled by T^2).
-        soft_targets: "teacher" (paper: softmax of the teacher logits) or "mixed" (release: teacher
+        soft_targets: "teacher" (paper: softmax of the teacher logits) or "released" (teacher
             logits mixed with the one-hot target, weight 1/(cycle+1), before the softmax).
-        add_attention: add the eq. 3 / eq. 4 terms on the student's parsing CE.
-        lambda3, lambda4, attention_mode, class_weights, include_background_edges,
-        binary_attention, category_attention: as in MultiTaskLoss, used when add_attention.
-        binary_edge, category_edge: switch the edge KL terms off (they also drop out when the
-            student has no edge heads).
-        loss_scale: factor on the whole sum.
+        csr_attention: add the eq. 3 / eq. 4 terms on the student's parsing CE (the release).
+        binary_attention_weight, category_attention_weight, category_attention_mode,
+        class_weights, include_background_edges: as in MultiTaskLoss, used with csr_attention.
+        tasks: as in MultiTaskLoss; "binary_edge" / "category_edge" switch the edge KL terms
+            (they also drop out when the student has no edge heads).
     Returns of forward: {"loss", "parse", "parse_kl", "parse_lovasz"} plus "binary_edge_kl",
         "category_edge_kl", "binary_attention", "category_attention" for the terms that applied.
     """
 
-    SOFT_TARGETS = ("teacher", "mixed")
+    SOFT_TARGETS = ("teacher", "released")
 
-    def __init__(self, *, alpha0: float = 1.0, alpha1: float = 1.0, alpha2: float = 0.1,
-                 kl_weight: float = 1.0, lovasz_weight: float = 1.0, temperature: float = 1.0,
-                 soft_targets: str = "teacher", add_attention: bool = False,
-                 lambda3: float = 4.0, lambda4: float = 1.0, attention_mode: str = "paper",
-                 class_weights: Optional[Sequence[float]] = None,
-                 include_background_edges: bool = True, binary_edge: bool = True,
-                 category_edge: bool = True, binary_attention: bool = True,
-                 category_attention: bool = True, loss_scale: float = 1.0,
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(self, *, distill_parse_weight: float = 1.0, distill_binary_weight: float = 1.0,
+                 distill_category_weight: float = 0.1, parse_ce_weight: float = 1.0,
+                 parse_lovasz_weight: float = 1.0, temperature: float = 1.0,
+                 soft_targets: str = "teacher", csr_attention: bool = False,
+                 binary_attention_weight: float = 4.0, category_attention_weight: float = 1.0,
+                 category_attention_mode: str = "eq4",
+                 class_weights: Optional[Sequence[float]] = None, tasks: Sequence[str] = TASKS,
+                 include_background_edges: bool = True, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         if soft_targets not in self.SOFT_TARGETS:
             raise ValueError(f"soft_targets must be one of {self.SOFT_TARGETS}, got {soft_targets!r}")
-        self.alpha0, self.alpha1, self.alpha2 = alpha0, alpha1, alpha2
-        self.lambda3, self.lambda4 = lambda3, lambda4
-        self.loss_scale = loss_scale
+        tasks = _check_tasks(tasks)
+        self.distill_parse_weight = distill_parse_weight
+        self.distill_binary_weight = distill_binary_weight
+        self.distill_category_weight = distill_category_weight
+        self.binary_attention_weight = binary_attention_weight
+        self.category_attention_weight = category_attention_weight
         self.soft_targets = soft_targets
-        self.use_binary_edge, self.use_category_edge = binary_edge, category_edge
+        self.use_binary_edge, self.use_category_edge = "binary_edge" in tasks, "category_edge" in tasks
         self.ignore_index = ignore_index
-        self.parse_loss = DistillationParsingLoss(kl_weight, lovasz_weight, temperature, ignore_index)
+        self.parse_loss = DistillationParsingLoss(parse_ce_weight, parse_lovasz_weight, temperature,
+                                                  ignore_index)
         self.kl = DistillationKL(temperature)
-        self.attention = _EdgeAttention(add_attention and binary_attention,
-                                        add_attention and category_attention, attention_mode,
-                                        class_weights, include_background_edges, ignore_index)
+        self.attention = _EdgeAttention(csr_attention and "binary_attention" in tasks,
+                                        csr_attention and "category_attention" in tasks,
+                                        category_attention_mode, class_weights,
+                                        include_background_edges, ignore_index)
 
     def _teacher(self, logits: Tensor, target: Tensor, size: Tuple[int, int],
                  cycle: Optional[int]) -> Tensor:
         logits = resize_logits(logits.detach(), size)
-        if self.soft_targets == "mixed":
+        if self.soft_targets == "released":
             if cycle is None:
-                raise ValueError('soft_targets="mixed" needs the cycle index m')
+                raise ValueError('soft_targets="released" needs the cycle index m')
             logits = mix_with_one_hot(logits, target, 1.0 / (cycle + 1.0), self.ignore_index)
         return logits
 
     def forward(self, outputs: ModelOutputs, batch: Mapping[str, Tensor],
                 teacher_outputs: ModelOutputs, cycle: Optional[int] = None) -> Dict[str, Tensor]:
-        """``cycle``: the CSR cycle index m >= 1 (needed by soft_targets="mixed")."""
+        """``cycle``: the CSR cycle index m >= 1 (needed by soft_targets="released")."""
         student = split_outputs(outputs)
         teacher = split_outputs(teacher_outputs)
         label = batch["label"]
@@ -210,9 +231,34 @@ class SelfDistillationLoss(nn.Module):
             parts.update(self.attention(pixel_ce, batch, parse_logits.shape[1]))
 
         zero = parts["parse"].new_zeros(())
-        total = self.loss_scale * (
-            self.alpha0 * parts["parse"] + self.alpha1 * parts.get("binary_edge_kl", zero)
-            + self.alpha2 * parts.get("category_edge_kl", zero)
-            + self.lambda3 * parts.get("binary_attention", zero)
-            + self.lambda4 * parts.get("category_attention", zero))
+        total = (self.distill_parse_weight * parts["parse"]
+                 + self.distill_binary_weight * parts.get("binary_edge_kl", zero)
+                 + self.distill_category_weight * parts.get("category_edge_kl", zero)
+                 + self.binary_attention_weight * parts.get("binary_attention", zero)
+                 + self.category_attention_weight * parts.get("category_attention", zero))
         return {"loss": total, **{name: value.detach() for name, value in parts.items()}}
+
+
+def build_losses(cfg) -> Tuple[MultiTaskLoss, SelfDistillationLoss]:
+    """The two loss modules of a resolved ``Config``: each ``loss.KEY`` goes to the argument KEY."""
+    lc = cfg.loss
+    class_weights = list(lc.class_weights) or None
+    multitask = MultiTaskLoss(
+        parse_ce_weight=lc.parse_ce_weight, parse_lovasz_weight=lc.parse_lovasz_weight,
+        binary_edge_weight=lc.binary_edge_weight, category_edge_weight=lc.category_edge_weight,
+        binary_attention_weight=lc.binary_attention_weight,
+        category_attention_weight=lc.category_attention_weight,
+        category_edge_weighting=lc.category_edge_weighting,
+        category_attention_mode=lc.category_attention_mode, class_weights=class_weights,
+        tasks=lc.tasks)
+    distill = SelfDistillationLoss(
+        distill_parse_weight=lc.distill_parse_weight,
+        distill_binary_weight=lc.distill_binary_weight,
+        distill_category_weight=lc.distill_category_weight,
+        parse_ce_weight=lc.parse_ce_weight, parse_lovasz_weight=lc.parse_lovasz_weight,
+        temperature=lc.temperature, soft_targets=lc.soft_targets, csr_attention=lc.csr_attention,
+        binary_attention_weight=lc.binary_attention_weight,
+        category_attention_weight=lc.category_attention_weight,
+        category_attention_mode=lc.category_attention_mode, class_weights=class_weights,
+        tasks=lc.tasks)
+    return multitask, distill

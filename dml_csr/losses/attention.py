@@ -35,27 +35,29 @@ class BinaryEdgeAttentionLoss(nn.Module):
 class CategoryEdgeAttentionLoss(nn.Module):
     """Category edge attention loss.
 
-    mode="paper" (eq. 4): (1/(N*C)) sum_i sum_j (w_j / c_ij) sum_{p in E_ij} CE_p, where E_ij are
+    mode="eq4" (paper, eq. 4): (1/(N*C)) sum_i sum_j (w_j / c_ij) sum_{p in E_ij} CE_p, where E_ij are
     the pixels of image i on a binary edge (edge == 1) whose category edge id is j, c_ij = |E_ij|,
     and absent (i, j) pairs contribute 0. Class 0 edges (background side of a boundary) carry id 0
     in ``cat_edge`` exactly like non-edge pixels, so the binary edge map tells them apart. With
     ``include_background=True`` j runs over all K classes and C = K; otherwise j = 1..K-1 and
     C = K - 1.
 
-    mode="released" (the release's variant, spec section 9): the CE of every category-edge pixel
-    multiplied by its class id value, averaged over the category-edge pixels of the whole batch:
-    sum_{p: cat_p > 0} cat_p * CE_p / #{p: cat_p > 0}; 0 when there is none. ``class_weights``,
+    mode="released" (the release's ``Criterion``): the CE of every category-edge pixel multiplied
+    by its class id value, divided by the number of category-edge pixels of ITS image, summed
+    over the batch and divided by N:
+    (1/N) sum_i sum_{p in i: cat_p > 0} cat_p * CE_p / #{p in i: cat_p > 0}. An image without
+    category-edge pixels contributes 0 (the release divides 0 by 0 there). ``class_weights``,
     ``include_background`` and ``edge`` play no part in it (class 0 edges get factor 0 anyway).
 
     Args:
-        mode: "paper" or "released".
+        mode: "eq4" or "released" (the values of the ``loss.category_attention_mode`` key).
         class_weights: w_j per class (length K), default all 1; lifts tail classes in eq. 4.
         include_background: count class 0 edges in eq. 4 (default True).
     """
 
-    MODES = ("paper", "released")
+    MODES = ("eq4", "released")
 
-    def __init__(self, mode: str = "paper", class_weights: Optional[Sequence[float]] = None,
+    def __init__(self, mode: str = "eq4", class_weights: Optional[Sequence[float]] = None,
                  include_background: bool = True, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         if mode not in self.MODES:
@@ -72,8 +74,8 @@ class CategoryEdgeAttentionLoss(nn.Module):
         valid = (label != self.ignore_index) & (cat_edge != self.ignore_index)
         if self.mode == "released":
             on_edge = (valid & (cat_edge > 0)).float()
-            weighted = pixel_ce * cat_edge.float() * on_edge
-            return safe_divide(weighted.sum(), on_edge.sum())
+            weighted = (pixel_ce * cat_edge.float() * on_edge).sum(dim=(1, 2))
+            return safe_divide(weighted, on_edge.sum(dim=(1, 2))).mean()
 
         if edge is None:
             raise ValueError("eq. 4 needs the binary edge map to separate background edges")

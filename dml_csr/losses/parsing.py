@@ -1,7 +1,7 @@
 """Parsing loss (paper eq. 2): ce_weight * CE + lovasz_weight * Lovasz-softmax.
 
-Paper: ce_weight = lovasz_weight = 1. Release: 0.5 and 0.5, and the release multiplies its whole
-multi-task total by 4; express that with ``MultiTaskLoss(loss_scale=4.0)`` (docs/losses.md).
+Paper: ce_weight = lovasz_weight = 1. Release: 0.5 and 0.5, and then its parsing term alone is
+doubled twice, i.e. 2 and 2 (the ``released`` preset; docs/losses.md).
 """
 from typing import Dict, Optional
 
