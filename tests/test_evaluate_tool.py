@@ -193,6 +193,21 @@ def test_cli_main_reports_errors(tree, capsys):
     assert "missing prediction" in capsys.readouterr().err
 
 
+def test_cli_notes_a_result_that_names_no_row(tree, tmp_path, capsys):
+    """A prediction folder may come from any method: without --meta row (or model) the saved
+    result has no table row, and the tool says so instead of letting make_tables guess one."""
+    root, pred_dir, _, _ = tree
+    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "tools" / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    args = ["--data-root", str(root), "--split", "test", "--pred-dir", str(pred_dir), "--out"]
+    assert cli.main(args + [str(tmp_path / "a.json")]) == 0
+    assert "no meta.row and no meta.model" in capsys.readouterr().err
+    for meta in ("row=p+b", "model=fp_liif"):
+        assert cli.main(args + [str(tmp_path / "b.json"), "--meta", meta]) == 0
+        assert "note:" not in capsys.readouterr().err
+
+
 def test_write_result_rejects_nan(tmp_path):
     with pytest.raises(ValueError):
         write_result({"mean_f1": float("nan")}, tmp_path / "x.json")

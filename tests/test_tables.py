@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +16,18 @@ from dml_csr.eval.tables import (format_class_table, format_result_table, headli
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _result(dataset, row=None, seed=0, **overrides):
-    """A real result record from a random histogram, with chosen numbers overridden."""
+def _result(dataset, row="dml-csr", seed=0, meta=None, **overrides):
+    """A real result record from a random histogram, with chosen numbers overridden.
+
+    ``meta`` (default ``{"row": row}``; ``row=None`` leaves it out) is the result's extra meta."""
     tokens = get_schema(dataset).tokens
     rng = np.random.default_rng(seed)
     hist = rng.integers(1, 50, size=(len(tokens), len(tokens))) + np.diag(
         rng.integers(500, 900, size=len(tokens)))
-    result = build_result(hist, tokens, dataset=dataset, split="test", num_images=2,
-                          meta={} if row is None else {"row": row})
+    meta = dict(meta or {})
+    if row is not None:
+        meta["row"] = row
+    result = build_result(hist, tokens, dataset=dataset, split="test", num_images=2, meta=meta)
     for key, value in overrides.items():
         if key.startswith("f1_"):
             result["f1"][key[3:]] = value
@@ -76,7 +81,8 @@ def test_class_table_keys_exist_in_results():
 
 
 def test_canonical_row():
-    assert paper.canonical_row(None) == "dml-csr"
+    with pytest.raises(ValueError, match="no row"):
+        paper.canonical_row(None)
     assert paper.canonical_row("+CSR") == "dml-csr"
     assert paper.canonical_row("all") == paper.canonical_row("+DML") == "dml"
     assert paper.canonical_row("+DDGCN") == "ddgcn"
@@ -85,6 +91,18 @@ def test_canonical_row():
     assert paper.canonical_row(" my run ") == "my run"
     all_rows = set(paper.TABLE4) | set(paper.TABLE5) | set(paper.TABLE6)
     assert all_rows | {"fp-liif"} == set(paper.ROW_LABELS)
+
+
+def test_row_of_a_result():
+    assert paper.result_row("+DDGCN", "dml_csr") == "ddgcn"       # the row, when set, decides
+    assert paper.result_row(None, "dml_csr") == "dml-csr"         # else the model family
+    assert paper.result_row("", "fp_liif") == "fp-liif"
+    assert paper.result_row("ddgcn", None) == "ddgcn"
+    assert set(paper.MODEL_ROWS.values()) <= set(paper.ROW_LABELS)
+    with pytest.raises(ValueError, match="no meta.row and no meta.model"):
+        paper.result_row(None, None)
+    with pytest.raises(ValueError, match="unknown model 'unet'"):
+        paper.result_row(None, "unet")
 
 
 # ---------------------------------------------------------------- tables
@@ -140,6 +158,51 @@ def test_duplicate_results_are_an_error():
                     ["a.json", "b.json"])
 
 
+@pytest.mark.parametrize("meta", [{"model": "dml_csr"}, {"model": "dml_csr", "row": "dml-csr"}])
+def test_one_result_of_each_family_on_one_data_set_gets_two_rows(meta):
+    """FP-LIIF's result goes to the FP-LIIF row by its meta.model (a file without meta.row), not to
+    DML-CSR's, so one result of each family on one data set is no duplicate."""
+    dml = _result("lapa", row=None, meta=meta, f1_hair=96.0)
+    fp = _result("lapa", row=None, seed=1, meta={"model": "fp_liif"}, f1_hair=95.0)
+    text = make_tables([dml, fp], ["dml.json", "fp.json"], tables=2)
+    assert _line(text, "class")[1:7] == ["DML-CSR ours", "DML-CSR paper", "Δ", "FP-LIIF ours",
+                                         "FP-LIIF paper", "Δ"]
+    assert _line(text, "hair")[1:7] == ["96.00", "96.4", "-0.40", "95.00", "95.9", "-0.90"]
+    assert "- DML-CSR: dml.json" in text and "- FP-LIIF: fp.json" in text
+    # Helen has no published FP-LIIF row: the result still gets its own FP-LIIF columns
+    helen = make_tables([_result("helen", row=None, meta={"model": "fp_liif"}, f1_overall=91.0),
+                         _result("helen", row=None, seed=1, meta={"model": "dml_csr"})],
+                        ["fp.json", "dml.json"], tables=1)
+    assert _line(helen, "class")[4:7] == ["FP-LIIF ours", "FP-LIIF paper", "Δ"]
+    assert _line(helen, "overall")[4:7] == ["91.00", "-", "-"]
+    # the synthetic set (no paper table): one per-class table per family
+    synth = make_tables([_result("synthetic", row=None, meta=meta),
+                         _result("synthetic", row=None, seed=1, meta={"model": "fp_liif"})],
+                        ["dml.json", "fp.json"])
+    assert "synthetic, row dml-csr (dml.json)" in synth
+    assert "synthetic, row fp-liif (fp.json)" in synth
+
+
+def test_meta_row_wins_over_the_model_and_is_canonical():
+    ablation = _result("lapa", row="+DDGCN", meta={"model": "dml_csr"}, mean_f1=91.0)
+    full = _result("lapa", row=None, seed=1, meta={"model": "dml_csr"}, mean_f1=92.0)
+    text = make_tables([ablation, full], ["ddgcn.json", "full.json"], tables=4)
+    assert _line(text, "+DDGCN")[16:19] == ["91.00", "92.10", "-1.10"]
+    assert _line(text, "+CSR (DML-CSR)")[16:19] == ["92.00", "92.38", "-0.38"]
+
+
+def test_a_result_without_row_or_model_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"old\.json: no meta\.row and no meta\.model"):
+        make_tables([_result("lapa"), _result("lapa", row=None, seed=1)],
+                    ["new.json", "old.json"])
+    with pytest.raises(ValueError, match=r"x\.json: .*model 'segformer'"):
+        make_tables([_result("lapa", row=None, meta={"model": "segformer"})], ["x.json"])
+    # one family's results still collide on one data set
+    with pytest.raises(ValueError, match="a.json and b.json"):
+        make_tables([_result("lapa", row=None, meta={"model": "fp_liif"}),
+                     _result("lapa", row="fp_liif", seed=1)], ["a.json", "b.json"])
+
+
 def test_synthetic_results_get_a_class_table_only_in_all():
     synth = _result("synthetic", row="baseline")
     text = make_tables([synth], ["s.json"])
@@ -169,6 +232,10 @@ def test_format_result_table_per_data_set():
     fp = _result("celebamask_hq", row="fp-liif", f1_neck_l=40.0)
     text = format_result_table(fp)
     assert "Table 3" in text and _line(text, "necklace")[1:4] == ["40.00", "42.2", "-2.20"]
+    by_model = format_result_table(_result("lapa", row=None, meta={"model": "fp_liif"}))
+    assert _line(by_model, "class")[1:3] == ["ours (FP-LIIF)", "paper (FP-LIIF)"]
+    unnamed = format_result_table(_result("lapa", row=None))   # one result alone: no row needed
+    assert _line(unnamed, "class")[1:3] == ["ours", "paper (DML-CSR)"]
     synth = _result("synthetic19")
     text = format_result_table(synth)
     assert "paper" not in text and "| 18 cloth |" in text
@@ -205,3 +272,56 @@ def test_make_tables_cli_rejects_non_results(tmp_path, capsys):
     spec.loader.exec_module(cli)
     assert cli.main([str(tmp_path / "bad.json")]) == 1
     assert "not a result JSON" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- rows written by run_test
+
+def test_run_test_writes_the_row_of_the_config_and_make_tables_keeps_them_apart(tmp_path):
+    """Tiny untrained DML-CSR, ablation and FP-LIIF checkpoints on one synthetic set: run_test
+    (what tools/train.py --test and tools/test.py write) records the config's row, else the model
+    family's, and make_tables files the three results in three rows."""
+    import torch
+
+    from dml_csr.config import load_config
+    from dml_csr.data.synthetic import make_synthetic
+    from dml_csr.eval.inference import run_test
+    from dml_csr.models import build_model, model_kwargs_from_config
+
+    root = tmp_path / "data"
+    make_synthetic(root, num_train=1, num_valid=1, num_test=2, size=32)
+    common = [f"data.root={root}", "data.crop_size=[32,32]", "eval.workers=0"]
+    small_dml = ["model.layers=[1,1,1,1]", "model.width_mult=0.125"]
+    configs = {
+        "dml-csr": load_config("synthetic", common + small_dml),
+        "ddgcn": load_config(str(REPO / "configs" / "ablations" / "synthetic" / "ddgcn.yaml"),
+                             common + small_dml),
+        "fp-liif": load_config("fp_liif_synthetic", common + ["train.query_samples=0",
+            "model.fp_liif={width: 8, blocks: [1, 1, 1], reduce_dims: [16, 8], "
+            "decoder_dims: [16]}"]),
+    }
+    assert configs["dml-csr"].row == "" and configs["fp-liif"].row == ""   # rows from the model
+    paths = []
+    for row, cfg in configs.items():
+        torch.manual_seed(0)
+        kwargs = model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
+        model = build_model(cfg.model.name, kwargs, with_edges=False)
+        ckpt = tmp_path / f"{row}.pth"
+        torch.save({"model": model.state_dict(), "model_name": cfg.model.name,
+                    "model_kwargs": kwargs}, ckpt)
+        result = run_test(cfg, str(ckpt), "test")
+        assert result["meta"]["row"] == row, cfg.name
+        assert result["meta"]["model"] == cfg.model.name
+        paths.append(str(tmp_path / f"{row}.json"))
+        write_result(result, paths[-1])
+    # a --meta row=... of tools/test.py still wins over the config's
+    assert run_test(configs["fp-liif"], str(tmp_path / "fp-liif.pth"), "test",
+                    meta={"row": "my-run"})["meta"]["row"] == "my-run"
+
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "make_tables.py"), *paths,
+                           "--table", "all"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for row in configs:
+        assert f"synthetic, row {row} ({tmp_path / row}.json)" in proc.stdout
+    table4 = make_tables([json.loads(Path(p).read_text()) for p in paths], paths, tables=4)
+    assert _line(table4, "+DDGCN")[-2] != "-" and _line(table4, "+CSR (DML-CSR)")[-2] != "-"

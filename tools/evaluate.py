@@ -16,7 +16,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from dml_csr.data.schemas import SCHEMAS
 from dml_csr.eval.evaluate import EvaluationError, evaluate_folder, parse_meta, write_result
-from dml_csr.eval.paper import table_for_dataset
+from dml_csr.eval.paper import result_row, table_for_dataset
 from dml_csr.eval.tables import format_class_table, format_result_table
 
 
@@ -47,6 +47,11 @@ def main(argv=None) -> int:
     if args.out:
         write_result(result, args.out)
         print(f"\nwrote {args.out}")
+        try:
+            result_row(result["meta"].get("row"), result["meta"].get("model"))
+        except ValueError as err:
+            print(f"note: {err}; tools/make_tables.py refuses the result without one",
+                  file=sys.stderr)
     return 0
 
 

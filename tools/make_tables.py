@@ -2,8 +2,9 @@
 
     python tools/make_tables.py runs/*/metrics.json --table all [--latex] [--out tables.md]
 
-Each result goes to the row ``meta.row`` (default dml-csr) of data set ``meta.dataset``; see
-docs/evaluation.md for the row keys and the layout.
+Each result goes to data set ``meta.dataset``, row ``meta.row`` or, without one, the row of its
+model family ``meta.model`` (dml_csr -> dml-csr, fp_liif -> fp-liif); a result with neither is an
+error. See docs/evaluation.md for the row keys and the layout.
 """
 import argparse
 import sys

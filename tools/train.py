@@ -43,7 +43,7 @@ def main(argv=None) -> int:
                               batch_size=cfg.eval.batch_size, workers=cfg.eval.workers)
             out = trainer.path("metrics_test.json")
             write_result(result, out)
-            print(format_result_table(result, cfg.data.dataset, row=cfg.row or None))
+            print(format_result_table(result))
             h = result["headline"]
             print(f"test {h['name']} {h['value']:.2f} | mean F1 {result['mean_f1']:.2f} "
                   f"| mIoU {result['miou']:.2f} -> {out}")

@@ -400,8 +400,13 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
              meta: Optional[Mapping[str, object]] = None, output_scale: Optional[float] = None) -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
-    ``meta`` and ``protocol.inference``. ``output_scale``: default ``cfg.eval.output_scale``."""
+    ``meta`` and ``protocol.inference``. ``output_scale``: default ``cfg.eval.output_scale``.
+
+    ``meta.row`` (the table row of ``tools/make_tables.py``) is ``cfg.row`` when the config sets
+    one (the ablation configs), else the model family's (``paper.MODEL_ROWS``: ``dml-csr`` or
+    ``fp-liif``); a ``row`` in ``meta`` overrides both, like every key of ``meta``."""
     from .evaluate import build_result
+    from .paper import result_row
 
     model = load_inference_model(cfg, checkpoint, device)
     dataset = build_eval_dataset(cfg, split, data_root)
@@ -415,7 +420,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     if "confusion" not in metrics:
         raise ValueError(f"split {split!r} of {dataset.root} has no label files: nothing to score")
     info = {"checkpoint": str(checkpoint), "config": cfg.name, "preset": cfg.preset,
-            "model": cfg.model.name, "data_root": str(dataset.root),
+            "model": cfg.model.name, "row": result_row(cfg.row, cfg.model.name),
+            "data_root": str(dataset.root),
             "crop_size": list(dataset.crop_size), "flip": bool(flip),
             "scales": [float(s) for s in scales], "output_scale": output_scale,
             "seconds": round(seconds, 3)}

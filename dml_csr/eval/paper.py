@@ -28,18 +28,20 @@ key                 experiment                                       tables
 
 ``canonical_row`` also accepts the paper's labels (``+DDGCN``, ``+DML``, ``all``, ``+CSR``,
 ``PSP-pooling``, ``dml_csr``, ``fp_liif``, ...).
+
+The row of a result is ``result_row(meta.row, meta.model)``: ``meta.row`` when set, else the row of
+the model family (``MODEL_ROWS``: ``dml_csr`` -> ``dml-csr``, ``fp_liif`` -> ``fp-liif``); a result
+with neither, or of a model family without a row, is an error, never a default row.
 """
 from typing import Dict, Optional, Tuple
 
 __all__ = ["DATASETS", "DATASET_TITLES", "CLASS_TABLES", "PER_CLASS_F1", "TABLE4", "TABLE5",
-           "TABLE6", "ABLATION_TABLES", "ROW_LABELS", "TABLE_ROW_LABELS", "DEFAULT_ROW",
-           "canonical_row", "table_for_dataset"]
+           "TABLE6", "ABLATION_TABLES", "ROW_LABELS", "TABLE_ROW_LABELS", "MODEL_ROWS",
+           "canonical_row", "result_row", "table_for_dataset"]
 
 # Column order of Tables 4 to 6.
 DATASETS: Tuple[str, ...] = ("helen", "celebamask_hq", "lapa")
 DATASET_TITLES = {"helen": "Helen", "celebamask_hq": "CelebAMask-HQ", "lapa": "LaPa"}
-
-DEFAULT_ROW = "dml-csr"
 
 ROW_LABELS: Dict[str, str] = {
     "baseline": "Baseline",
@@ -66,15 +68,35 @@ _ALIASES = {
 }
 
 
-def canonical_row(row: Optional[str]) -> str:
-    """The stable key of a row name (None -> ``dml-csr``); unknown names come back stripped."""
-    if row is None:
-        return DEFAULT_ROW
+# The row of each model family (``model.name`` of a config, ``meta.model`` of a result), for a
+# result whose config names no row.
+MODEL_ROWS: Dict[str, str] = {"dml_csr": "dml-csr", "fp_liif": "fp-liif"}
+
+
+def canonical_row(row: str) -> str:
+    """The stable key of a row name; unknown names come back stripped. No name is an error."""
+    if row is None or not str(row).strip():
+        raise ValueError(f"no row given ({row!r}); name one of {sorted(ROW_LABELS)} or any "
+                         "other non-empty name")
     key = str(row).strip()
     low = key.lower()
     if low in ROW_LABELS:
         return low
     return _ALIASES.get(low, key)
+
+
+def result_row(row: Optional[str], model: Optional[str]) -> str:
+    """The row of a result: ``canonical_row(row)`` when ``row`` is set (not None or empty), else
+    ``MODEL_ROWS[model]``. Raises ``ValueError`` when neither says (never a default row)."""
+    if row is not None and str(row).strip():
+        return canonical_row(row)
+    if model is None or not str(model).strip():
+        raise ValueError("no meta.row and no meta.model, so no table row; set meta.row (e.g. "
+                         "tools/evaluate.py / tools/test.py --meta row=dml-csr)")
+    if model not in MODEL_ROWS:
+        raise ValueError(f"no meta.row and an unknown model {model!r} (rows by model: "
+                         f"{MODEL_ROWS}); set meta.row")
+    return MODEL_ROWS[model]
 
 
 # Tables 1 to 3: (data set, title, columns). A column is (key, label): key is a token, a merged

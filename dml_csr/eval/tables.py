@@ -3,12 +3,15 @@
 Rules (also in docs/evaluation.md):
 
 - A result (the JSON of ``dml_csr.eval.evaluate.build_result``) belongs to data set
-  ``meta.dataset`` and row ``canonical_row(meta.row)`` (no ``meta.row`` -> ``dml-csr``).
-  Two results with the same (data set, row) are an error naming both sources.
+  ``meta.dataset`` and row ``result_row(meta.row, meta.model)``: ``canonical_row(meta.row)``, or
+  without ``meta.row`` the row of the model family (``dml_csr`` -> ``dml-csr``, ``fp_liif`` ->
+  ``fp-liif``). A result with neither is an error naming its source, as are two results with the
+  same (data set, row).
 - Tables 1 to 3 (per-class F1 of Helen, LaPa, CelebAMask-HQ): one line per paper column (class,
   merged name, overall / mean), and for each method an ``ours | paper | delta`` triple of columns.
   Methods shown: the published rows of that data set (``dml-csr``; ``fp-liif`` for LaPa and
-  CelebAMask-HQ) and any result row that is none of the ablation keys of Tables 4 to 6.
+  CelebAMask-HQ) and any result row that is none of the ablation keys of Tables 4 to 6 (so an
+  FP-LIIF result on Helen gets FP-LIIF columns without paper numbers).
 - Tables 4 to 6: one line per paper row, and per data set (Helen, CelebAMask-HQ, LaPa) an
   ``ours | paper | delta`` triple for each metric (mIoU and F1 in Table 4, F1 in 5 and 6). F1 is
   the data set's headline: Helen overall F1, the others mean F1.
@@ -22,7 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .metrics import default_headline
 from .paper import (ABLATION_TABLES, CLASS_TABLES, DATASET_TITLES, DATASETS, PER_CLASS_F1,
-                    ROW_LABELS, TABLE_ROW_LABELS, canonical_row, table_for_dataset)
+                    ROW_LABELS, TABLE_ROW_LABELS, result_row, table_for_dataset)
 
 __all__ = ["Table", "index_results", "class_table", "ablation_table", "make_tables",
            "format_result_table", "format_class_table", "headline_value", "TABLE_NUMBERS"]
@@ -102,7 +105,9 @@ Indexed = Dict[Tuple[str, str], Tuple[str, dict]]
 
 
 def index_results(results: Sequence[dict], sources: Optional[Sequence[str]] = None) -> Indexed:
-    """{(dataset, row): (source, result)}; a duplicate (dataset, row) raises naming both."""
+    """{(dataset, row): (source, result)}; the row is ``result_row(meta.row, meta.model)``. A
+    result without a row (no meta.row, no known meta.model) or a duplicate (dataset, row) raises
+    naming the source(s)."""
     sources = list(sources) if sources is not None else [f"result #{i}" for i in
                                                          range(len(results))]
     indexed: Indexed = {}
@@ -110,7 +115,10 @@ def index_results(results: Sequence[dict], sources: Optional[Sequence[str]] = No
         meta = result.get("meta", {})
         if "dataset" not in meta:
             raise ValueError(f"{source}: no meta.dataset")
-        key = (meta["dataset"], canonical_row(meta.get("row")))
+        try:
+            key = (meta["dataset"], result_row(meta.get("row"), meta.get("model")))
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
         if key in indexed:
             raise ValueError(f"{indexed[key][0]} and {source} are both data set {key[0]!r}, row "
                              f"{key[1]!r}; give them distinct meta.row values")
@@ -209,9 +217,10 @@ def format_result_table(metrics: dict, dataset: Optional[str] = None, row: Optio
                         latex: bool = False) -> str:
     """One result in its data set's paper layout (Table 1 Helen, 2 LaPa, 3 CelebAMask-HQ).
 
-    Compared with the published row ``row`` (default ``meta.row``) when the paper has it for this
-    data set, else with DML-CSR. Data sets without a paper table (synthetic) get
-    ``format_class_table``.
+    The result's row is ``row``, else ``result_row(meta.row, meta.model)``; a result with neither
+    is shown as plain "ours". It is compared with that row's published numbers when the paper has
+    them for this data set, else with DML-CSR's (named in the header). Data sets without a paper
+    table (synthetic) get ``format_class_table``.
     """
     meta = metrics.get("meta", {})
     dataset = dataset or meta.get("dataset")
@@ -219,13 +228,16 @@ def format_result_table(metrics: dict, dataset: Optional[str] = None, row: Optio
     if number is None:
         return format_class_table(metrics, latex=latex)
     _, title, columns = CLASS_TABLES[number]
-    row = canonical_row(row or meta.get("row"))
+    try:
+        row = result_row(row or meta.get("row"), meta.get("model"))
+    except ValueError:
+        row = None  # one result printed on its own: nothing to file, so no row is needed
     published_row = row if row in PER_CLASS_F1[dataset] else "dml-csr"
     published = PER_CLASS_F1[dataset][published_row]
     lines = [[label] + _triple(_class_value(metrics, key), published.get(key), "")
              for key, label in columns]
-    header = ["class", f"ours ({ROW_LABELS.get(row, row)})",
-              f"paper ({ROW_LABELS[published_row]})", DELTA]
+    ours = "ours" if row is None else f"ours ({ROW_LABELS.get(row, row)})"
+    header = ["class", ours, f"paper ({ROW_LABELS[published_row]})", DELTA]
     notes = [f"mIoU {_ours(metrics['miou'])}, pixel accuracy {_ours(metrics['pixel_accuracy'])}, "
              f"mean accuracy {_ours(metrics['mean_accuracy'])}"]
     return Table(title, header, lines, notes).render(latex)
