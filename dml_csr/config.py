@@ -114,6 +114,7 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 8
     workers: int = 2
+    # test-time augmentation of tools/test.py and tools/train.py --test (validation never uses it)
     flip: bool = False                    # test-time flip (swaps left/right channels)
     scales: List[float] = field(default_factory=lambda: [1.0])
     output_scale: float = 1.0             # logits at output_scale x the crop before the warp back

@@ -2,10 +2,11 @@
 
     python tools/test.py lapa --checkpoint runs/lapa/best.pth --split test \
         [--data-root data/lapa] [--out runs/lapa/metrics_test.json] [--save-pred DIR] \
-        [--save-overlay DIR] [--flip] [--scales 0.75 1.0 1.25] [--batch-size 8] [--workers 2] \
+        [--save-overlay DIR] [--flip | --no-flip] [--scales 0.75 1.0 1.25] [--batch-size 8] \
+        [--workers 2] \
         [--device cuda] [--meta row=dml-csr] [section.key=value ...]
 
-CONFIG is a name in configs/ or a YAML path; the model is built from it in its inference form (no
+CONFIG is a name in configs/ or a YAML path; flags left out take the config's ``eval.*`` values; the model is built from it in its inference form (no
 edge branch) and CHECKPOINT may be one of ours or the release's bare state_dict. The logic lives in
 dml_csr.eval.inference (run_test); see docs/evaluation.md, "Model inference protocol".
 """
@@ -37,9 +38,10 @@ def main(argv=None) -> int:
     parser.add_argument("--save-logits", action="store_true",
                         help="also write crop-space logits to DIR/logits/*.npz (needs --save-pred)")
     parser.add_argument("--save-overlay", metavar="DIR", help="write colour overlays here")
-    parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                        help="multi-scale test-time augmentation factors (default 1.0)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="flip test-time augmentation (default: eval.flip)")
+    parser.add_argument("--scales", type=float, nargs="+", default=None,
+                        help="multi-scale test-time augmentation factors (default: eval.scales)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--workers", type=int, default=None, help="default: eval.workers")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -55,8 +57,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = run_test(cfg, args.checkpoint, args.split, data_root=args.data_root, device=device,
-                      batch_size=args.batch_size or cfg.eval.batch_size,
-                      workers=cfg.eval.workers if args.workers is None else args.workers,
+                      batch_size=args.batch_size, workers=args.workers,
                       flip=args.flip, scales=args.scales, pred_dir=args.save_pred,
                       overlay_dir=args.save_overlay, save_logits=args.save_logits,
                       progress=args.progress, meta=parse_meta(args.meta))

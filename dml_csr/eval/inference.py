@@ -394,13 +394,15 @@ def build_eval_dataset(cfg, split: str, data_root: Optional[str] = None):
 
 
 def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[str] = None,
-             device: Union[str, torch.device] = "cpu", batch_size: int = 8, workers: int = 0,
-             flip: bool = False, scales: Sequence[float] = (1.0,), pred_dir=None,
+             device: Union[str, torch.device] = "cpu", batch_size: Optional[int] = None,
+             workers: Optional[int] = None, flip: Optional[bool] = None,
+             scales: Optional[Sequence[float]] = None, pred_dir=None,
              overlay_dir=None, save_logits: bool = False, progress: bool = False,
              meta: Optional[Mapping[str, object]] = None, output_scale: Optional[float] = None) -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
-    ``meta`` and ``protocol.inference``. ``output_scale``: default ``cfg.eval.output_scale``.
+    ``meta`` and ``protocol.inference``. ``batch_size``, ``workers``, ``flip``, ``scales`` and
+    ``output_scale`` left at None take the config's ``eval.*`` values.
 
     ``meta.row`` (the table row of ``tools/make_tables.py``) is ``cfg.row`` when the config sets
     one (the ablation configs), else the model family's (``paper.MODEL_ROWS``: ``dml-csr`` or
@@ -410,7 +412,12 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
 
     model = load_inference_model(cfg, checkpoint, device)
     dataset = build_eval_dataset(cfg, split, data_root)
-    output_scale = float(cfg.eval.output_scale if output_scale is None else output_scale)
+    e = cfg.eval
+    output_scale = float(e.output_scale if output_scale is None else output_scale)
+    flip = e.flip if flip is None else flip
+    scales = e.scales if scales is None else scales
+    batch_size = e.batch_size if batch_size is None else batch_size
+    workers = e.workers if workers is None else workers
     start = time.perf_counter()
     metrics = evaluate_model(model, dataset, batch_size=batch_size, workers=workers, device=device,
                              flip=flip, scales=scales, pred_dir=pred_dir, overlay_dir=overlay_dir,
