@@ -3,12 +3,12 @@
     python tools/test.py lapa --checkpoint runs/lapa/best.pth --split test \
         [--data-root data/lapa] [--out runs/lapa/metrics_test.json] [--save-pred DIR] \
         [--save-overlay DIR] [--flip | --no-flip] [--scales 0.75 1.0 1.25] [--batch-size 8] \
-        [--workers 2] \
-        [--device cuda] [--meta row=dml-csr] [section.key=value ...]
+        [--workers 2] [--device cuda] [--meta row=dml-csr] [section.key=value ...]
 
-CONFIG is a name in configs/ or a YAML path; flags left out take the config's ``eval.*`` values; the model is built from it in its inference form (no
-edge branch) and CHECKPOINT may be one of ours or the release's bare state_dict. The logic lives in
-dml_csr.eval.inference (run_test); see docs/evaluation.md, "Model inference protocol".
+CONFIG is a name in configs/ or a YAML path; the model is built from it in its inference form (no
+edge branch) and CHECKPOINT may be one of ours or the release's bare state_dict. Flags left out
+take the config's ``eval.*`` values. The logic lives in dml_csr.eval.inference (run_test); see
+docs/evaluation.md, "Model inference protocol".
 """
 import argparse
 import logging
