@@ -398,7 +398,11 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
              meta: Optional[Mapping[str, object]] = None, output_scale: Optional[float] = None) -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
-    ``meta`` and ``protocol.inference``. ``output_scale``: default ``cfg.eval.output_scale``."""
+    ``meta`` and ``protocol.inference``. ``output_scale``: default ``cfg.eval.output_scale``.
+
+    Under torch.distributed EVERY process must call it (``evaluate_model`` all-reduces the
+    histograms of the per-rank shards); each returns the same numbers and writes only its own
+    shard's files into ``pred_dir`` / ``overlay_dir``."""
     from .evaluate import build_result
 
     model = load_inference_model(cfg, checkpoint, device)
