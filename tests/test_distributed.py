@@ -6,14 +6,25 @@ batch, and the gradients are averaged. The losses hold per-batch terms (Lovasz-s
 batch-weighted edge CE) that do not decompose over halves, so the single-process reference is NOT
 the loss of the whole batch: it forwards the whole batch once (BN statistics over the whole batch,
 identical to the synchronised ones) and takes the MEAN OF THE TWO PER-HALF LOSSES.
+
+``tools/train.py --resume --test`` also runs under ``torchrun --nproc_per_node 2`` (gloo) through
+both stages: every collective must be reached by both ranks, and the sharded test must score
+exactly what a single process scores.
 """
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from dml_csr.config import load_config
+from dml_csr.data.synthetic import make_synthetic
+from dml_csr.engine.trainer import Trainer
+from dml_csr.eval.inference import run_test
 from dml_csr.losses import MultiTaskLoss
 from dml_csr.models import DMLCSR
 
@@ -88,3 +99,71 @@ def test_two_process_step_equals_single_process(tmp_path):
         else:
             assert torch.equal(v, ddp_state[k]), k
     assert changed > 10                    # the step did move the weights
+
+
+# --------------------------------------------------------------------------------------------
+# tools/train.py --resume --test as 2 gloo processes (torchrun), through both stages
+# --------------------------------------------------------------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_OVERRIDES = [                   # 2 multi-task epochs + 1 CSR cycle of 1 epoch, 32 px
+    "data.crop_size=[32,32]", "data.batch_size=2", "data.workers=0", "model.layers=[1,1,1,1]",
+    "model.width_mult=0.125", "train.epochs=3", "train.cycles=1", "train.cycle_epochs=1",
+    "train.image_log_interval=0", "eval.workers=0", "eval.batch_size=2"]
+
+
+def _torchrun_train(root, out, *flags):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           os.path.join(REPO, "tools", "train.py"), "synthetic", f"data.root={root}",
+           *TRAIN_OVERRIDES, "--output-dir", str(out), "--device", "cpu", *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:   # a hang: a collective reached by one rank only
+        proc.terminate()                # torchrun stops its workers on SIGTERM
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail("torchrun tools/train.py hung:\n" + stderr[-6000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-6000:]
+    return stdout
+
+
+def _jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_torchrun_resume_and_test(tmp_path):
+    """A run interrupted after epoch 1 (in this process) is resumed by 2 gloo processes: the
+    second multi-task epoch, the CSR cycle (BN re-estimation, aggregation) and --test. The test
+    split (3 images) splits unevenly over the ranks; the pooled histogram must equal a
+    single-process scoring of the same best.pth (no image lost, none counted twice)."""
+    root = tmp_path / "data"
+    make_synthetic(root, num_train=4, num_valid=3, num_test=3, size=32)
+    cfg = load_config("synthetic", [f"data.root={root}", *TRAIN_OVERRIDES])
+    out = tmp_path / "run"
+    Trainer(cfg, output_dir=str(out)).fit(stop_after_epoch=1)            # "interrupted"
+    first = _jsonl(out / "metrics.jsonl")
+    assert [(l["epoch"], l["model"]) for l in first] == [(1, "student")]
+
+    stdout = _torchrun_train(root, out, "--resume", "--test")
+    log = (out / "train.log").read_text()
+    assert "resumed from" in log and "2 processes" in log
+    lines = _jsonl(out / "metrics.jsonl")
+    assert [(l["epoch"], l["model"]) for l in lines] == [(1, "student"), (2, "student"),
+                                                         (3, "student"), (3, "aggregated")]
+    assert lines[0] == first[0]                        # epoch 1 was not trained again
+    last = torch.load(out / "last.pth", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 3 and last["stage"] == "csr" and last["teacher"] is not None
+    assert last["best"]["score"] == max(l["headline"]["value"] for l in lines)
+    assert (out / "cycle1_aggregated.pth").exists()
+
+    result = json.loads((out / "metrics_test.json").read_text())
+    assert result["meta"]["split"] == "test" and result["meta"]["processes"] == 2
+    assert result["meta"]["num_images"] == 3
+    assert 0.0 <= result["headline"]["value"] <= 100.0
+    assert stdout.count("test mean_f1") == 1       # printed by rank 0 only
+    single = run_test(cfg, str(out / "best.pth"), "test", batch_size=2)
+    assert single["meta"]["num_images"] == 3
+    assert result["confusion"] == single["confusion"]

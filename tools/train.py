@@ -1,11 +1,13 @@
 """Train DML-CSR (or FP-LIIF) with the whole schedule of a config; works under torchrun.
 
     python tools/train.py CONFIG [section.key=value ...] [--resume] [--overwrite] [--output-dir DIR]
+                          [--test]
     torchrun --nproc_per_node 4 tools/train.py helen          # multi-GPU (scripts/train.sh)
 
 CONFIG is a name in configs/ (helen, lapa, celebamask_hq, synthetic) or a YAML path. The run
 folder (train.output_dir, or --output-dir) receives config.yaml, train.log, metrics.jsonl, tb/,
-last.pth, best.pth and cycle{k}_aggregated.pth (docs/training.md).
+last.pth, best.pth and cycle{k}_aggregated.pth (docs/training.md); --test adds metrics_test.json.
+Under torchrun every process takes part in the test: each scores its share of the split.
 """
 import argparse
 import os
@@ -16,6 +18,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dml_csr.config import ConfigError, load_config  # noqa: E402
 from dml_csr.engine import distributed as du  # noqa: E402
 from dml_csr.engine.trainer import NonFiniteLossError, RunDirError, Trainer  # noqa: E402
+
+
+def score_best(cfg, trainer: Trainer) -> None:
+    """Score the run's best.pth on the test split; write metrics_test.json and print the table.
+
+    Every process must call this: under torch.distributed each scores the strided shard
+    ``rank::world_size`` of the split and the confusion histograms are all-reduced
+    (``evaluate_model``), so the numbers equal a single-process run; only the main process
+    writes and prints.
+    """
+    from dml_csr.eval.evaluate import write_result
+    from dml_csr.eval.inference import run_test
+    from dml_csr.eval.tables import format_result_table
+
+    du.barrier()   # best.pth is written by the main process
+    result = run_test(cfg, trainer.path("best.pth"), "test", device=trainer.device,
+                      meta={"processes": du.get_world_size()})
+    if not du.is_main():
+        return
+    out = trainer.path("metrics_test.json")
+    write_result(result, out)
+    print(format_result_table(result))
+    h = result["headline"]
+    print(f"test {h['name']} {h['value']:.2f} | mean F1 {result['mean_f1']:.2f} "
+          f"| mIoU {result['miou']:.2f} -> {out}")
 
 
 def main(argv=None) -> int:
@@ -35,18 +62,8 @@ def main(argv=None) -> int:
         trainer = Trainer(cfg, output_dir=args.output_dir, resume=args.resume,
                           overwrite=args.overwrite, device=args.device)
         trainer.fit()
-        if args.test and du.is_main():
-            from dml_csr.eval.evaluate import write_result
-            from dml_csr.eval.inference import run_test
-            from dml_csr.eval.tables import format_result_table
-            result = run_test(cfg, trainer.path("best.pth"), "test", device=trainer.device,
-                              batch_size=cfg.eval.batch_size, workers=cfg.eval.workers)
-            out = trainer.path("metrics_test.json")
-            write_result(result, out)
-            print(format_result_table(result))
-            h = result["headline"]
-            print(f"test {h['name']} {h['value']:.2f} | mean F1 {result['mean_f1']:.2f} "
-                  f"| mIoU {result['miou']:.2f} -> {out}")
+        if args.test:
+            score_best(cfg, trainer)
     except (ConfigError, RunDirError, NonFiniteLossError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -406,7 +406,11 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
 
     ``meta.row`` (the table row of ``tools/make_tables.py``) is ``cfg.row`` when the config sets
     one (the ablation configs), else the model family's (``paper.MODEL_ROWS``: ``dml-csr`` or
-    ``fp-liif``); a ``row`` in ``meta`` overrides both, like every key of ``meta``."""
+    ``fp-liif``); a ``row`` in ``meta`` overrides both, like every key of ``meta``.
+
+    Under torch.distributed EVERY process must call it (``evaluate_model`` all-reduces the
+    histograms of the per-rank shards); each returns the same numbers and writes only its own
+    shard's files into ``pred_dir`` / ``overlay_dir``."""
     from .evaluate import build_result
     from .paper import result_row
 
