@@ -15,7 +15,8 @@ DATASET="$1"; shift
 NUM_GPUS=1
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then NUM_GPUS="$1"; shift; fi
 if [ ! -f "configs/${DATASET}.yaml" ]; then
-  echo "error: no config configs/${DATASET}.yaml" >&2
+  known=$(cd configs && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')
+  echo "error: no config configs/${DATASET}.yaml: choose one of ${known% }" >&2
   exit 2
 fi
 bash scripts/install.sh

@@ -37,8 +37,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config, config_to_dict, save_config
 from ..data import FaceDataset, get_schema
+from ..data.check import DataCheckReport, check_data
 from ..losses import MultiTaskLoss, SelfDistillationLoss
 from ..models import build_model, load_imagenet_backbone, model_kwargs_from_config
+from ..models.checkpoint import load_checkpoint_file
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr
 from . import distributed as du
@@ -54,7 +56,7 @@ RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log"
 REESTIMATE_EPOCH_OFFSET = 1_000_000   # augmentation epoch ids of the BN re-estimation passes
 # keys that may change on --resume without changing the run's results
 RESUME_FREE_KEYS = {"output_dir", "data.workers", "eval.workers", "eval.batch_size",
-                    "train.log_interval", "train.image_log_interval"}
+                    "train.log_interval", "train.image_log_interval", "data.check"}
 
 
 class RunDirError(RuntimeError):
@@ -240,8 +242,11 @@ class Trainer:
         self.device = self.info.device
         self.model_name = cfg.model.name
         self.writer = None
+        data_check = self._check_data()     # before the run folder exists: a failed check leaves none
         self._prepare_run_dir()
         du.setup_logging(os.path.join(self.out, "train.log"), self.info.is_main)
+        if data_check is not None:
+            logger.info("%s", data_check.summary())
         self._seed(cfg.train.seed)
         self._build_data()
         self._build_model()
@@ -301,6 +306,21 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
+
+    def _check_data(self) -> Optional[DataCheckReport]:
+        """``data.check``: every image and label of the train and val splits (also on --resume),
+        each process a shard; any problem stops every process with the same DataCheckError."""
+        d = self.cfg.data
+        if not d.check:
+            return None
+        report = check_data(d.root, [d.train_split, d.val_split], get_schema(d.dataset),
+                            rank=self.info.rank, world_size=self.info.world_size)
+        if self.info.distributed:
+            shards: List[Any] = [None] * self.info.world_size
+            torch.distributed.all_gather_object(shards, (report.problems, report.seconds))
+            report.problems = [p for problems, _ in shards for p in problems]
+            report.seconds = max(seconds for _, seconds in shards)
+        return report.raise_if_problems()
 
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
@@ -414,7 +434,7 @@ class Trainer:
         du.save_on_main(ckpt, self.path(name))
 
     def _load_last(self) -> None:
-        ckpt = torch.load(self.path("last.pth"), map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint_file(self.path("last.pth"))
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise RunDirError(f"{self.path('last.pth')} is not a training checkpoint of this trainer")
         saved = _flatten(ckpt["config"])
