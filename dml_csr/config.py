@@ -225,8 +225,8 @@ def resolve_config_path(name_or_path: str) -> str:
     if os.path.isfile(candidate):
         return candidate
     names = sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".yaml"))
-    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR}: "
-                            f"give a YAML path or one of {', '.join(names)}")
+    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in "
+                            f"{CONFIG_DIR}: give a YAML path or one of {', '.join(names)}")
 
 
 def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
@@ -239,8 +239,9 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0]
             raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML "
-                              f"({str(exc).splitlines()[0]}); quote it or fix the brackets") from exc
+                              f"({reason}); quote it or fix the brackets") from exc
         node = nested
         parts = key.strip().split(".")
         for p in parts[:-1]:

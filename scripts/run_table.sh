@@ -51,7 +51,7 @@ if [ "$dataset" = synthetic ]; then
 fi
 
 if [ "$gpus" -gt 1 ]; then
-  train=(torchrun --standalone --nproc_per_node "$gpus" tools/train.py)
+  train=("$py" -m dml_csr.engine.launch --standalone --nproc_per_node "$gpus" tools/train.py)
 else
   train=("$py" tools/train.py)
 fi

@@ -27,7 +27,8 @@ if [[ "$DATASET" == *synthetic* ]] && [ ! -f data/synthetic/train_list.txt ]; th
 fi
 NNODES="${NNODES:-1}"
 if [ "$NUM_GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-  exec "$PY" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" \
+  # torchrun (dml_csr/engine/launch.py: a failed worker's error line and status, no torchrun report)
+  exec "$PY" -m dml_csr.engine.launch --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" \
     --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" \
     --master_port "${MASTER_PORT:-29500}" tools/train.py "$DATASET" "$@"
 fi

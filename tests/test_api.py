@@ -174,7 +174,8 @@ def test_release_state_dict_schema_comes_from_its_class_count(tmp_path, monkeypa
         state = DMLCSR(with_edges=False, **dict(KW, num_classes=k)).state_dict()
         paths[k] = str(tmp_path / f"release{k}.pth")
         torch.save({f"module.{key}": v for key, v in state.items()}, paths[k])
-    load = lambda k, **kw: FaceParser.from_checkpoint(paths[k], detector=None, fold_bn=False, **kw)  # noqa: E731
+    def load(k, **kw):
+        return FaceParser.from_checkpoint(paths[k], detector=None, fold_bn=False, **kw)
 
     with caplog.at_level(logging.INFO, logger="dml_csr.api"):      # 19 classes decide the schema
         assert load(19).schema.name == "celebamask_hq"

@@ -182,10 +182,13 @@ def test_other_tools_mistakes(files, tmp_path, capsys):
         ("make_synthetic", [str(files / "tiny.yaml")], "tiny.yaml"),
         ("prepare_data", ["lapa", str(tmp_path / "raw"), str(tmp_path / "out")], "raw"),
         ("train", [str(files / "tiny.yaml"), "model.nmae=x"], "'model.nmae'"),
+        ("train", [str(files / "tiny.yaml"), f"model.pretrained={tmp_path / 'r101.pth'}",
+                   "--output-dir", str(tmp_path / "run")], "r101.pth (model.pretrained)"),
     ]
     for name, args, needle in cases:
         assert run(_tool(name).main, args) == 2, name
         assert needle in _error_line(capsys.readouterr().err), name
+    assert not (tmp_path / "run").exists()      # stopped before the run folder was made
 
 
 def test_train_stops_on_a_corrupt_image_in_one_line(files, tmp_path):
@@ -235,3 +238,22 @@ def test_shell_script_passes_on_the_python_status(files):
     done = _bash("run_table.sh", "5", "synthetic", "train.lrr=1")    # fails in load_config
     assert done.returncode == 2
     assert "'train.lrr'" in _error_line(done.stderr)
+
+
+def test_torchrun_launcher_ends_like_a_single_process(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text("import sys\nfrom dml_csr.cli import run\n\n\ndef main(argv):\n"
+                      "    if argv == ['quit']:\n        return 1\n"
+                      "    raise ValueError('config x.yaml: bad key')\n\n\nsys.exit(run(main))\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("LOGLEVEL", None)
+    launch = [sys.executable, "-m", "dml_csr.engine.launch", "--standalone", "--nproc_per_node",
+              "2", str(worker)]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()   # each worker's line, nothing from torchrun
+    assert 1 <= len(lines) <= 2 and set(lines) == {"error: config x.yaml: bad key"}, done.stderr
+    done = subprocess.run(launch + ["quit"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1
+    line = _error_line(done.stderr)
+    assert "worker rank" in line and "status 1" in line

@@ -38,7 +38,7 @@ def _broken_copy(clean_root, dest):
     (img / "train_00001.jpg").write_bytes(b"not a jpeg")                       # undecodable image
     (img / "train_00002.jpg").unlink()                                         # missing image
     bad = cv2.imread(str(lab / "train_00003.png"), cv2.IMREAD_UNCHANGED)
-    bad[0, 0], bad[1, 1] = 11, 255                                             # 11 >= K; 255 is fine
+    bad[0, 0], bad[1, 1] = 11, 255                                             # 11 >= K; 255 fine
     cv2.imwrite(str(lab / "train_00003.png"), bad)
     cv2.imwrite(str(lab / "train_00004.png"), np.zeros((SIZE, SIZE - 2), np.uint8))   # wrong size
     colour = np.zeros((SIZE, SIZE, 3), np.uint8)
@@ -126,20 +126,23 @@ def test_trainer_stops_before_the_first_epoch_and_writes_nothing(clean_root, tmp
         trainer.train_set[3]
 
 
-def _ddp_worker(rank, world, port, root, out, result_dir):
+def _ddp_worker(rank, world, port, roots, out, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from dml_csr.engine import distributed as du
     from dml_csr.engine.trainer import Trainer
+    messages = []
     try:
-        Trainer(_cfg(root, "data.batch_size=2"), output_dir=out, device="cpu")
-        message = "no error"
-    except DataCheckError as exc:
-        message = str(exc)
+        for root in (roots[0], roots[1 + rank]):   # a corrupt file; then rank 1's root is missing
+            try:
+                Trainer(_cfg(root), output_dir=out, device="cpu")
+                messages.append("no error")
+            except DataCheckError as exc:
+                messages.append(str(exc))
     finally:
         du.cleanup()
-    Path(result_dir, f"{rank}.txt").write_text(message)
+    Path(result_dir, f"{rank}.txt").write_text("\n".join(messages))
 
 
 def test_every_ddp_process_stops_with_the_whole_list(clean_root, tmp_path):
@@ -150,10 +153,13 @@ def test_every_ddp_process_stops_with_the_whole_list(clean_root, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    mp.spawn(_ddp_worker, args=(2, port, str(root), str(out), str(tmp_path)), nprocs=2, join=True)
-    messages = [(tmp_path / f"{r}.txt").read_text() for r in (0, 1)]
-    assert messages[0] == messages[1] and "valid/images/valid_00001.jpg" in messages[0]
-    assert "1 problem in 10" in messages[0] and not out.exists()
+    roots = [str(root), str(root), str(tmp_path / "not_on_this_node")]
+    mp.spawn(_ddp_worker, args=(2, port, roots, str(out), str(tmp_path)), nprocs=2, join=True)
+    messages = [(tmp_path / f"{r}.txt").read_text().split("\n") for r in (0, 1)]
+    assert messages[0] == messages[1]
+    assert "valid/images/valid_00001.jpg" in messages[0][0] and "1 problem in 10" in messages[0][0]
+    assert "rank 1" in messages[0][1] and "not_on_this_node" in messages[0][1]
+    assert not out.exists()
 
 
 def test_prepare_data_check_lists_all_problems(clean_root, tmp_path, capsys):
@@ -169,7 +175,8 @@ def test_prepare_data_check_lists_all_problems(clean_root, tmp_path, capsys):
     # a clean root: one summary line, status 0 (in-process: the same main)
     import importlib.util
     from dml_csr.cli import run
-    spec = importlib.util.spec_from_file_location("prepare_tool", REPO / "tools" / "prepare_data.py")
+    spec = importlib.util.spec_from_file_location("prepare_tool",
+                                                  REPO / "tools" / "prepare_data.py")
     prepare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prepare)
     capsys.readouterr()

@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config, config_to_dict, save_config
 from ..data import FaceDataset, get_schema
-from ..data.check import DataCheckReport, check_data
+from ..data.check import DataCheckError, DataCheckReport, check_data
 from ..losses import MultiTaskLoss, SelfDistillationLoss
 from ..models import build_model, load_imagenet_backbone, model_kwargs_from_config
-from ..models.checkpoint import load_checkpoint_file
+from ..models.checkpoint import check_backbone_file, load_checkpoint_file
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr
 from . import distributed as du
@@ -242,7 +242,7 @@ class Trainer:
         self.device = self.info.device
         self.model_name = cfg.model.name
         self.writer = None
-        data_check = self._check_data()     # before the run folder exists: a failed check leaves none
+        data_check = self._check_data()     # before the run folder: a failed check leaves none
         self._prepare_run_dir()
         du.setup_logging(os.path.join(self.out, "train.log"), self.info.is_main)
         if data_check is not None:
@@ -308,18 +308,31 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
 
     def _check_data(self) -> Optional[DataCheckReport]:
-        """``data.check``: every image and label of the train and val splits (also on --resume),
-        each process a shard; any problem stops every process with the same DataCheckError."""
-        d = self.cfg.data
+        """``data.check``: every image and label of the train and val splits (also on --resume).
+        Under DDP each process checks a shard and the reports are gathered, so any problem, or a
+        check that fails on one process only (a list file missing on one node), stops every
+        process with the same DataCheckError. A missing ``model.pretrained`` file also stops
+        the run here, before the run folder."""
+        d, pretrained = self.cfg.data, self.cfg.model.pretrained
+        if pretrained:
+            check_backbone_file(pretrained)
         if not d.check:
             return None
-        report = check_data(d.root, [d.train_split, d.val_split], get_schema(d.dataset),
-                            rank=self.info.rank, world_size=self.info.world_size)
-        if self.info.distributed:
-            shards: List[Any] = [None] * self.info.world_size
-            torch.distributed.all_gather_object(shards, (report.problems, report.seconds))
-            report.problems = [p for problems, _ in shards for p in problems]
-            report.seconds = max(seconds for _, seconds in shards)
+        args = (d.root, [d.train_split, d.val_split], get_schema(d.dataset))
+        if not self.info.distributed:
+            return check_data(*args).raise_if_problems()
+        try:
+            report, failure = check_data(*args, rank=self.info.rank,
+                                         world_size=self.info.world_size), None
+        except (OSError, ValueError) as exc:
+            report, failure = None, str(exc)
+        shards: List[Any] = [None] * self.info.world_size
+        torch.distributed.all_gather_object(shards, (report, failure))
+        failed = [(rank, f) for rank, (_, f) in enumerate(shards) if f]
+        if failed:
+            raise DataCheckError(f"data check stopped on rank {failed[0][0]}: {failed[0][1]}")
+        report.problems = [p for shard, _ in shards for p in shard.problems]
+        report.seconds = max(shard.seconds for shard, _ in shards)
         return report.raise_if_problems()
 
     def _build_data(self) -> None:

@@ -17,7 +17,8 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["extract_state_dict", "load_model_weights", "load_imagenet_backbone", "save_atomic",
-           "load_checkpoint_file", "state_num_classes", "CheckpointError", "CheckpointMismatchError",
+           "load_checkpoint_file", "state_num_classes", "check_backbone_file", "CheckpointError",
+           "CheckpointMismatchError",
            "CheckpointReadError", "BACKBONE_PREFIXES", "CLASSIFIER_KEY"]
 
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
@@ -134,7 +135,9 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
     key = _classifier_key(state)
     if key in target and state[key].shape[0] != target[key].shape[0]:
         from ..data.schemas import datasets_with_classes
-        names = lambda k: " or ".join(datasets_with_classes(k)) or "no supported data set"  # noqa: E731
+
+        def names(k: int) -> str:
+            return " or ".join(datasets_with_classes(k)) or "no supported data set"
         file_classes, model_classes = int(state[key].shape[0]), int(target[key].shape[0])
         raise CheckpointMismatchError(
             f"{source} predicts {file_classes} classes ({names(file_classes)}) but the model "
@@ -146,10 +149,18 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
         if tuple(v.shape) != tuple(target[k].shape):
             raise CheckpointMismatchError(
                 f"{source}: shape mismatch at {k!r}: checkpoint {tuple(v.shape)} vs model "
-                f"{tuple(target[k].shape)}: it was saved from another architecture; make the config's "
-                f"model section (model.layers, model.width_mult, model.context) match it")
+                f"{tuple(target[k].shape)}: it was saved from another architecture; make the "
+                f"config's model section (model.layers, model.width_mult, model.context) match it")
     model.load_state_dict(state, strict=not missing_edges)
     return model
+
+
+def check_backbone_file(path: str) -> None:
+    """FileNotFoundError naming ``model.pretrained`` when the backbone file ``path`` is missing."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ImageNet backbone {path} (model.pretrained) does not exist: put "
+                                f"resnet101-imagenet.pth there (README, 'Data sets and weights') "
+                                f"or train from scratch with model.pretrained=''")
 
 
 def load_imagenet_backbone(model: nn.Module, path: str) -> nn.Module:
@@ -159,6 +170,7 @@ def load_imagenet_backbone(model: nn.Module, path: str) -> nn.Module:
     ``num_batches_tracked``) must be matched with the same shape, else an error names the first
     unmatched key.
     """
+    check_backbone_file(path)
     state = extract_state_dict(load_checkpoint_file(path), path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     target = model.state_dict()
