@@ -257,8 +257,10 @@ class FaceParser:
                         fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
                         output_size: Optional[Sequence[int]] = None) -> "FaceParser":
         """Parser from a local checkpoint: ours (self-describing: model, dataset, crop size and
-        channel order come from the file) or the release's bare state_dict (``dataset=`` required;
-        DML-CSR, crop 473 x 473, bgr). Explicit arguments override the file's values.
+        channel order come from the file) or the release's bare state_dict (DML-CSR, crop 473 x 473,
+        bgr; the data set from its class count when that decides it, 19: celebamask_hq; 11-class
+        files need ``dataset="helen"`` or ``"lapa"``). Explicit arguments override the file's
+        values; a ``dataset`` with another class count than the weights is an error.
 
         ``fold_bn``: run :func:`dml_csr.utils.fold.optimize_for_inference` (same outputs, faster).
         ``backend="onnx"``: export the inference form to a temporary ONNX file (dynamic batch) and
@@ -415,7 +417,39 @@ def _schema_of(dataset: Optional[str], tokens: Optional[Sequence[str]] = None) -
         return schema
     if tokens:
         return schema_from_tokens(tokens)
-    raise ValueError("the label schema is unknown: pass dataset=")
+    raise ValueError("the label schema is unknown: pass dataset= (helen, lapa, celebamask_hq)")
+
+
+def release_dataset(path, num_classes: Optional[int], dataset: Optional[str] = None) -> str:
+    """The data set of a bare release state_dict with ``num_classes`` classes.
+
+    ``dataset`` given: it, when its schema has that class count. Not given: the only benchmark
+    with that count (19: celebamask_hq); 11 classes are Helen or LaPa, which the file cannot tell
+    apart, so the caller must choose. Errors name the file, the counts and the choices."""
+    from .data.schemas import datasets_with_classes, describe_class_count
+    from .models.checkpoint import CLASSIFIER_KEY
+
+    if num_classes is None:
+        raise ValueError(f"{path} is a bare state_dict without DML-CSR's classifier "
+                         f"{CLASSIFIER_KEY!r}: not a DML-CSR release checkpoint")
+    if dataset:
+        expected = get_schema(dataset).num_classes
+        if expected != num_classes:
+            raise ValueError(f"{path} predicts {num_classes} classes but data set {dataset!r} has "
+                             f"{expected} ({describe_class_count(num_classes)}): pass the data set "
+                             f"the checkpoint was trained on (--dataset, or dataset= in the API)")
+        return dataset
+    names = datasets_with_classes(num_classes)
+    if len(names) == 1:
+        logger.info("%s: a release state_dict with %d classes: the %s schema", path, num_classes,
+                    names[0])
+        return names[0]
+    if names:
+        choices = " or ".join(f"--dataset {n}" for n in names)
+        raise ValueError(f"{path} is a release state_dict with {describe_class_count(num_classes)}"
+                         f", which its weights cannot tell apart: pass {choices} (dataset= in the "
+                         f"API)")
+    raise ValueError(f"{path} is a release state_dict with {describe_class_count(num_classes)}")
 
 
 def load_inference_model(path, dataset: Optional[str] = None,
@@ -423,11 +457,14 @@ def load_inference_model(path, dataset: Optional[str] = None,
                          channel_order: Optional[str] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """Inference-form model (eval, no edge branch) of a checkpoint, and the facts that travel with
     it: ``{model_name, dataset, crop_size, channel_order, center_mode}`` (explicit arguments win
-    over the file's config; a bare release state_dict needs ``dataset``)."""
+    over the file's config). A bare release state_dict gets its data set from its class count
+    when that decides it (19: celebamask_hq); 11 classes need ``dataset`` (helen or lapa), see
+    :func:`release_dataset`."""
     from .models import DMLCSR, build_model_from_checkpoint
-    from .models.checkpoint import _torch_load, load_model_weights
+    from .models.checkpoint import (extract_state_dict, load_checkpoint_file, load_model_weights,
+                                    state_num_classes)
 
-    ckpt = _torch_load(str(path))
+    ckpt = load_checkpoint_file(str(path))
     data: Dict[str, Any] = {}
     if isinstance(ckpt, dict) and "model_name" in ckpt:
         model, _ = build_model_from_checkpoint(str(path), with_edges=False, checkpoint=ckpt)
@@ -439,13 +476,18 @@ def load_inference_model(path, dataset: Optional[str] = None,
                            file_dataset, dataset)
         dataset = dataset or file_dataset
         if not dataset:
-            raise ValueError(f"{path} names no dataset in its config: pass dataset=")
+            raise ValueError(f"{path} names no data set in its config: pass --dataset "
+                             f"(dataset= in the API)")
+        k = getattr(model, "num_classes", None)
+        if k is not None and get_schema(dataset).num_classes != k:
+            raise ValueError(f"{path} predicts {k} classes but data set {dataset!r} has "
+                             f"{get_schema(dataset).num_classes}: pass the data set it was "
+                             f"trained on ({file_dataset or 'see its config'})")
     else:
-        if not dataset:
-            raise ValueError(f"{path} is a bare state_dict (a release checkpoint): pass dataset= "
-                             "(helen, lapa or celebamask_hq) so the number of classes is known")
+        state = extract_state_dict(ckpt, str(path))
+        dataset = release_dataset(path, state_num_classes(state), dataset)
         model = DMLCSR(num_classes=get_schema(dataset).num_classes, with_edges=False)
-        load_model_weights(model, ckpt, source=str(path))
+        load_model_weights(model, state, source=str(path))
         model_name = "dml_csr"
     info = {"model_name": model_name, "dataset": dataset,
             "crop_size": tuple(int(v) for v in (crop_size or data.get("crop_size") or (473, 473))),

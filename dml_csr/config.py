@@ -13,6 +13,7 @@ Unknown keys and wrong types are rejected with the dotted key in the message. Th
 is saved beside the checkpoints of a run, and inside every checkpoint.
 """
 import dataclasses
+import difflib
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
@@ -57,6 +58,7 @@ class DataConfig:
     workers: int = 4                      # data-loader workers per process
     train_split: str = "train"
     val_split: str = "valid"
+    check: bool = True                    # check every train/val image and label before training
 
 
 @dataclass
@@ -168,7 +170,9 @@ def _merge_into(obj: Any, data: Dict[str, Any], prefix: str = "") -> None:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key {dotted!r}; known keys in "
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f"did you mean {prefix + close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown config key {dotted!r}: {hint}known keys in "
                               f"{prefix.rstrip('.') or 'the top level'}: {sorted(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
@@ -221,7 +225,9 @@ def resolve_config_path(name_or_path: str) -> str:
     candidate = os.path.join(CONFIG_DIR, name_or_path + ("" if name_or_path.endswith(".yaml") else ".yaml"))
     if os.path.isfile(candidate):
         return candidate
-    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR}")
+    names = sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".yaml"))
+    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a name in "
+                            f"{CONFIG_DIR}: give a YAML path or one of {', '.join(names)}")
 
 
 def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
@@ -231,7 +237,12 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML "
+                              f"({reason}); quote it or fix the brackets") from exc
         node = nested
         parts = key.strip().split(".")
         for p in parts[:-1]:

@@ -29,24 +29,29 @@ cd "$(dirname "$0")/.."
 py=python
 if [ -x .venv/bin/python ]; then py=.venv/bin/python; fi
 
-case "$table" in 4|5|6) ;; *) echo "TABLE must be 4, 5 or 6, got '$table'" >&2; exit 2 ;; esac
+case "$table" in 4|5|6) ;; *) echo "error: TABLE must be 4, 5 or 6, got '$table'" >&2; exit 2 ;; esac
 if [ ! -d "configs/ablations/$dataset" ]; then
-  echo "no ablation configs for data set '$dataset' (configs/ablations/$dataset/)" >&2
+  known=$(cd configs/ablations && ls -d */ | tr -d / | tr '\n' ' ')
+  echo "error: no ablation configs for data set '$dataset' (configs/ablations/$dataset/): choose one of ${known% }" >&2
   exit 2
 fi
+# config_value KEY CONFIG [overrides]: errors end in one line and status 2 (dml_csr/cli.py)
+config_value() {
+  "$py" -c "import functools, sys; from dml_csr.cli import run; from dml_csr.config import load_config as L
+sys.exit(run(lambda a: print(functools.reduce(getattr, a[0].split('.'), L(a[1], a[2:])))))" "$@"
+}
 rows=$("$py" -c "import sys; from dml_csr.eval.paper import ABLATION_TABLES as T; print(*T[int(sys.argv[1])][1])" "$table")
 
 # The synthetic set is generated on first use (its root comes from the config or an override).
 if [ "$dataset" = synthetic ]; then
-  root=$("$py" -c "import sys; from dml_csr.config import load_config as L; print(L(sys.argv[1], sys.argv[2:]).data.root)" \
-    "configs/ablations/synthetic/baseline.yaml" "${overrides[@]}")
+  root=$(config_value data.root "configs/ablations/synthetic/baseline.yaml" "${overrides[@]}")
   if [ ! -f "$root/test_list.txt" ]; then
     "$py" tools/make_synthetic.py "$root"
   fi
 fi
 
 if [ "$gpus" -gt 1 ]; then
-  train=(torchrun --standalone --nproc_per_node "$gpus" tools/train.py)
+  train=("$py" -m dml_csr.engine.launch --standalone --nproc_per_node "$gpus" tools/train.py)
 else
   train=("$py" tools/train.py)
 fi
@@ -54,8 +59,7 @@ fi
 results=()
 for row in $rows; do
   config="configs/ablations/$dataset/$row.yaml"
-  out=$("$py" -c "import sys; from dml_csr.config import load_config as L; print(L(sys.argv[1], sys.argv[2:]).output_dir)" \
-    "$config" "${overrides[@]}")
+  out=$(config_value output_dir "$config" "${overrides[@]}")
   flag=()
   if [ "${RETRAIN:-0}" = 1 ]; then
     flag=(--overwrite)

@@ -12,6 +12,10 @@ if [ $# -lt 2 ]; then
   exit 2
 fi
 dataset="$1"
+if [ ! -f "$2" ]; then
+  echo "error: checkpoint $2 does not exist: check the path" >&2
+  exit 2
+fi
 ckpt="$(realpath "$2")"
 shift 2
 cd "$(dirname "$0")/.."

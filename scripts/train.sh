@@ -15,7 +15,8 @@ DATASET="$1"; shift
 NUM_GPUS=1
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then NUM_GPUS="$1"; shift; fi
 if [ ! -f "configs/${DATASET}.yaml" ]; then
-  echo "error: no config configs/${DATASET}.yaml" >&2
+  known=$(cd configs && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')
+  echo "error: no config configs/${DATASET}.yaml: choose one of ${known% }" >&2
   exit 2
 fi
 bash scripts/install.sh
@@ -26,7 +27,8 @@ if [[ "$DATASET" == *synthetic* ]] && [ ! -f data/synthetic/train_list.txt ]; th
 fi
 NNODES="${NNODES:-1}"
 if [ "$NUM_GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-  exec "$PY" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" \
+  # torchrun (dml_csr/engine/launch.py: a failed worker's error line and status, no torchrun report)
+  exec "$PY" -m dml_csr.engine.launch --nproc_per_node "$NUM_GPUS" --nnodes "$NNODES" \
     --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" \
     --master_port "${MASTER_PORT:-29500}" tools/train.py "$DATASET" "$@"
 fi

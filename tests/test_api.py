@@ -1,4 +1,5 @@
 """Contracts of the user API (dml_csr/api.py) and tools/infer.py on a tiny DML-CSR and tiny photos."""
+import logging
 import os
 import subprocess
 import sys
@@ -160,11 +161,44 @@ def test_batching_equals_one_by_one(ckpt):
         np.testing.assert_array_equal(many.combined[j], one.combined[0])
 
 
-def test_release_state_dict_needs_a_dataset(tmp_path):
-    path = str(tmp_path / "bare.pth")
-    torch.save({"conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="dataset="):
-        FaceParser.from_checkpoint(path)
+def test_release_state_dict_schema_comes_from_its_class_count(tmp_path, monkeypatch, caplog):
+    import dml_csr.models as models
+
+    def release_architecture(num_classes, with_edges):  # the release's DMLCSR(K), CPU-sized
+        return DMLCSR(num_classes=num_classes, with_edges=with_edges, layers=[1, 1, 1, 1],
+                      width_mult=0.125)
+    monkeypatch.setattr(models, "DMLCSR", release_architecture)
+    monkeypatch.setattr(logging.getLogger("dml_csr"), "propagate", True)
+    paths = {}
+    for k in (11, 19):
+        state = DMLCSR(with_edges=False, **dict(KW, num_classes=k)).state_dict()
+        paths[k] = str(tmp_path / f"release{k}.pth")
+        torch.save({f"module.{key}": v for key, v in state.items()}, paths[k])
+    def load(k, **kw):
+        return FaceParser.from_checkpoint(paths[k], detector=None, fold_bn=False, **kw)
+
+    with caplog.at_level(logging.INFO, logger="dml_csr.api"):      # 19 classes decide the schema
+        assert load(19).schema.name == "celebamask_hq"
+    assert "19 classes" in caplog.text and "celebamask_hq" in caplog.text
+    with pytest.raises(ValueError) as err:                         # 11 classes: Helen or LaPa
+        load(11)
+    assert all(s in str(err.value) for s in (paths[11], "--dataset helen", "--dataset lapa",
+                                             "dataset="))
+    assert load(11, dataset="lapa").schema.name == "lapa"
+    with pytest.raises(ValueError) as err:                         # insightface #2620
+        load(11, dataset="celebamask_hq")
+    assert all(s in str(err.value) for s in (paths[11], "11 classes", "has 19"))
+    with pytest.raises(ValueError, match="has 11"):
+        load(19, dataset="helen")
+    torch.save({"conv1.weight": torch.zeros(1)}, str(tmp_path / "other.pth"))
+    with pytest.raises(ValueError, match="layer6.conv4.weight"):   # not a DML-CSR state_dict
+        FaceParser.from_checkpoint(str(tmp_path / "other.pth"))
+
+
+def test_our_checkpoint_refuses_a_dataset_with_another_class_count(ckpt):
+    with pytest.raises(ValueError) as err:
+        FaceParser.from_checkpoint(ckpt, dataset="celebamask_hq", detector=None, fold_bn=False)
+    assert ckpt in str(err.value) and "11 classes" in str(err.value) and "helen" in str(err.value)
 
 
 def test_infer_cli_on_a_folder_with_an_unreadable_file(ckpt, tmp_path):

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dml_csr.cli import run
 from dml_csr.data.schemas import get_schema
 from dml_csr.eval.evaluate import (EvaluationError, evaluate_folder, load_result,
                                    resolve_dataset, write_result)
@@ -188,8 +189,8 @@ def test_cli_main_reports_errors(tree, capsys):
     spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "tools" / "evaluate.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    assert cli.main(["--data-root", str(root), "--split", "test", "--pred-dir",
-                     str(pred_dir)]) == 1
+    assert run(cli.main, ["--data-root", str(root), "--split", "test", "--pred-dir",
+                          str(pred_dir)]) == 2
     assert "missing prediction" in capsys.readouterr().err
 
 

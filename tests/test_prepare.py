@@ -566,5 +566,5 @@ def test_cli_runs_from_repo_root(tmp_path):
     (raw / "LaPa/val/labels/val_1.png").unlink()
     done = subprocess.run(cmd[:-1] + [str(tmp_path / "out2")], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert f"error: {raw / 'LaPa/val/images/val_1.jpg'}" in done.stderr

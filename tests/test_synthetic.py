@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dml_csr.cli import run
 from dml_csr.data.schemas import get_schema
 from dml_csr.data.synthetic import (INFO_NAME, NOISE_KINDS, SPLITS, corrupt_label, draw_face,
                                     is_synthetic_root, make_synthetic)
@@ -197,7 +198,7 @@ def test_cli(tmp_path, capsys):
     assert "wrote 4 images" in capsys.readouterr().out
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "x.txt").write_text("x")
-    assert cli.main([str(tmp_path / "foreign"), "--num-train", "1"]) == 1
+    assert run(cli.main, [str(tmp_path / "foreign"), "--num-train", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
 
 

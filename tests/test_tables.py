@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dml_csr.cli import run
 from dml_csr.data.schemas import get_schema
 from dml_csr.eval import paper
 from dml_csr.eval.evaluate import build_result, write_result
@@ -270,7 +271,7 @@ def test_make_tables_cli_rejects_non_results(tmp_path, capsys):
                                                   REPO / "tools" / "make_tables.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    assert cli.main([str(tmp_path / "bad.json")]) == 1
+    assert run(cli.main, [str(tmp_path / "bad.json")]) == 2
     assert "not a result JSON" in capsys.readouterr().err
 
 

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from dml_csr.cli import add_debug_argument, run  # noqa: E402
 from dml_csr.config import load_config  # noqa: E402
 from dml_csr.data.schemas import get_schema  # noqa: E402
 from dml_csr.models import build_model, build_model_from_checkpoint, model_kwargs_from_config  # noqa: E402
@@ -37,6 +38,7 @@ def main(argv=None):
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--json", help="also write the reports here")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,4 +82,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

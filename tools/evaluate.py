@@ -14,8 +14,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dml_csr.cli import add_debug_argument, run
 from dml_csr.data.schemas import SCHEMAS
-from dml_csr.eval.evaluate import EvaluationError, evaluate_folder, parse_meta, write_result
+from dml_csr.eval.evaluate import evaluate_folder, parse_meta, write_result
 from dml_csr.eval.paper import result_row, table_for_dataset
 from dml_csr.eval.tables import format_class_table, format_result_table
 
@@ -32,14 +33,11 @@ def main(argv=None) -> int:
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="extra meta entries, e.g. method=dml-csr row=ddgcn (repeatable)")
     parser.add_argument("--max-listed", type=int, default=20, help="problems listed on failure")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
 
-    try:
-        result = evaluate_folder(args.data_root, args.split, args.pred_dir, dataset=args.dataset,
-                                 meta=parse_meta(args.meta), max_listed=args.max_listed)
-    except (EvaluationError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = evaluate_folder(args.data_root, args.split, args.pred_dir, dataset=args.dataset,
+                             meta=parse_meta(args.meta), max_listed=args.max_listed)
     print(format_class_table(result))
     if table_for_dataset(result["meta"]["dataset"]) is not None:
         print()
@@ -56,4 +54,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -17,12 +17,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dml_csr.cli import add_debug_argument, run  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--dataset", help="label schema; required for release checkpoints")
+    ap.add_argument("--dataset", help="label schema: helen or lapa for an 11-class release "
+                                      "checkpoint (19 classes: celebamask_hq, found alone)")
     ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="crop size (default: the checkpoint's)")
     ap.add_argument("--channel-order", choices=("bgr", "rgb"), help="override the checkpoint's")
     ap.add_argument("--dynamic-batch", action="store_true")
@@ -31,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"))
     ap.add_argument("--no-fold", action="store_true", help="export the norms unfolded")
     ap.add_argument("--tol", type=float, default=1e-3)
+    add_debug_argument(ap)
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -64,4 +68,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

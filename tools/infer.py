@@ -8,7 +8,8 @@ INPUT: image files, folders (their images, not recursive) or glob patterns. Per 
 docs/inference.md), ``DIR/NAME_overlay.jpg`` (colours + face boxes + legend) and with
 ``--save-logits`` ``DIR/NAME_logits.npy`` (float16 (F, K, h, w), one slice per face). Unreadable
 files and photos with no face are reported and skipped; the exit code is 1 only if no image could
-be processed (2 for usage errors).
+be processed, 2 for usage errors and for a checkpoint or option that cannot be used (one ``error:``
+line on stderr; ``--debug`` shows the traceback).
 """
 import argparse
 import glob
@@ -21,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
+from dml_csr.cli import add_debug_argument, run  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -48,10 +51,11 @@ def collect_inputs(items):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
-    ap.add_argument("--checkpoint", help="our checkpoint or a release state_dict (with --dataset)")
+    ap.add_argument("--checkpoint", help="our checkpoint or a release state_dict")
     ap.add_argument("--onnx", help="an ONNX file from tools/export_onnx.py (instead of --checkpoint)")
     ap.add_argument("--out", required=True, help="output folder (must not be an input folder)")
-    ap.add_argument("--dataset", help="label schema; required for release checkpoints")
+    ap.add_argument("--dataset", help="label schema: helen or lapa for an 11-class release "
+                                      "checkpoint (19 classes: celebamask_hq, found alone)")
     ap.add_argument("--no-detect", action="store_true",
                     help="no face detection: each image is one aligned face crop")
     ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npy")
@@ -60,6 +64,7 @@ def parse_args(argv=None):
                     help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
     ap.add_argument("--margin", type=float, default=None, help="face region margin (default 0.5)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_debug_argument(ap)
     args = ap.parse_args(argv)
     if not args.checkpoint and not args.onnx:
         ap.error("give --checkpoint or --onnx")
@@ -138,4 +143,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

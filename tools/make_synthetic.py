@@ -16,6 +16,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dml_csr.cli import add_debug_argument, run
 from dml_csr.data.synthetic import DEFAULT_COUNTS, DEFAULT_SIZE, NOISE_KINDS, make_synthetic
 
 
@@ -41,20 +42,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty folder that is not a previous synthetic output "
                              "(same-named files are replaced, others kept)")
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    try:
-        info = make_synthetic(args.out_dir, num_train=args.num_train, num_valid=args.num_valid,
-                              num_test=args.num_test, size=args.size, seed=args.seed,
-                              classes=args.classes, noise_fraction=args.noise_fraction,
-                              noise_kinds=args.noise_kinds, overwrite=args.overwrite)
-    except (FileExistsError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    info = make_synthetic(args.out_dir, num_train=args.num_train, num_valid=args.num_valid,
+                          num_test=args.num_test, size=args.size, seed=args.seed,
+                          classes=args.classes, noise_fraction=args.noise_fraction,
+                          noise_kinds=args.noise_kinds, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     total = sum(info["counts"].values())
     counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
@@ -67,4 +65,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

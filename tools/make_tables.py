@@ -15,7 +15,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dml_csr.eval.evaluate import EvaluationError, load_result
+from dml_csr.cli import add_debug_argument, run
+from dml_csr.eval.evaluate import load_result
 from dml_csr.eval.tables import TABLE_NUMBERS, make_tables
 
 
@@ -25,16 +26,13 @@ def main(argv=None) -> int:
     parser.add_argument("--table", default="all", choices=["all"] + [str(n) for n in TABLE_NUMBERS])
     parser.add_argument("--latex", action="store_true", help="LaTeX tabulars (booktabs)")
     parser.add_argument("--out", help="also write the tables to this file")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
 
-    try:
-        results = [load_result(path) for path in args.results]
-        text = make_tables(results, sources=args.results,
-                           tables=args.table if args.table == "all" else int(args.table),
-                           latex=args.latex)
-    except (EvaluationError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    results = [load_result(path) for path in args.results]
+    text = make_tables(results, sources=args.results,
+                       tables=args.table if args.table == "all" else int(args.table),
+                       latex=args.latex)
     print(text, end="")
     if args.out:
         Path(args.out).write_text(text)
@@ -42,4 +40,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -4,8 +4,11 @@
     python tools/prepare_data.py helen         RAW_DIR OUT_DIR [--source auto|original|relabelled]
                                                                [--holdout N] [--link ...]
     python tools/prepare_data.py celebamask_hq RAW_DIR OUT_DIR [--partition FILE]
+    python tools/prepare_data.py check         ROOT [--splits train valid ...] [--dataset NAME]
 
-Common options: --workers N, --no-progress. See docs/datasets.md.
+Common options: --workers N, --no-progress. ``check`` reads every listed image and label of a
+prepared root (or any root in this layout) as training will, prints every problem and exits with
+status 2 if there is one (0 and a one-line summary otherwise). See docs/datasets.md.
 """
 import argparse
 import logging
@@ -17,8 +20,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dml_csr.data.prepare import (HELEN_SOURCES, LINK_MODES, PrepareError, prepare_celebamask_hq,
-                                  prepare_helen, prepare_lapa)
+from dml_csr.cli import add_debug_argument, run
+from dml_csr.data.prepare import (HELEN_SOURCES, LINK_MODES, prepare_celebamask_hq, prepare_helen,
+                                  prepare_lapa)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,30 +60,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mask-size", type=int, default=512,
                    help="side of the part masks, hence of the outputs (default 512)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality (default 95)")
+
+    p = sub.add_parser("check", help="check every listed image and label of a prepared root")
+    p.add_argument("root", type=Path, help="the data root (label_names.txt, <split>_list.txt)")
+    p.add_argument("--splits", nargs="+", default=None,
+                   help="splits to check (default: every <split>_list.txt of ROOT)")
+    p.add_argument("--dataset", dest="schema", default=None,
+                   help="schema whose class count bounds the label ids (default: the one "
+                        "ROOT/label_names.txt names)")
+    p.add_argument("--workers", type=int, default=0, help="decoding threads (default: up to 8)")
+    add_debug_argument(parser)
     return parser.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> int:
+    """``check ROOT``: every problem on stdout, then the one-line error (status 2), or a summary."""
+    from dml_csr.data.check import check_data
+    from dml_csr.data.schemas import get_schema
+
+    schema = get_schema(args.schema) if args.schema else None
+    report = check_data(str(args.root), args.splits, schema=schema, workers=args.workers)
+    for problem in report.problems:
+        print(problem)
+    report.raise_if_problems(listed_above=True)
+    print(report.summary())
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if args.dataset == "check":
+        return check(args)
     common = dict(workers=args.workers, progress=not args.no_progress)
-    try:
-        if args.dataset == "lapa":
-            report = prepare_lapa(args.raw_dir, args.out_dir, link=args.link, **common)
-        elif args.dataset == "helen":
-            report = prepare_helen(args.raw_dir, args.out_dir, source=args.source,
-                                   holdout=args.holdout, link=args.link, **common)
-        else:
-            report = prepare_celebamask_hq(args.raw_dir, args.out_dir, mask_size=args.mask_size,
-                                           mapping_file=args.mapping,
-                                           partition_file=args.partition,
-                                           jpeg_quality=args.jpeg_quality, **common)
-    except (PrepareError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.dataset == "lapa":
+        report = prepare_lapa(args.raw_dir, args.out_dir, link=args.link, **common)
+    elif args.dataset == "helen":
+        report = prepare_helen(args.raw_dir, args.out_dir, source=args.source,
+                               holdout=args.holdout, link=args.link, **common)
+    else:
+        report = prepare_celebamask_hq(args.raw_dir, args.out_dir, mask_size=args.mask_size,
+                                       mapping_file=args.mapping, partition_file=args.partition,
+                                       jpeg_quality=args.jpeg_quality, **common)
     print(report.summary())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

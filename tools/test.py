@@ -20,6 +20,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dml_csr.cli import add_debug_argument, run
 from dml_csr.config import load_config
 from dml_csr.eval.evaluate import parse_meta, write_result
 from dml_csr.eval.inference import run_test
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="extra meta entries, e.g. row=dml-csr method=ours (repeatable)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_debug_argument(parser)
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -74,4 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

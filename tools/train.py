@@ -15,9 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dml_csr.config import ConfigError, load_config  # noqa: E402
+from dml_csr.cli import add_debug_argument, run  # noqa: E402
+from dml_csr.config import load_config  # noqa: E402
 from dml_csr.engine import distributed as du  # noqa: E402
-from dml_csr.engine.trainer import NonFiniteLossError, RunDirError, Trainer  # noqa: E402
+from dml_csr.engine.trainer import Trainer  # noqa: E402
 
 
 def score_best(cfg, trainer: Trainer) -> None:
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--test", action="store_true",
                    help="after training, score best.pth on the test split (metrics_test.json)")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -64,13 +66,10 @@ def main(argv=None) -> int:
         trainer.fit()
         if args.test:
             score_best(cfg, trainer)
-    except (ConfigError, RunDirError, NonFiniteLossError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     finally:
         du.cleanup()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

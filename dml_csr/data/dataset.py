@@ -27,7 +27,7 @@ from .schemas import Schema, schema_from_tokens
 from .transforms import (AUGMENT_MODES, CENTER_MODES, crop_params, normalize_image, sample_augmentation,
                          warp_image, warp_label)
 
-__all__ = ["FaceDataset", "read_label_names"]
+__all__ = ["FaceDataset", "read_label_names", "read_split_list", "validate_label", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
 
@@ -35,9 +35,58 @@ IGNORE_INDEX = 255
 def read_label_names(path: str) -> List[str]:
     """Tokens of a ``label_names.txt`` (one per line, blank lines skipped)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"label names file not found: {path}")
+        raise FileNotFoundError(f"label names file not found: {path} (is the data root prepared? "
+                                f"tools/prepare_data.py writes it; check data.root / --data-root)")
     with open(path, "r", encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
+
+
+def read_split_list(list_path: str, split_dir: str) -> List[Tuple[int, str, Optional[str]]]:
+    """``(line number, image path, label path or None)`` per line of a ``<split>_list.txt``, the
+    paths joined to ``split_dir``; blank lines skipped. Raises on a missing or empty list and on a
+    line with more than two paths (whether the files exist is left to the caller)."""
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"list file not found: {list_path} (check the split name and "
+                                f"the data root; tools/prepare_data.py writes the lists)")
+    entries: List[Tuple[int, str, Optional[str]]] = []
+    with open(list_path, "r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) > 2:
+                raise ValueError(f"{list_path}:{lineno}: malformed line {line.strip()!r}, "
+                                 "expected 'images/NAME.jpg labels/NAME.png'")
+            paths = [os.path.join(split_dir, p) for p in parts]
+            entries.append((lineno, paths[0], paths[1] if len(paths) == 2 else None))
+    if not entries:
+        raise ValueError(f"list file {list_path} lists no samples")
+    return entries
+
+
+def validate_label(label: np.ndarray, path: str, num_classes: int,
+                   image_shape: Optional[Tuple[int, int]] = None,
+                   image_path: Optional[str] = None) -> np.ndarray:
+    """A decoded label (``cv2.IMREAD_UNCHANGED``) as uint8 (h, w) ids, or ValueError naming
+    ``path``: a colour label, a size other than ``image_shape``, ids >= ``num_classes`` other
+    than the ignore value 255."""
+    if label.ndim == 3:
+        # a colour/palette PNG: only acceptable when it is grey (all channels equal)
+        if not (label == label[:, :, :1]).all():
+            raise ValueError(f"label {path} is a colour image, expected a single-channel id "
+                             "map (palette PNGs are decoded to colours)")
+        label = label[:, :, 0]
+    if image_shape is not None and label.shape != tuple(image_shape):
+        raise ValueError(f"label {path} has size {label.shape} (h, w) but image "
+                         f"{image_path} has {tuple(image_shape)}")
+    k = num_classes
+    if label.max() >= k:
+        bad = (label >= k) & (label != IGNORE_INDEX)
+        if bad.any():
+            values = np.unique(label[bad])[:10].tolist()
+            raise ValueError(f"label {path} holds values {values} outside 0..{k - 1} "
+                             f"(and not the ignore value {IGNORE_INDEX})")
+    return label.astype(np.uint8, copy=False)
 
 
 class FaceDataset(Dataset):
@@ -119,26 +168,14 @@ class FaceDataset(Dataset):
 
     @staticmethod
     def _read_list(list_path: str, split_dir: str) -> Tuple[List[str], List[Optional[str]]]:
-        if not os.path.isfile(list_path):
-            raise FileNotFoundError(f"list file not found: {list_path}")
         images: List[str] = []
         labels: List[Optional[str]] = []
-        with open(list_path, "r", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) > 2:
-                    raise ValueError(f"{list_path}:{lineno}: malformed line {line.strip()!r}, "
-                                     "expected 'images/NAME.jpg labels/NAME.png'")
-                paths = [os.path.join(split_dir, p) for p in parts]
-                for p in paths:
-                    if not os.path.isfile(p):
-                        raise FileNotFoundError(f"{p} (listed in {list_path}:{lineno}) not found")
-                images.append(paths[0])
-                labels.append(paths[1] if len(paths) == 2 else None)
-        if not images:
-            raise ValueError(f"list file {list_path} lists no samples")
+        for lineno, image, label in read_split_list(list_path, split_dir):
+            for p in (image, label):
+                if p is not None and not os.path.isfile(p):
+                    raise FileNotFoundError(f"{p} (listed in {list_path}:{lineno}) not found")
+            images.append(image)
+            labels.append(label)
         return images, labels
 
     @property
@@ -193,23 +230,7 @@ class FaceDataset(Dataset):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"label not found: {path}")
             raise ValueError(f"cannot decode label {path}")
-        if label.ndim == 3:
-            # a colour/palette PNG: only acceptable when it is grey (all channels equal)
-            if not (label == label[:, :, :1]).all():
-                raise ValueError(f"label {path} is a colour image, expected a single-channel id "
-                                 "map (palette PNGs are decoded to colours)")
-            label = label[:, :, 0]
-        if image_shape is not None and label.shape != tuple(image_shape):
-            raise ValueError(f"label {path} has size {label.shape} (h, w) but image "
-                             f"{self._images[i]} has {tuple(image_shape)}")
-        k = self.num_classes
-        if label.max() >= k:
-            bad = (label >= k) & (label != IGNORE_INDEX)
-            if bad.any():
-                values = np.unique(label[bad])[:10].tolist()
-                raise ValueError(f"label {path} holds values {values} outside 0..{k - 1} "
-                                 f"(and not the ignore value {IGNORE_INDEX})")
-        return label.astype(np.uint8, copy=False)
+        return validate_label(label, path, self.num_classes, image_shape, self._images[i])
 
     def __getitem__(self, i: int) -> Dict[str, Union[torch.Tensor, str, int]]:
         image = self.read_image(i)

@@ -6,7 +6,8 @@ inference API) reads label facts from here, never from its own copy.
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-__all__ = ["Schema", "SCHEMAS", "get_schema", "schema_from_tokens"]
+__all__ = ["Schema", "SCHEMAS", "RELEASE_DATASETS", "get_schema", "schema_from_tokens",
+           "datasets_with_classes", "describe_class_count"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,32 @@ SCHEMAS: Dict[str, Schema] = {
 }
 
 
+# The benchmarks with published (release) checkpoints; the synthetic schemas are for tests.
+RELEASE_DATASETS = ("helen", "lapa", "celebamask_hq")
+
+
 def get_schema(name: str) -> Schema:
     try:
         return SCHEMAS[name]
     except KeyError:
-        raise KeyError(f"unknown data set schema {name!r}; known: {sorted(SCHEMAS)}") from None
+        raise KeyError(f"unknown data set {name!r}: choose one of {', '.join(sorted(SCHEMAS))} "
+                       "(data.dataset in the config, --dataset on the command line)") from None
+
+
+def datasets_with_classes(num_classes: int, release_only: bool = True) -> List[str]:
+    """The data sets whose schema has ``num_classes`` classes (by default only the benchmarks of
+    ``RELEASE_DATASETS``): 11 -> helen, lapa; 19 -> celebamask_hq."""
+    names = RELEASE_DATASETS if release_only else tuple(SCHEMAS)
+    return [n for n in names if SCHEMAS[n].num_classes == num_classes]
+
+
+def describe_class_count(num_classes: int) -> str:
+    """Which data sets ``num_classes`` classes belong to, for error messages."""
+    names = datasets_with_classes(num_classes)
+    if not names:
+        known = ", ".join(f"{n} {SCHEMAS[n].num_classes}" for n in RELEASE_DATASETS)
+        return f"{num_classes} classes match no supported data set ({known})"
+    return f"{num_classes} classes: {' or '.join(names)}"
 
 
 def schema_from_tokens(tokens: Sequence[str]) -> Schema:

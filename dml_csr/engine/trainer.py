@@ -37,8 +37,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config, config_to_dict, save_config
 from ..data import FaceDataset, get_schema
+from ..data.check import DataCheckError, DataCheckReport, check_data
 from ..losses import MultiTaskLoss, SelfDistillationLoss, build_losses
 from ..models import build_model, load_imagenet_backbone, model_kwargs_from_config
+from ..models.checkpoint import check_backbone_file, load_checkpoint_file
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr
 from . import distributed as du
@@ -58,7 +60,7 @@ REESTIMATE_EPOCH_OFFSET = 1_000_000   # augmentation epoch ids of the BN re-esti
 LEGACY_DEFAULTS = {"train.optimizer": "sgd", "train.poly_horizon": "multitask"}
 LEGACY_REMOVED = {"loss.total_scale": 1.0}
 RESUME_FREE_KEYS = {"output_dir", "data.workers", "eval.workers", "eval.batch_size",
-                    "train.log_interval", "train.image_log_interval"}
+                    "train.log_interval", "train.image_log_interval", "data.check"}
 
 
 class RunDirError(RuntimeError):
@@ -220,8 +222,11 @@ class Trainer:
         self.device = self.info.device
         self.model_name = cfg.model.name
         self.writer = None
+        data_check = self._check_data()     # before the run folder: a failed check leaves none
         self._prepare_run_dir()
         du.setup_logging(os.path.join(self.out, "train.log"), self.info.is_main)
+        if data_check is not None:
+            logger.info("%s", data_check.summary())
         self._seed(cfg.train.seed)
         self._build_data()
         self._build_model()
@@ -281,6 +286,34 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
+
+    def _check_data(self) -> Optional[DataCheckReport]:
+        """``data.check``: every image and label of the train and val splits (also on --resume).
+        Under DDP each process checks a shard and the reports are gathered, so any problem, or a
+        check that fails on one process only (a list file missing on one node), stops every
+        process with the same DataCheckError. A missing ``model.pretrained`` file also stops
+        the run here, before the run folder."""
+        d, pretrained = self.cfg.data, self.cfg.model.pretrained
+        if pretrained:
+            check_backbone_file(pretrained)
+        if not d.check:
+            return None
+        args = (d.root, [d.train_split, d.val_split], get_schema(d.dataset))
+        if not self.info.distributed:
+            return check_data(*args).raise_if_problems()
+        try:
+            report, failure = check_data(*args, rank=self.info.rank,
+                                         world_size=self.info.world_size), None
+        except (OSError, ValueError) as exc:
+            report, failure = None, str(exc)
+        shards: List[Any] = [None] * self.info.world_size
+        torch.distributed.all_gather_object(shards, (report, failure))
+        failed = [(rank, f) for rank, (_, f) in enumerate(shards) if f]
+        if failed:
+            raise DataCheckError(f"data check stopped on rank {failed[0][0]}: {failed[0][1]}")
+        report.problems = [p for shard, _ in shards for p in shard.problems]
+        report.seconds = max(shard.seconds for shard, _ in shards)
+        return report.raise_if_problems()
 
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
@@ -391,7 +424,7 @@ class Trainer:
         du.save_on_main(ckpt, self.path(name))
 
     def _load_last(self) -> None:
-        ckpt = torch.load(self.path("last.pth"), map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint_file(self.path("last.pth"))
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise RunDirError(f"{self.path('last.pth')} is not a training checkpoint of this trainer")
         saved = _flatten(ckpt["config"])

@@ -353,14 +353,12 @@ def load_inference_model(cfg, checkpoint, device: Union[str, torch.device] = "cp
     """
     from dml_csr.data.schemas import get_schema
     from dml_csr.models import build_model, model_kwargs_from_config
-    from dml_csr.models.checkpoint import load_model_weights
+    from dml_csr.models.checkpoint import load_checkpoint_file, load_model_weights
 
     source, ckpt = "checkpoint", checkpoint
     if isinstance(checkpoint, (str, Path)):
         source = str(checkpoint)
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {source}")
-        ckpt = torch.load(source, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint_file(source)
     kwargs = model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
     if isinstance(ckpt, Mapping) and "model_kwargs" in ckpt:
         stored = dict(ckpt["model_kwargs"])

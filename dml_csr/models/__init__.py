@@ -51,8 +51,8 @@ def build_model_from_checkpoint(path: str, with_edges: bool = False, checkpoint:
 
     Returns ``(model, checkpoint_dict)``. Default: the decoupled inference form (no edges).
     """
-    import torch
-    ckpt = checkpoint if checkpoint is not None else torch.load(path, map_location="cpu", weights_only=False)
+    from .checkpoint import load_checkpoint_file
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint_file(path)
     if not isinstance(ckpt, dict) or "model_name" not in ckpt:
         raise ValueError(f"{path} is not a self-describing checkpoint (no 'model_name'); for a bare "
                          f"release state_dict build DMLCSR(num_classes) and use load_model_weights")

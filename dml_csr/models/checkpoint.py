@@ -7,6 +7,7 @@ the file alone. Both load through :func:`load_model_weights`.
 """
 import logging
 import os
+import re
 import tempfile
 from typing import Any, Dict, Mapping, Optional
 
@@ -16,24 +17,57 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["extract_state_dict", "load_model_weights", "load_imagenet_backbone", "save_atomic",
-           "CheckpointMismatchError", "BACKBONE_PREFIXES"]
+           "load_checkpoint_file", "state_num_classes", "check_backbone_file", "CheckpointError",
+           "CheckpointMismatchError",
+           "CheckpointReadError", "BACKBONE_PREFIXES", "CLASSIFIER_KEY"]
 
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
                      "layer1.", "layer2.", "layer3.", "layer4.")
 EDGE_PREFIX = "edge_layer."
+CLASSIFIER_KEY = "layer6.conv4.weight"          # DML-CSR's parsing classifier: (K, C, 1, 1)
+_FPLIIF_DECODER = re.compile(r"decoder\.(\d+)\.weight")   # FP-LIIF's MLP; the last is (K, C)
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint does not fit the model (wrong classes, wrong architecture, missing keys)."""
 
 
-def _torch_load(path: str) -> Any:
+class CheckpointReadError(CheckpointError):
+    """A checkpoint file that torch cannot read (truncated, damaged, not a checkpoint)."""
+
+
+def load_checkpoint_file(path: str) -> Any:
+    """``torch.load`` of ``path`` on the CPU, with errors that name the file and the remedy."""
+    path = str(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"checkpoint {path} {what}: check the path (tools/train.py writes "
+                                f"OUTPUT_DIR/best.pth; release weights are downloaded by hand)")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointReadError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {reason}): the file is "
+            f"truncated, damaged or not a PyTorch checkpoint; copy or download it again") from exc
+
+
+def _classifier_key(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    if CLASSIFIER_KEY in state:
+        return CLASSIFIER_KEY
+    decoder = [(int(m.group(1)), k) for k in state for m in [_FPLIIF_DECODER.fullmatch(k)] if m]
+    return max(decoder)[1] if decoder else None
+
+
+def state_num_classes(state: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """The class count K of a DML-CSR or FP-LIIF state_dict (``module.`` prefixes stripped): the
+    first dimension of the final classifier's weight; None when neither classifier is present."""
+    key = _classifier_key(state)
+    return None if key is None else int(state[key].shape[0])
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
@@ -66,7 +100,7 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         source = str(checkpoint)
-        checkpoint = _torch_load(source)
+        checkpoint = load_checkpoint_file(source)
     state = extract_state_dict(checkpoint, source)
     target = model.state_dict()
 
@@ -91,18 +125,42 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
     if unexpected:
         raise CheckpointMismatchError(
             f"{source}: key {unexpected[0]!r} is not in the model ({len(unexpected)} unexpected "
-            f"keys); wrong architecture?")
+            f"keys): it was saved from another architecture; make the config's model section "
+            f"(model.name, model.layers, model.width_mult, model.context) match it")
     if missing:
         raise CheckpointMismatchError(
             f"{source}: model key {missing[0]!r} is missing from the checkpoint ({len(missing)} "
-            f"missing keys); wrong architecture?")
+            f"missing keys): it was saved from another architecture; make the config's model "
+            f"section (model.name, model.layers, model.width_mult, model.context) match it")
+    key = _classifier_key(state)
+    if key in target and state[key].shape[0] != target[key].shape[0]:
+        from ..data.schemas import datasets_with_classes
+
+        def names(k: int) -> str:
+            return " or ".join(datasets_with_classes(k)) or "no supported data set"
+        file_classes, model_classes = int(state[key].shape[0]), int(target[key].shape[0])
+        raise CheckpointMismatchError(
+            f"{source} predicts {file_classes} classes ({names(file_classes)}) but the model "
+            f"was built for {model_classes} ({names(model_classes)}); shape mismatch at "
+            f"{key!r}: checkpoint {tuple(state[key].shape)} vs model "
+            f"{tuple(target[key].shape)}: choose the checkpoint's data set (data.dataset in "
+            f"the config, --dataset on the command line)")
     for k, v in state.items():
         if tuple(v.shape) != tuple(target[k].shape):
             raise CheckpointMismatchError(
                 f"{source}: shape mismatch at {k!r}: checkpoint {tuple(v.shape)} vs model "
-                f"{tuple(target[k].shape)} (wrong number of classes or architecture?)")
+                f"{tuple(target[k].shape)}: it was saved from another architecture; make the "
+                f"config's model section (model.layers, model.width_mult, model.context) match it")
     model.load_state_dict(state, strict=not missing_edges)
     return model
+
+
+def check_backbone_file(path: str) -> None:
+    """FileNotFoundError naming ``model.pretrained`` when the backbone file ``path`` is missing."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ImageNet backbone {path} (model.pretrained) does not exist: put "
+                                f"resnet101-imagenet.pth there (README, 'Data sets and weights') "
+                                f"or train from scratch with model.pretrained=''")
 
 
 def load_imagenet_backbone(model: nn.Module, path: str) -> nn.Module:
@@ -112,7 +170,8 @@ def load_imagenet_backbone(model: nn.Module, path: str) -> nn.Module:
     ``num_batches_tracked``) must be matched with the same shape, else an error names the first
     unmatched key.
     """
-    state = extract_state_dict(_torch_load(path), path)
+    check_backbone_file(path)
+    state = extract_state_dict(load_checkpoint_file(path), path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     target = model.state_dict()
     backbone_keys = [k for k in target if k.startswith(BACKBONE_PREFIXES)

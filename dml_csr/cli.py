@@ -1,0 +1,93 @@
+"""How every command-line tool ends: a result, or one line on stderr that says what went wrong.
+
+    if __name__ == "__main__":
+        sys.exit(run(main))
+
+:func:`run` calls the tool's ``main(argv)`` and turns an exception into exactly one line
+``error: MESSAGE`` on stderr and exit status 2 (:data:`ERROR_STATUS`). The messages of the
+project's own error types (any exception class defined in ``dml_csr``: ``ConfigError``,
+``RunDirError``, ``CheckpointMismatchError``, ``DataCheckError``, ...) and of the built-in
+user-input errors (``ValueError``, ``KeyError``, ``OSError`` such as a missing file) name the file
+or key and say what to do, so they are printed as they are. Any other exception is a bug or an
+environment problem: its one line adds its type and ``(rerun with --debug for the traceback)``.
+
+``--debug`` anywhere on the command line (it is removed before ``main`` parses its arguments) or
+``DMLCSR_DEBUG=1`` in the environment prints the full traceback instead, with the same status.
+Usage errors of argparse keep their own exit status 2; Ctrl-C ends with 130.
+"""
+import os
+import sys
+import traceback
+from typing import Callable, List, Optional, Sequence, Tuple
+
+__all__ = ["run", "strip_debug", "debug_enabled", "format_error", "add_debug_argument",
+           "ERROR_STATUS", "DEBUG_FLAG", "DEBUG_ENV"]
+
+ERROR_STATUS = 2
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "DMLCSR_DEBUG"
+DEBUG_HINT = "(rerun with --debug for the traceback)"
+_USER_ERRORS = (ValueError, KeyError, OSError)
+
+
+def strip_debug(argv: Sequence[str]) -> Tuple[List[str], bool]:
+    """``argv`` without its ``--debug`` flags (those before a ``--`` separator), and whether
+    there was one."""
+    argv = list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head = [a for a in argv[:cut] if a != DEBUG_FLAG]
+    return head + argv[cut:], len(head) < cut
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    """``flag`` or ``DMLCSR_DEBUG`` set to anything but empty, ``0``, ``false`` or ``no``."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return flag or env not in ("", "0", "false", "no")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for the project's own error types and the built-in bad-input ones (module docstring)."""
+    if isinstance(exc, _USER_ERRORS):
+        return True
+    return any(cls.__module__.split(".")[0] == "dml_csr" for cls in type(exc).__mro__)
+
+
+def format_error(exc: BaseException) -> str:
+    """The one line printed for ``exc``: ``error: MESSAGE`` (newlines folded into ``; ``)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        message = exc.args[0]          # str(KeyError) would add quotes
+    else:
+        message = str(exc)
+    message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    if not is_user_error(exc):
+        message = f"{type(exc).__name__}: {message or 'no message'} {DEBUG_HINT}"
+    return f"error: {message or type(exc).__name__}"
+
+
+def add_debug_argument(parser) -> None:
+    """List ``--debug`` in a tool's ``--help`` (:func:`run` removes the flag before parsing)."""
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
+
+
+def run(main: Callable[[Optional[List[str]]], object], argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``main(argv)`` (default ``sys.argv[1:]``) and return the process's exit status: the int
+    it returns (anything else counts as 0), or 2 after one ``error:`` line for an exception."""
+    args, flag = strip_debug(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(flag)
+    try:
+        code = main(args)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the point of this module
+        if debug:
+            traceback.print_exc()
+        else:
+            print(format_error(exc), file=sys.stderr)
+        return ERROR_STATUS
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
