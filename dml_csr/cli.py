@@ -70,6 +70,13 @@ def add_debug_argument(parser) -> None:
                         help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
 
 
+def _write_line(line: str) -> None:
+    """One write of the whole line: the processes of a torchrun job share stderr, and print()'s
+    separate write of the newline lets their lines run into each other."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run(main: Callable[[Optional[List[str]]], object], argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main(argv)`` (default ``sys.argv[1:]``) and return the process's exit status: the int
     it returns (anything else counts as 0), or 2 after one ``error:`` line for an exception."""
@@ -82,12 +89,12 @@ def run(main: Callable[[Optional[List[str]]], object], argv: Optional[Sequence[s
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        print("error: interrupted", file=sys.stderr)
+        _write_line("error: interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the point of this module
         if debug:
             traceback.print_exc()
         else:
-            print(format_error(exc), file=sys.stderr)
+            _write_line(format_error(exc))
         return ERROR_STATUS
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
