@@ -41,7 +41,7 @@ from dml_csr.utils.fold import optimize_for_inference  # noqa: E402
 
 def rows(classes: int, dml_size: int, skip_2x: bool):
     """(name, form, model, plain model, input (N, C, H, W), forward kwargs)."""
-    dml = build_model("dml_csr", {"num_classes": classes}, with_edges=False).eval()
+    dml = build_model("dml_csr", {"num_classes": classes}).eval()
     fp = build_model("fp_liif", {"num_classes": classes}).eval()
     fp2 = build_model("fp_liif", {"num_classes": classes, "stem_stride": 2}).eval()
     base = [("dml_csr@%d" % dml_size, dml, (1, 3, dml_size, dml_size), {}),

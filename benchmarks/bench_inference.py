@@ -85,11 +85,14 @@ def main(argv=None) -> int:
     x1 = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
     xb = torch.randn(args.batch, 3, h, w, generator=torch.Generator().manual_seed(2))
 
-    def run_plain(x):
-        with torch.inference_mode():
-            return plain(x)
+    def logits_of(model):
+        def run(x):
+            with torch.inference_mode():
+                return model(x).parsing
+        return run
 
-    variants = {"plain": run_plain, "folded": folded, "optimised": fast}
+    run_plain = logits_of(plain)
+    variants = {"plain": run_plain, "folded": logits_of(folded), "optimised": logits_of(fast)}
     if not args.no_onnx:
         import onnxruntime as ort
 

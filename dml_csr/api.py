@@ -165,16 +165,12 @@ def draw_overlay(image_bgr: np.ndarray, label_map: np.ndarray, class_names: Sequ
 
 # ------------------------------------------------------------------------------------ backends
 class _TorchBackend:
-    def __init__(self, model: nn.Module, device: torch.device, takes_size: bool):
-        self.model, self.device, self.takes_size = model, device, takes_size
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
 
     def __call__(self, batch: torch.Tensor, crop_size: Tuple[int, int]) -> torch.Tensor:
         with torch.inference_mode():
-            x = batch.to(self.device)
-            out = self.model(x, size=crop_size) if self.takes_size else self.model(x)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            return out.float().cpu()
+            return self.model(batch.to(self.device), size=crop_size).parsing.float().cpu()
 
 
 class _OnnxBackend:
@@ -202,15 +198,6 @@ class _OnnxBackend:
                 chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
             outs.append(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: chunk})[0][:n])
         return torch.from_numpy(np.concatenate(outs))
-
-
-def _takes_size(model: nn.Module) -> bool:
-    inner = getattr(model, "model", model)
-    import inspect
-    try:
-        return "size" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # ------------------------------------------------------------------------------------- parser
@@ -283,11 +270,10 @@ class FaceParser:
             return cls(_OnnxBackend(tmp), backend_name="onnx", **kw)
         device = torch.device(device)
         model = model.to(device).eval()
-        takes_size = _takes_size(model)
         if fold_bn:
             from .utils.fold import optimize_for_inference
             model = optimize_for_inference(model, channels_last=device.type == "cpu")
-        return cls(_TorchBackend(model, device, takes_size), backend_name="torch", **kw)
+        return cls(_TorchBackend(model, device), backend_name="torch", **kw)
 
     @classmethod
     def from_onnx(cls, path: Union[str, os.PathLike], detector: Union[str, Detector, None] = "opencv",
@@ -467,7 +453,7 @@ def load_inference_model(path, dataset: Optional[str] = None,
     ckpt = load_checkpoint_file(str(path))
     data: Dict[str, Any] = {}
     if isinstance(ckpt, dict) and "model_name" in ckpt:
-        model, _ = build_model_from_checkpoint(str(path), with_edges=False, checkpoint=ckpt)
+        model, _ = build_model_from_checkpoint(str(path), checkpoint=ckpt)
         model_name = ckpt["model_name"]
         data = dict((ckpt.get("config") or {}).get("data") or {})
         file_dataset = data.get("dataset") or ckpt.get("dataset")
@@ -498,14 +484,28 @@ def load_inference_model(path, dataset: Optional[str] = None,
 
 
 # ------------------------------------------------------------------------------------- ONNX
+class _ExportedLogits(nn.Module):
+    """What an exported graph computes: the parsing logits of one pass at ``size`` (None: the
+    family's own grid, DML-CSR's 1/4 of the crop; FP-LIIF's crop size)."""
+
+    def __init__(self, model: nn.Module, size: Optional[Tuple[int, int]]):
+        super().__init__()
+        self.model = model
+        self.size = None if size is None else tuple(int(v) for v in size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.export_logits(x, self.size)
+
+
 def export_onnx(model: nn.Module, path: Union[str, os.PathLike], info: Dict[str, Any],
                 dynamic_batch: bool = False, opset: int = 17,
                 output_size: Optional[Sequence[int]] = None, fold_bn: bool = True,
                 exporter: str = "auto") -> str:
     """Write the inference form of ``model`` to ``path`` as ONNX with the label facts as metadata.
 
-    Input ``image`` (N, 3, H, W) normalised crops at ``info['crop_size']``; output ``logits``:
-    DML-CSR's (N, K, H/4, W/4); FP-LIIF's (N, K, *output_size) (default: the crop size).
+    Input ``image`` (N, 3, H, W) normalised crops at ``info['crop_size']``; output ``logits``
+    (N, K, *output_size), by default the family's own grid (``ParsingModel.export_logits``):
+    DML-CSR's (N, K, H/4, W/4), FP-LIIF's the crop size.
     ``exporter``: ``torchscript`` (``dynamo=False``), ``dynamo`` or ``auto`` (TorchScript first,
     the dynamo exporter if it fails). Returns the exporter that worked.
     """
@@ -518,20 +518,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], info: Dict[str,
     if fold_bn:
         fold_norms(model)
     crop = tuple(int(v) for v in info["crop_size"])
-    takes_size = _takes_size(model)
-    if takes_size:
-        size = tuple(int(v) for v in (output_size or crop))
-
-        class _Fixed(nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m(x, size=size, chunk_size=size[0] * size[1])
-        net = _Fixed(model)
-    else:
-        net = model
+    net = _ExportedLogits(model, output_size)
     x = torch.randn(2 if dynamic_batch else 1, 3, *crop)
     path = str(path)
     tried = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
@@ -562,9 +549,10 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], info: Dict[str,
             "class_names": list(schema.class_names), "palette": [list(p) for p in schema.palette],
             "channel_order": info["channel_order"], "crop_size": list(crop),
             "center_mode": info.get("center_mode", "exact"), "model_name": info["model_name"],
-            "output": (f"logits at {size}" if takes_size else "logits at 1/4 of the crop"),
             "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "exporter": used}
     proto = onnx.load(path)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    meta["output"] = "logits at {}x{}".format(*(d.dim_value or d.dim_param for d in dims[-2:]))
     del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()

@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "dml_csr"                 # dml_csr | fp_liif
+    name: str = "dml_csr"                 # a model family (models/registry.py): dml_csr | fp_liif
     # DML-CSR
     layers: List[int] = field(default_factory=lambda: [3, 4, 23, 3])   # ResNet-101
     width_mult: float = 1.0               # < 1 only for the CPU-sized synthetic preset
@@ -278,9 +278,10 @@ def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = (
 
 
 def validate(cfg: Config) -> None:
+    from .models.registry import FAMILIES
     choices = {
         "preset": (cfg.preset, ("paper", "released")),
-        "model.name": (cfg.model.name, ("dml_csr", "fp_liif")),
+        "model.name": (cfg.model.name, tuple(FAMILIES)),
         "model.norm_backend": (cfg.model.norm_backend, ("auto", "native", "compiled")),
         "data.augment": (cfg.data.augment, ("paper", "released", "none")),
         "data.channel_order": (cfg.data.channel_order, ("bgr", "rgb")),
@@ -309,9 +310,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.output_scale' must be positive, "
                           f"got {cfg.eval.output_scale}")
     q = cfg.train.query_samples
-    if q < 0 or (q > 0 and cfg.model.name != "fp_liif"):
-        raise ConfigError(f"config key 'train.query_samples' must be >= 0 and needs model.name "
-                          f"fp_liif (an implicit decoder), got {q} with {cfg.model.name!r}")
+    if q < 0 or (q > 0 and not FAMILIES[cfg.model.name].decodes_any_size):
+        raise ConfigError(f"config key 'train.query_samples' must be >= 0 and needs a model family "
+                          f"that decodes at any point (fp_liif), got {q} with {cfg.model.name!r}")
     if q > cfg.data.crop_size[0] * cfg.data.crop_size[1]:
         raise ConfigError(f"config key 'train.query_samples' ({q}) exceeds the pixels of a "
                           f"{cfg.data.crop_size[0]}x{cfg.data.crop_size[1]} crop")

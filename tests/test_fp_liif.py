@@ -77,8 +77,8 @@ def test_default_size_is_input_size_and_non_square_sizes():
     model = tiny().eval()
     x = torch.randn(2, 3, 30, 22)  # not a multiple of 4: Z is ceil(H / 4)
     with torch.no_grad():
-        assert model(x).shape == (2, 5, 30, 22)
-        assert model(x, size=(17, 41)).shape == (2, 5, 17, 41)
+        assert model(x).parsing.shape == (2, 5, 30, 22)
+        assert model(x, size=(17, 41)).parsing.shape == (2, 5, 17, 41)
         assert model.encode(x).grid.shape == (2, 8, 8, 6)
 
 
@@ -174,14 +174,14 @@ def test_predictions_consistent_across_output_sizes():
     model = tiny(num_classes=3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(40):
-        loss = F.cross_entropy(model(image), target[None])
+        loss = F.cross_entropy(model(image).parsing, target[None])
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        p1 = model(image).argmax(1)[0]  # (64, 64)
-        p2 = model(image, size=(128, 128)).argmax(1, keepdim=True).float()  # (1, 1, 128, 128)
+        p1 = model(image).parsing.argmax(1)[0]  # (64, 64)
+        p2 = model(image, size=(128, 128)).parsing.argmax(1, keepdim=True).float()  # (1, 1, 128, 128)
         p2_down = F.interpolate(p2, size=(64, 64), mode="nearest")[0, 0].long()
     accuracy = (p1 == target).float().mean().item()
     fractions = torch.bincount(p1.flatten(), minlength=3).float() / p1.numel()
@@ -197,9 +197,9 @@ def test_chunked_equals_unchunked(query):
     x = torch.randn(2, 3, 16, 20)
     counter = RowCounter(model.decoder[0])
     with torch.no_grad():
-        full = model(x, size=(37, 29), chunk_size=10**9)
+        full = model(x, size=(37, 29), chunk_size=10**9).parsing
         counter.max_rows = 0
-        chunked = model(x, size=(37, 29), chunk_size=100)  # 1073 pixels: 11 chunks, the last partial
+        chunked = model(x, size=(37, 29), chunk_size=100).parsing  # 1073 pixels: 11 chunks, the last partial
     assert counter.max_rows == 100
     assert torch.allclose(full, chunked, atol=1e-5)
 
@@ -216,7 +216,7 @@ def test_chunking_only_under_no_grad_unless_asked():
         model(x)
     assert counter.max_rows == 64
     counter.max_rows = 0
-    model(x, chunk_size=32).sum().backward()  # asked explicitly: chunked with autograd too
+    model(x, chunk_size=32).parsing.sum().backward()  # asked explicitly: chunked with autograd too
     assert counter.max_rows == 32
 
 
@@ -227,7 +227,7 @@ def test_every_parameter_gets_a_gradient(query, cell_decode):
     model = tiny(query, cell_decode=cell_decode, init="default")
     x = torch.randn(2, 3, 16, 16)
     target = torch.randint(0, 5, (2, 24, 24))
-    logits = model(x, size=(24, 24))
+    logits = model(x, size=(24, 24)).parsing
     assert torch.isfinite(logits).all()
     F.cross_entropy(logits, target).backward()
     for name, p in model.named_parameters():
@@ -243,7 +243,7 @@ class FixedSize(torch.nn.Module):
         self.model, self.size = model, size
 
     def forward(self, x):
-        return self.model(x, size=self.size)
+        return self.model(x, size=self.size).parsing
 
 
 def _onnx_parity(tmp_path, query, dynamo, opset):
@@ -284,7 +284,7 @@ def test_stride_two_stem_puts_z_at_one_eighth():
         assert fast.encode(x).grid.shape[-2:] == (8, 6)
         assert ref.encode(x).grid.shape[-2:] == (16, 12)
         for size in ((64, 48), (100, 37)):
-            assert fast(x, size=size).shape == (1, 5, *size)
+            assert fast(x, size=size).parsing.shape == (1, 5, *size)
 
 
 def test_kaiming_init_starts_blocks_as_identity_with_small_logits():
@@ -296,7 +296,7 @@ def test_kaiming_init_starts_blocks_as_identity_with_small_logits():
     hidden = model.decoder[0].weight
     assert abs(hidden.std().item() - (2 / hidden.shape[1]) ** 0.5) < 0.3 * (2 / hidden.shape[1]) ** 0.5
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32))
+        out = model(torch.randn(2, 3, 32, 32)).parsing
     assert torch.isfinite(out).all() and out.abs().max().item() < 10
 
 

@@ -95,8 +95,8 @@ def test_coord_forward_equals_the_grid_decode_at_those_pixels():
     x = torch.randn(2, 3, 12, 10)
     idx = torch.tensor([[0, 5, 119], [3, 64, 7]])
     with torch.no_grad():
-        grid = model(x)                                                    # (2, 4, 12, 10)
-        pts = model(x, coord=pixel_centres(12, 10)[idx])                   # (2, 4, 1, 3)
+        grid = model(x).parsing                                                    # (2, 4, 12, 10)
+        pts = model(x, coord=pixel_centres(12, 10)[idx]).parsing                   # (2, 4, 1, 3)
     assert pts.shape == (2, 4, 1, 3)
     expect = torch.stack([grid[i].flatten(1)[:, idx[i]] for i in range(2)])
     assert torch.allclose(pts[:, :, 0], expect, atol=1e-5)
@@ -128,11 +128,11 @@ def test_trainer_with_sampled_queries_in_both_stages(tmp_path):
     multitask, distill = trainer.multitask_loss, trainer.distill_loss
 
     def spy_multitask(outputs, batch):            # what the losses receive
-        seen["multitask"].append((outputs.shape, batch["label"].shape))
+        seen["multitask"].append((outputs.parsing.shape, batch["label"].shape))
         return multitask(outputs, batch)
 
     def spy_distill(outputs, batch, soft, cycle):
-        seen["csr"].append((outputs.shape, batch["label"].shape, soft.shape))
+        seen["csr"].append((outputs.parsing.shape, batch["label"].shape, soft.parsing.shape))
         return distill(outputs, batch, soft, cycle=cycle)
     trainer.multitask_loss, trainer.distill_loss = spy_multitask, spy_distill
     summary = trainer.fit()
@@ -156,7 +156,7 @@ def test_trainer_best_checkpoint_rebuilds_and_scores(run, tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["model"][key]), key
     with torch.no_grad():
-        logits = model.eval()(torch.zeros(1, 3, CROP, CROP), size=(CROP, CROP))
+        logits = model.eval()(torch.zeros(1, 3, CROP, CROP), size=(CROP, CROP)).parsing
     assert logits.shape == (1, 11, CROP, CROP) and torch.isfinite(logits).all()
 
     result_path = tmp_path / "test.json"
@@ -194,7 +194,7 @@ def test_onnx_fixed_output_size_matches_pytorch(run, tmp_path):
     assert meta["model_name"] == "fp_liif" and meta["crop_size"] == [CROP, CROP]
     x = torch.randn(1, 3, CROP, CROP, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = model(x, size=size).numpy()
+        ref = model(x, size=size).parsing.numpy()
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert got.shape == (1, 11, *size)

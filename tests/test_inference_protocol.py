@@ -16,6 +16,7 @@ from dml_csr.data import FaceDataset, get_schema
 from dml_csr.eval.evaluate import evaluate_folder
 from dml_csr.eval.inference import evaluate_model, flip_logits, predict_logits
 from dml_csr.models import DMLCSR
+from dml_csr.models.contract import ParsingModel, ParsingOutput, resize_logits_to
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = get_schema("synthetic")
@@ -69,7 +70,15 @@ def _key(t: torch.Tensor) -> str:
     return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
 
 
-class Oracle(nn.Module):
+class GridDouble(ParsingModel):
+    """A test double keeping the model contract: ``logits(x)`` on its own grid, resized to
+    ``size`` when asked (as DML-CSR does)."""
+
+    def forward(self, x, size=None, coord=None):
+        return ParsingOutput(resize_logits_to(self.logits(x), size))
+
+
+class Oracle(GridDouble):
     """Logits = 10 x one-hot of the sample's warped label crop (255 -> background), looked up by
     the bytes of the input crop; at the crop size, so nothing is interpolated."""
 
@@ -80,12 +89,12 @@ class Oracle(nn.Module):
             s = dataset[i]
             self.table[_key(s["image"])] = torch.where(s["label"] == 255, 0, s["label"])
 
-    def forward(self, x):
+    def logits(self, x):
         labels = torch.stack([self.table[_key(img)] for img in x])
         return 10.0 * F.one_hot(labels, K).permute(0, 3, 1, 2).float()
 
 
-class SymmetricConv(nn.Module):
+class SymmetricConv(GridDouble):
     """A random conv whose weights make it flip-equivariant up to the schema's left/right swap,
     with the DML-CSR output stride of 4: model(flip x) = flip_logits(model(x))."""
 
@@ -99,7 +108,7 @@ class SymmetricConv(nn.Module):
             self.conv.weight.copy_((w + w[PERM].flip(-1)) / 2)
             self.conv.bias.copy_((b + b[PERM]) / 2)
 
-    def forward(self, x):
+    def logits(self, x):
         return F.avg_pool2d(self.conv(x), 4)
 
 
@@ -156,7 +165,7 @@ class ImplicitOracle(nn.Module):
                                               float(s["scale"]), float(s["rotation"]))
         self.sizes = []
 
-    def forward(self, x, size):
+    def forward(self, x, size=None, coord=None):
         from dml_csr.data.transforms import warp_label
         self.sizes.append(tuple(size))
         labels = []
@@ -164,7 +173,7 @@ class ImplicitOracle(nn.Module):
             lab, center, scale, rotation = self.samples[_key(img)]
             crop = warp_label(lab, center, scale, rotation, tuple(size))
             labels.append(torch.from_numpy(np.where(crop == 255, 0, crop).astype(np.int64)))
-        return 10.0 * F.one_hot(torch.stack(labels), K).permute(0, 3, 1, 2).float()
+        return ParsingOutput(10.0 * F.one_hot(torch.stack(labels), K).permute(0, 3, 1, 2).float())
 
 
 def test_output_scale_decodes_at_a_finer_grid_and_maps_back_exactly(data_root, tmp_path):
@@ -188,8 +197,8 @@ def test_flip_tta_of_an_equivariant_model_equals_no_tta(data_root, tmp_path):
     model = SymmetricConv()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():  # the fake really is equivariant, and really not flip-invariant
-        assert torch.allclose(model(x.flip(-1)), flip_logits(model(x), PERM), atol=1e-5)
-        assert not torch.allclose(model(x.flip(-1)), model(x).flip(-1), atol=1e-3)
+        assert torch.allclose(model.logits(x.flip(-1)), flip_logits(model.logits(x), PERM), atol=1e-5)
+        assert not torch.allclose(model.logits(x.flip(-1)), model.logits(x).flip(-1), atol=1e-3)
     ds = _dataset(data_root, 64)
     plain = evaluate_model(model, ds, pred_dir=tmp_path / "plain")
     tta = evaluate_model(model, ds, flip=True, pred_dir=tmp_path / "tta")
@@ -200,11 +209,11 @@ def test_flip_tta_of_an_equivariant_model_equals_no_tta(data_root, tmp_path):
     assert a.keys() == b.keys() and all((a[n] == b[n]).all() for n in a)
 
 
-class LeftEyeWhenFlipped(nn.Module):
+class LeftEyeWhenFlipped(GridDouble):
     """'left eye' everywhere when the input is mirrored (its bright half is on the right),
     uniform logits otherwise."""
 
-    def forward(self, x):
+    def logits(self, x):
         w = x.shape[-1]
         mirrored = x[..., : w // 2].mean((1, 2, 3)) < x[..., w // 2:].mean((1, 2, 3))
         out = torch.zeros(x.shape[0], K, x.shape[2] // 4, x.shape[3] // 4)
@@ -215,7 +224,7 @@ class LeftEyeWhenFlipped(nn.Module):
 def test_flip_tta_swaps_left_and_right():
     x = torch.cat([torch.ones(1, 3, 16, 8), -torch.ones(1, 3, 16, 8)], dim=-1)
     model = LeftEyeWhenFlipped()
-    assert (model(x).argmax(1) == 0).all()  # the unflipped pass has no opinion
+    assert (model(x).parsing.argmax(1) == 0).all()  # the unflipped pass has no opinion
     pred = predict_logits(model, x, (16, 16), flip=True, flip_permutation=PERM).argmax(1)
     assert (pred == RE).all()
     no_swap = predict_logits(model, x, (16, 16), flip=True, flip_permutation=range(K)).argmax(1)
@@ -228,13 +237,13 @@ def test_predict_logits_sizes_forms_and_scales():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 24)
     model = SymmetricConv()
-    low = model(x)                                            # (2, K, 8, 6)
+    low = model(x).parsing                                    # (2, K, 8, 6)
     out = predict_logits(model, x, (32, 24))
     assert torch.equal(out, F.interpolate(low, (32, 24), mode="bilinear", align_corners=True))
 
-    class TrainingForm(nn.Module):                            # tuple output: first is parsing
-        def forward(self, x):
-            return model(x), torch.zeros(1), torch.zeros(1)
+    class TrainingForm(nn.Module):                            # with edge heads: parsing used
+        def forward(self, x, size=None):
+            return ParsingOutput(model(x, size).parsing, torch.zeros(1), torch.zeros(1))
     assert torch.equal(predict_logits(TrainingForm(), x, (32, 24)), out)
 
     class SizeAware(nn.Module):                               # FP-LIIF style: asked for the size
@@ -244,7 +253,7 @@ def test_predict_logits_sizes_forms_and_scales():
 
         def forward(self, x, size=None):
             self.sizes.append(tuple(size))
-            return torch.zeros(x.shape[0], K, *size)
+            return ParsingOutput(torch.zeros(x.shape[0], K, *size))
     liif = SizeAware()
     predict_logits(liif, x, (32, 24), scales=(0.5, 1.0))
     assert liif.sizes == [(32, 24), (32, 24)]

@@ -41,7 +41,7 @@ def test_forward_shapes(tiny_dmlcsr_kwargs, size):
     assert binary.shape == (2, 2) + q
     assert category.shape == (2, 5) + q
     infer = DMLCSR(with_edges=False, **tiny_dmlcsr_kwargs).eval()
-    out = infer(torch.randn(1, 3, h, w))
+    out = infer(torch.randn(1, 3, h, w)).parsing
     assert torch.is_tensor(out) and out.shape == (1, 5) + q and torch.isfinite(out).all()
 
 
@@ -67,7 +67,7 @@ def test_inference_form_equals_training_form_parsing(tiny_dmlcsr_kwargs):
     infer.load_state_dict({k: v for k, v in train.state_dict().items() if not k.startswith("edge_layer.")})
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
-        assert torch.allclose(train(x)[0], infer(x), atol=1e-6)
+        assert torch.allclose(train(x)[0], infer(x).parsing, atol=1e-6)
 
 
 def test_width_and_depth_keep_names(tiny_dmlcsr_kwargs):

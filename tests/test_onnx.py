@@ -52,7 +52,7 @@ def test_logits_match_pytorch_with_dynamic_batch(exported):
     for n in (1, 2, 3):
         x = torch.randn(n, 3, *CROP, generator=torch.Generator().manual_seed(n))
         with torch.no_grad():
-            ref = model(x).numpy()
+            ref = model(x).parsing.numpy()
         out = sess.run(None, {"image": x.numpy()})[0]
         assert out.shape == ref.shape == (n, 11, 16, 16)
         assert np.abs(out - ref).max() < 1e-3
@@ -106,7 +106,7 @@ def test_fp_liif_exports_at_a_fixed_output_size(tmp_path):
     export_onnx(model, out, info, output_size=(40, 36))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        ref = model(x, size=(40, 36)).numpy()
+        ref = model(x, size=(40, 36)).parsing.numpy()
     got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
     assert got.shape == (1, 11, 40, 36) and np.abs(got - ref).max() < 1e-3
     res = FaceParser.from_onnx(out, detector=None)(np.zeros((20, 30, 3), np.uint8), detect=False)

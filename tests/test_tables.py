@@ -305,7 +305,7 @@ def test_run_test_writes_the_row_of_the_config_and_make_tables_keeps_them_apart(
     for row, cfg in configs.items():
         torch.manual_seed(0)
         kwargs = model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
-        model = build_model(cfg.model.name, kwargs, with_edges=False)
+        model = build_model(cfg.model.name, kwargs)
         ckpt = tmp_path / f"{row}.pth"
         torch.save({"model": model.state_dict(), "model_name": cfg.model.name,
                     "model_kwargs": kwargs}, ckpt)

@@ -64,7 +64,7 @@ def test_best_rebuilds_from_checkpoint(paper_run, data_root):
     model, ckpt = build_model_from_checkpoint(os.path.join(out, "best.pth"))
     assert "optimizer" not in ckpt and ckpt["class_tokens"][0] == "bg"
     x = torch.randn(1, 3, 32, 32)
-    assert model.eval()(x).shape == (1, 11, 8, 8)
+    assert model.eval()(x).parsing.shape == (1, 11, 8, 8)
 
 
 def test_released_preset_runs(data_root, tmp_path):

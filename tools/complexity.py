@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from dml_csr.cli import add_debug_argument, run  # noqa: E402
 from dml_csr.config import load_config  # noqa: E402
 from dml_csr.data.schemas import get_schema  # noqa: E402
-from dml_csr.models import build_model, build_model_from_checkpoint, model_kwargs_from_config  # noqa: E402
+from dml_csr.models import (FAMILIES, build_model, build_model_from_checkpoint,  # noqa: E402
+                            model_kwargs_from_config)
 from dml_csr.utils.complexity import complexity_report  # noqa: E402
 
 
@@ -26,12 +27,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="config name or path (its model section is used)")
     p.add_argument("--checkpoint", help="a self-describing checkpoint")
-    p.add_argument("--model", default="dml_csr", choices=["dml_csr", "fp_liif"])
+    p.add_argument("--model", default="dml_csr", choices=sorted(FAMILIES))
     p.add_argument("--num-classes", type=int, default=11)
     p.add_argument("--size", type=int, nargs="+", default=[473], help="input H [W]")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--forms", default="infer,train", help="DML-CSR forms: infer,train")
-    p.add_argument("--output-size", type=int, nargs="*", help="FP-LIIF output H W (default: input)")
+    p.add_argument("--output-size", type=int, nargs="*",
+                   help="logits size H W (default: each family's own grid)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -56,17 +58,15 @@ def main(argv=None):
             name, kwargs = cfg.model.name, model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
         else:
             name, kwargs = args.model, {"num_classes": args.num_classes}
-        if name == "dml_csr":
+        if build_model(name, kwargs, training=True).has_edge_heads:   # two forms differ
             for form in args.forms.split(","):
-                builds.append((f"dml_csr ({form} form)", build_model(name, kwargs, with_edges=form == "train")))
+                builds.append((f"{name} ({form} form)", build_model(name, kwargs, training=form == "train")))
         else:
             builds.append((name, build_model(name, kwargs)))
 
     reports = []
     for label, model in builds:
-        fkw = {}
-        if args.output_size and "fp_liif" in label:
-            fkw["size"] = tuple(args.output_size)
+        fkw = {"size": tuple(args.output_size)} if args.output_size else {}
         r = complexity_report(model, size, latency=not args.no_latency, warmup=args.warmup,
                               runs=args.runs, **fkw)
         r["model"] = label

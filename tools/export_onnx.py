@@ -4,8 +4,8 @@
         [--size 473 473] [--dynamic-batch] [--opset 17] [--output-size H W]
         [--exporter auto|torchscript|dynamo] [--no-fold]
 
-DML-CSR is exported without its edge branch (output: (N, K, H/4, W/4) logits); FP-LIIF with a fixed
-output size (``--output-size``, default the crop size). Norms are folded into the convolutions
+The output is the parsing logits at ``--output-size`` (fixed); without it, each family's own grid:
+DML-CSR's (N, K, H/4, W/4) (no edge branch), FP-LIIF's crop size. Norms are folded into the convolutions
 first (``--no-fold`` keeps them). The file carries the label facts as metadata (dataset, class
 tokens and names, palette, channel order, crop size), so ``FaceParser.from_onnx(path)`` and
 ``tools/infer.py --onnx`` need nothing else. The max abs difference to PyTorch on a random input is
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--channel-order", choices=("bgr", "rgb"), help="override the checkpoint's")
     ap.add_argument("--dynamic-batch", action="store_true")
     ap.add_argument("--opset", type=int, default=17)
-    ap.add_argument("--output-size", type=int, nargs=2, metavar=("H", "W"), help="FP-LIIF output size")
+    ap.add_argument("--output-size", type=int, nargs=2, metavar=("H", "W"), help="logits size (default: the family's own grid)")
     ap.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"))
     ap.add_argument("--no-fold", action="store_true", help="export the norms unfolded")
     ap.add_argument("--tol", type=float, default=1e-3)
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from dml_csr.api import ONNX_INPUT, _takes_size, export_onnx, load_inference_model, read_onnx_metadata
+    from dml_csr.api import ONNX_INPUT, export_onnx, load_inference_model, read_onnx_metadata
 
     model, info = load_inference_model(args.checkpoint, dataset=args.dataset, crop_size=args.size,
                                        channel_order=args.channel_order)
@@ -50,11 +50,7 @@ def main(argv=None) -> int:
     crop = tuple(info["crop_size"])
     x = torch.randn(2 if args.dynamic_batch else 1, 3, *crop, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        if _takes_size(model):
-            size = tuple(args.output_size or crop)
-            ref = model(x, size=size)
-        else:
-            ref = model(x)
+        ref = model.eval().export_logits(x, args.output_size)
     sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
     out = sess.run(None, {ONNX_INPUT: x.numpy()})[0]
     diff = float(np.abs(out - ref.numpy()).max())

@@ -39,7 +39,7 @@ from ..config import Config, config_to_dict, save_config
 from ..data import FaceDataset, get_schema
 from ..data.check import DataCheckError, DataCheckReport, check_data
 from ..losses import MultiTaskLoss, SelfDistillationLoss, build_losses
-from ..models import build_model, load_imagenet_backbone, model_kwargs_from_config
+from ..models import ParsingOutput, build_model, load_imagenet_backbone, model_kwargs_from_config
 from ..models.checkpoint import check_backbone_file, load_checkpoint_file
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr
@@ -47,7 +47,7 @@ from . import distributed as du
 from .schedule import LRSchedule
 
 __all__ = ["Trainer", "FrozenTeacher", "MultiTaskStage", "DistillStage", "RunDirError",
-           "NonFiniteLossError", "model_forward", "RUN_FILES"]
+           "NonFiniteLossError", "RUN_FILES"]
 
 logger = logging.getLogger("dml_csr.train")
 
@@ -74,15 +74,6 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # stages: batch -> loss dict
 # --------------------------------------------------------------------------------------------
-def model_forward(model: nn.Module, images: torch.Tensor, model_name: str,
-                  coord: Optional[torch.Tensor] = None):
-    """DML-CSR: ``model(x)`` (tuple with edges); FP-LIIF: ``model(x, size=(H, W))`` logits, or
-    with ``coord`` (N, Q, 2) the (N, K, 1, Q) logits at those pixel centres."""
-    if model_name == "fp_liif":
-        return model(images, size=tuple(images.shape[-2:]), coord=coord)
-    return model(images)
-
-
 SAMPLED_KEYS = ("label", "edge", "cat_edge")
 
 
@@ -111,10 +102,9 @@ def sample_queries(batch: Dict[str, torch.Tensor],
 class FrozenTeacher(nn.Module):
     """A frozen copy of a model: eval mode forever, no gradients, forward under no_grad."""
 
-    def __init__(self, model: nn.Module, model_name: str):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.model_name = model_name
         for p in self.model.parameters():
             p.requires_grad_(False)
         super().train(False)
@@ -123,20 +113,20 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, coord: Optional[torch.Tensor] = None):
-        return model_forward(self.model, images, self.model_name, coord)
+    def forward(self, images: torch.Tensor, coord: Optional[torch.Tensor] = None) -> ParsingOutput:
+        return self.model(images, coord=coord)
 
 
 class MultiTaskStage:
     """Eq. 5 stage: ``(model, batch) -> (loss dict, outputs)``."""
     name = "multitask"
 
-    def __init__(self, loss: MultiTaskLoss, model_name: str, query_samples: int = 0):
-        self.loss, self.model_name, self.query_samples = loss, model_name, query_samples
+    def __init__(self, loss: MultiTaskLoss, query_samples: int = 0):
+        self.loss, self.query_samples = loss, query_samples
 
     def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
         batch, coord = sample_queries(batch, self.query_samples)
-        outputs = model_forward(model, batch["image"], self.model_name, coord)
+        outputs = model(batch["image"], coord=coord)
         return self.loss(outputs, batch), outputs
 
 
@@ -145,13 +135,13 @@ class DistillStage:
     name = "csr"
 
     def __init__(self, loss: SelfDistillationLoss, teacher: FrozenTeacher, cycle: int,
-                 model_name: str, query_samples: int = 0):
-        self.loss, self.teacher, self.cycle, self.model_name = loss, teacher, cycle, model_name
+                 query_samples: int = 0):
+        self.loss, self.teacher, self.cycle = loss, teacher, cycle
         self.query_samples = query_samples
 
     def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
         batch, coord = sample_queries(batch, self.query_samples)
-        outputs = model_forward(model, batch["image"], self.model_name, coord)
+        outputs = model(batch["image"], coord=coord)
         soft = self.teacher(batch["image"], coord)
         return self.loss(outputs, batch, soft, cycle=self.cycle), outputs
 
@@ -345,16 +335,19 @@ class Trainer:
         self.iters_per_epoch = min(n, cap) if cap > 0 else n
 
     def _new_model(self) -> nn.Module:
-        return build_model(self.model_name, self.model_kwargs,
-                           with_edges=True if self.model_name == "dml_csr" else None)
+        return build_model(self.model_name, self.model_kwargs, training=True)
 
     def _build_model(self) -> None:
         cfg = self.cfg
         self.model_kwargs = model_kwargs_from_config(cfg.model, self.schema.num_classes)
         model = self._new_model()
+        if cfg.model.pretrained and not model.imagenet_backbone:
+            raise ValueError(f"model.pretrained is set ({cfg.model.pretrained}) but the "
+                             f"{self.model_name} family has no ImageNet backbone: set "
+                             f"model.pretrained=''")
         if cfg.model.pretrained:
             load_imagenet_backbone(model, cfg.model.pretrained)
-        elif self.model_name == "dml_csr":
+        elif model.imagenet_backbone:
             logger.warning("model.pretrained is empty: the backbone starts from RANDOM weights "
                            "(the paper uses ImageNet weights; fine only for the synthetic set)")
         if self.info.distributed:
@@ -465,7 +458,7 @@ class Trainer:
         if self.info.distributed:
             convert_sync_batchnorm1d(model)
         model.load_state_dict(state)
-        return FrozenTeacher(model.to(self.device), self.model_name)
+        return FrozenTeacher(model.to(self.device))
 
     def _reestimate(self, model: nn.Module, tag: int) -> None:
         """BN/ABN re-estimation over the training set (augmentation epoch id fixed by ``tag``)."""
@@ -475,7 +468,7 @@ class Trainer:
         self._set_epoch(REESTIMATE_EPOCH_OFFSET + tag)
         seen = csr.reestimate_norm_stats(
             model, self.train_loader,
-            forward=lambda m, b: model_forward(m, b["image"].to(self.device), self.model_name),
+            forward=lambda m, b: m(b["image"].to(self.device)),
             batch_size_of=lambda b: b["image"].shape[0] * world,
             max_batches=self.cfg.train.bn_reestimate_batches)
         logger.info("re-estimated ABN/BN statistics over %d training images", seen)
@@ -569,17 +562,17 @@ class Trainer:
             img = img.flip(1)
         size = img.shape[-2:]
         palette = torch.tensor(self.schema.palette, dtype=torch.float32) / 255.0
-        outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        if outs[0].shape[-2] == 1 and outs[0].shape[-2:] != size:     # sampled queries: decode the grid
+        if self.cfg.train.query_samples:     # the step saw sampled pixels: decode the whole grid
             with torch.no_grad():
-                outs = (model_forward(self.model, batch["image"][:n], self.model_name),)
+                outputs = self.model(batch["image"][:n])
         up = lambda t: nn.functional.interpolate(t[:n].detach().float().cpu(), size=size,  # noqa: E731
                                                  mode="bilinear", align_corners=True)
-        rows = [img, _colorize(batch["label"][:n].cpu(), palette), _colorize(up(outs[0]).argmax(1), palette)]
-        if len(outs) > 1 and outs[1] is not None:
-            rows.append(up(outs[1]).softmax(1)[:, 1:2].expand(-1, 3, -1, -1))
-        if len(outs) > 2 and outs[2] is not None:
-            rows.append(_colorize(up(outs[2]).argmax(1), palette))
+        rows = [img, _colorize(batch["label"][:n].cpu(), palette),
+                _colorize(up(outputs.parsing).argmax(1), palette)]
+        if outputs.binary_edge is not None:
+            rows.append(up(outputs.binary_edge).softmax(1)[:, 1:2].expand(-1, 3, -1, -1))
+        if outputs.category_edge is not None:
+            rows.append(_colorize(up(outputs.category_edge).argmax(1), palette))
         grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)   # (3, rows*H, n*W)
         self.writer.add_image("train/input_label_pred_edge_catedge", grid, epoch)
 
@@ -654,12 +647,11 @@ class Trainer:
                 epoch = self.epoch
                 stage_name, cycle = self._stage_of(epoch)
                 if stage_name == "multitask":
-                    stage = MultiTaskStage(self.multitask_loss, self.model_name, t.query_samples)
+                    stage = MultiTaskStage(self.multitask_loss, t.query_samples)
                 else:
                     if self.teacher is None:
                         self._first_teacher()
-                    stage = DistillStage(self.distill_loss, self.teacher, cycle, self.model_name,
-                                         t.query_samples)
+                    stage = DistillStage(self.distill_loss, self.teacher, cycle, t.query_samples)
                 train_means = self.train_one_epoch(epoch, stage)
                 self.epoch = epoch + 1
                 if stage_name == "csr":

@@ -20,7 +20,6 @@ would dominate a logit average. Without TTA the model's logits are returned unch
 
 ``run_test`` is the logic behind ``tools/test.py``: config + checkpoint -> result JSON.
 """
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -65,22 +64,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _takes_size(model: nn.Module) -> bool:
-    inner = model.module if isinstance(model, nn.DataParallel) else model
-    try:
-        return "size" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _forward_at(model: nn.Module, x: torch.Tensor, out_size: Tuple[int, int]) -> torch.Tensor:
-    """(N, 3, h, w) -> (N, K, *out_size) logits of one pass."""
-    out = model(x, size=out_size) if _takes_size(model) else model(x)
-    if isinstance(out, (tuple, list)):  # training form: (parsing, binary_edge, category_edge)
-        out = out[0]
-    if tuple(out.shape[-2:]) != out_size:
-        out = F.interpolate(out, size=out_size, mode="bilinear", align_corners=True)
-    return out
+    """(N, 3, h, w) -> (N, K, *out_size) parsing logits of one pass (``ParsingModel`` contract)."""
+    return model(x, size=out_size).parsing
 
 
 def flip_logits(logits: torch.Tensor, flip_permutation: Sequence[int]) -> torch.Tensor:
@@ -103,8 +89,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Tuple[int, 
     """Parsing logits of a batch of crops at ``out_size``.
 
     Args:
-        model: DML-CSR (either form; a tuple output gives its first element), FP-LIIF (anything
-            whose ``forward`` takes ``size=``) or any module returning (N, K, h, w) logits.
+        model: any model family (``models.contract.ParsingModel``: ``model(x, size=...)``
+            returns a ``ParsingOutput``), or a wrapper keeping that contract.
         images: (N, 3, H, W) normalised crops, on the model's device.
         out_size: (H, W) of the returned logits, normally the crop size.
         flip: add horizontally flipped passes (needs ``flip_permutation``).
@@ -368,7 +354,7 @@ def load_inference_model(cfg, checkpoint, device: Union[str, torch.device] = "cp
             logger.warning("%s was saved for model %s %s; the config asks for %s %s (differing: "
                            "%s); loading may fail", source, ckpt.get("model_name"), stored,
                            cfg.model.name, kwargs, differ)
-    model = build_model(cfg.model.name, kwargs, with_edges=False)
+    model = build_model(cfg.model.name, kwargs)
     load_model_weights(model, ckpt, source=source)
     return model.to(device).eval()
 

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.contract import ParsingOutput
+
 __all__ = ["IGNORE_INDEX", "split_outputs", "resize_logits", "pixel_cross_entropy", "masked_mean",
            "safe_divide"]
 
@@ -14,19 +16,19 @@ ModelOutputs = Union[Tensor, Sequence[Optional[Tensor]]]
 
 
 def split_outputs(outputs: ModelOutputs) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Unpack a model's outputs into (parsing, binary edge, category edge) logits.
+    """A model's outputs as (parsing, binary edge, category edge) logits.
 
-    Accepts the parsing logits alone (inference model, baseline, FP-LIIF) or a sequence
-    ``(parsing[, binary_edge[, category_edge]])``; missing heads come back as None.
+    Takes the ``ParsingOutput`` every model family returns; also, for tests and hand-built
+    inputs, the parsing logits alone or a sequence ``(parsing[, binary_edge[, category_edge]])``.
+    Missing heads come back as None.
     """
     if isinstance(outputs, Tensor):
-        return outputs, None, None
+        return ParsingOutput(outputs)
     outputs = list(outputs)
     if not 1 <= len(outputs) <= 3 or outputs[0] is None:
-        raise ValueError("model outputs must be parsing logits or (parsing, binary_edge, category_edge), "
-                         f"got a sequence of {len(outputs)}")
-    outputs += [None] * (3 - len(outputs))
-    return outputs[0], outputs[1], outputs[2]
+        raise ValueError("model outputs must be a ParsingOutput, parsing logits or (parsing, "
+                         f"binary_edge, category_edge), got a sequence of {len(outputs)}")
+    return ParsingOutput(*outputs)
 
 
 def resize_logits(logits: Tensor, size: Tuple[int, int]) -> Tensor:

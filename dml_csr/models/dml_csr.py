@@ -4,13 +4,14 @@ embedding, parsing decoder and the training-only edge branch.
 Module names are the release's: its checkpoints load unchanged (a test compares every key and
 shape with ``shared/reference/dml_csr_state_dict_{train,infer}.txt``).
 """
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.abn import ABN
+from .contract import ParsingModel, ParsingOutput, resize_logits_to
 
 __all__ = ["DMLCSR", "Bottleneck", "DDualGCN", "SpatialGCN", "DDGCNContext"]
 
@@ -219,8 +220,8 @@ class EdgeHead(nn.Module):
         return self.conv5_b(fused), self.conv5(fused)                    # binary, category
 
 
-class DMLCSR(nn.Module):
-    """DML-CSR face parser.
+class DMLCSR(ParsingModel):
+    """DML-CSR face parser (the ``dml_csr`` family).
 
     Args:
         num_classes: number of parsing classes K (11 for Helen/LaPa, 19 for CelebAMask-HQ).
@@ -233,9 +234,27 @@ class DMLCSR(nn.Module):
         context: ``ddgcn`` (the paper) or an ablation module name (see ``models/context.py``).
         norm_backend: ABN backend (``auto``, ``native``, ``compiled``).
 
-    Forward: image (N, 3, H, W) -> parsing logits (N, K, ceil(H/4), ceil(W/4)); with edges the
-    tuple (parsing, binary_edge (N, 2, ...), category_edge (N, K, ...)).
+    Forward (``contract.ParsingModel``): image (N, 3, H, W) -> ``ParsingOutput`` with parsing
+    logits (N, K, ceil(H/4), ceil(W/4)), upsampled bilinearly to ``size`` when given, and in the
+    training form the edge logits binary (N, 2, ...) and category (N, K, ...) at 1/4.
     """
+
+    family = "dml_csr"
+    imagenet_backbone = True
+
+    @property
+    def has_edge_heads(self) -> bool:
+        return self.with_edges
+
+    @classmethod
+    def kwargs_from_config(cls, model_cfg, num_classes: int) -> Dict[str, Any]:
+        return dict(num_classes=num_classes, layers=list(model_cfg.layers),
+                    width_mult=model_cfg.width_mult, context=model_cfg.context,
+                    norm_backend=model_cfg.norm_backend)
+
+    @classmethod
+    def build(cls, kwargs: Dict[str, Any], training: bool = False) -> "DMLCSR":
+        return cls(**{**kwargs, "with_edges": training})
 
     def __init__(self, num_classes: int, with_edges: bool = True,
                  layers: Sequence[int] = (3, 4, 23, 3), width_mult: float = 1.0,
@@ -291,10 +310,12 @@ class DMLCSR(nn.Module):
         c5 = self.layer4(c4)
         return c2, c3, c4, c5
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None,
+                coord: Optional[torch.Tensor] = None) -> ParsingOutput:
+        self.check_coord(coord)
         c2, c3, c4, c5 = self.forward_features(x)
-        parsing = self.layer6(self.context(c5), c2)
+        parsing = resize_logits_to(self.layer6(self.context(c5), c2), size)
         if not self.with_edges:
-            return parsing
+            return ParsingOutput(parsing)
         binary_edge, category_edge = self.edge_layer(c2, c3, c4)
-        return parsing, binary_edge, category_edge
+        return ParsingOutput(parsing, binary_edge, category_edge)

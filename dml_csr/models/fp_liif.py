@@ -24,11 +24,13 @@ align_corners=False convention), stored in (x, y) order as `F.grid_sample` expec
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .contract import ParsingModel, ParsingOutput
 
 __all__ = ["FPLIIF", "FPLIIFLatent", "ResidualBlock", "ResidualGroup", "pixel_centres", "unfold3x3"]
 
@@ -103,8 +105,9 @@ class FPLIIFLatent(NamedTuple):
     global_feat: Optional[Tensor]  # (N, width) global average pool of Z, or None
 
 
-class FPLIIF(nn.Module):
-    """FP-LIIF face parser: residual encoder + local implicit per-pixel MLP decoder.
+class FPLIIF(ParsingModel):
+    """FP-LIIF face parser (the ``fp_liif`` family): residual encoder + local implicit per-pixel
+    MLP decoder; it decodes at any output size and at query points (``decodes_any_size``).
 
     Args:
         num_classes: K, number of output classes.
@@ -343,9 +346,21 @@ class FPLIIF(nn.Module):
             )
         return logits.transpose(1, 2).reshape(n, self.num_classes, height, width)
 
-    def forward(self, x: Tensor, size: Optional[Tuple[int, int]] = None, chunk_size: Optional[int] = None,
-                coord: Optional[Tensor] = None) -> Tensor:
-        """(N, C_in, H_in, W_in) image -> (N, K, H, W) logits at `size` (default: the input size).
+    family = "fp_liif"
+    decodes_any_size = True
+
+    @classmethod
+    def kwargs_from_config(cls, model_cfg, num_classes: int) -> Dict[str, Any]:
+        return dict(num_classes=num_classes, **model_cfg.fp_liif)
+
+    def export_logits(self, images: Tensor, size: Optional[Tuple[int, int]]) -> Tensor:
+        size = tuple(size) if size is not None else tuple(images.shape[-2:])
+        return self(images, size=size, chunk_size=size[0] * size[1]).parsing   # one pass
+
+    def forward(self, x: Tensor, size: Optional[Tuple[int, int]] = None, coord: Optional[Tensor] = None,
+                chunk_size: Optional[int] = None) -> ParsingOutput:
+        """(N, C_in, H_in, W_in) image -> ``ParsingOutput`` with the (N, K, H, W) logits at `size`
+        (default: the input size).
 
         With `coord` (N, Q, 2), (x, y) pixel centres in [-1, 1]: logits at those points only, as
         (N, K, 1, Q) so that pixel-wise losses take them like a 1 x Q image (LIIF's sampled-query
@@ -355,6 +370,6 @@ class FPLIIF(nn.Module):
             size = (x.shape[-2], x.shape[-1])
         latent = self.encode(x)
         if coord is None:
-            return self.decode(latent, size, chunk_size)
+            return ParsingOutput(self.decode(latent, size, chunk_size))
         cell = coord.new_tensor([2.0 / size[1], 2.0 / size[0]]).view(1, 1, 2) if self.cell_decode else None
-        return self.query(latent, coord, cell).transpose(1, 2).unsqueeze(2)
+        return ParsingOutput(self.query(latent, coord, cell).transpose(1, 2).unsqueeze(2))

@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.abn import ABN
+from ..models.contract import ParsingOutput
 from .winograd import WinogradConv2d, winograd_eligible
 
 __all__ = ["optimize_for_inference", "fold_norms", "fold_conv_norm", "InferenceModule",
@@ -223,18 +224,16 @@ class InferenceModule(nn.Module):
         return super().train(False)
 
     @staticmethod
-    def _contiguous(out):
-        if isinstance(out, torch.Tensor):
+    def _contiguous(out: Union[ParsingOutput, torch.Tensor]):
+        if isinstance(out, torch.Tensor):        # a plain module (folding works on any network)
             return out.contiguous()
-        if isinstance(out, (tuple, list)):
-            return type(out)(InferenceModule._contiguous(o) for o in out)
-        return out
+        return ParsingOutput(*(None if t is None else t.contiguous() for t in out))
 
     @staticmethod
-    def _cat(outs):
+    def _cat(outs: List[Union[ParsingOutput, torch.Tensor]]):
         if isinstance(outs[0], torch.Tensor):
             return torch.cat(outs)
-        return type(outs[0])(torch.cat(parts) for parts in zip(*outs))
+        return ParsingOutput(*(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs)))
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         with torch.inference_mode():
