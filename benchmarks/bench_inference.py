@@ -97,11 +97,12 @@ def main(argv=None) -> int:
         import onnxruntime as ort
 
         from dml_csr.api import export_onnx
+        from dml_csr.models import ModelSpec
         path = os.path.join(tempfile.mkdtemp(prefix="bench_onnx_"), "model.onnx")
         t = time.perf_counter()
-        exporter = export_onnx(plain, path, {"dataset": "helen" if args.classes == 11 else "celebamask_hq",
-                                             "crop_size": (h, w), "channel_order": "bgr",
-                                             "model_name": "dml_csr"}, dynamic_batch=True)
+        exporter = export_onnx(plain, path, ModelSpec.for_dataset(
+            "dml_csr", {}, "helen" if args.classes == 11 else "celebamask_hq", crop_size=(h, w)),
+            dynamic_batch=True)
         print(f"exported ONNX ({exporter}) in {time.perf_counter() - t:.1f} s", flush=True)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

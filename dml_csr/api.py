@@ -36,9 +36,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.schemas import Schema, get_schema, schema_from_tokens
-from .data.transforms import crop_params, normalize_image, warp_back, warp_image
+from .data.schemas import Schema
+from .data.transforms import MEAN, STD, crop_params, normalize_image, warp_back, warp_image
 from .detect import DEFAULT_MARGIN, HaarFaceDetector, face_region
+from .models.checkpoint import CHECKPOINT_FORMAT, ModelSpec, load_inference_model
 
 __all__ = ["FaceParser", "FaceParsingResult", "colorize", "draw_overlay", "export_onnx",
            "read_image", "NoFaceWarning"]
@@ -219,7 +220,8 @@ class FaceParser:
     def __init__(self, backend: Callable, schema: Schema, crop_size: Tuple[int, int] = (473, 473),
                  channel_order: str = "bgr", detector: Union[str, Detector, None] = "opencv",
                  margin: float = DEFAULT_MARGIN, max_batch: int = 8, center_mode: str = "exact",
-                 backend_name: str = "torch"):
+                 backend_name: str = "torch", mean: Sequence[float] = MEAN,
+                 std: Sequence[float] = STD):
         if channel_order not in ("bgr", "rgb"):
             raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
         self.backend = backend
@@ -233,6 +235,7 @@ class FaceParser:
         self.margin = float(margin)
         self.max_batch = max(1, int(max_batch))
         self.center_mode = center_mode
+        self.mean, self.std = tuple(mean), tuple(std)
 
     # ------------------------------------------------------------------------------ builders
     @classmethod
@@ -257,23 +260,20 @@ class FaceParser:
             return cls.from_onnx(path, detector=detector, margin=margin, max_batch=max_batch)
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        model, info = load_inference_model(path, dataset=dataset, crop_size=crop_size,
-                                           channel_order=channel_order)
-        schema = get_schema(info["dataset"])
-        kw = dict(schema=schema, crop_size=info["crop_size"], channel_order=info["channel_order"],
-                  detector=detector, margin=margin, max_batch=max_batch,
-                  center_mode=info["center_mode"])
+        model, spec = load_inference_model(path, dataset=dataset)
+        spec = spec.with_input(crop_size, channel_order)
+        kw = dict(detector=detector, margin=margin, max_batch=max_batch)
         if backend == "onnx":
             import tempfile
             tmp = os.path.join(tempfile.mkdtemp(prefix="dml_csr_onnx_"), "model.onnx")
-            export_onnx(model, tmp, info, dynamic_batch=True, output_size=output_size)
-            return cls(_OnnxBackend(tmp), backend_name="onnx", **kw)
+            export_onnx(model, tmp, spec, dynamic_batch=True, output_size=output_size)
+            return cls.from_onnx(tmp, **kw)
         device = torch.device(device)
         model = model.to(device).eval()
         if fold_bn:
             from .utils.fold import optimize_for_inference
             model = optimize_for_inference(model, channels_last=device.type == "cpu")
-        return cls(_TorchBackend(model, device), backend_name="torch", **kw)
+        return cls(_TorchBackend(model, device), backend_name="torch", **_input_facts(spec), **kw)
 
     @classmethod
     def from_onnx(cls, path: Union[str, os.PathLike], detector: Union[str, Detector, None] = "opencv",
@@ -281,12 +281,9 @@ class FaceParser:
                   providers: Optional[Sequence[str]] = None, threads: int = 0) -> "FaceParser":
         """Parser running an ONNX file written by :func:`export_onnx` (tools/export_onnx.py) with
         onnxruntime; label names, dataset, channel order and crop size come from its metadata."""
-        meta = read_onnx_metadata(path)
-        schema = _schema_of(meta["dataset"], meta.get("tokens"))
-        return cls(_OnnxBackend(path, providers, threads), schema=schema,
-                   crop_size=tuple(meta["crop_size"]), channel_order=meta["channel_order"],
-                   detector=detector, margin=margin, max_batch=max_batch,
-                   center_mode=meta.get("center_mode", "exact"), backend_name="onnx")
+        spec = read_onnx_metadata(path)
+        return cls(_OnnxBackend(path, providers, threads), detector=detector, margin=margin,
+                   max_batch=max_batch, backend_name="onnx", **_input_facts(spec))
 
     # ------------------------------------------------------------------------------- parsing
     def regions(self, image_bgr: np.ndarray, detect: bool = True):
@@ -343,7 +340,7 @@ class FaceParser:
                 boxes.append(box)
                 regions.append((center, scale))
                 crop = warp_image(photo, center, scale, 0.0, self.crop_size, mode)
-                crops.append(normalize_image(crop, self.channel_order))
+                crops.append(normalize_image(crop, self.channel_order, self.mean, self.std))
         logits = self._logits(crops) if crops else torch.zeros(0, self.schema.num_classes,
                                                                 *self.crop_size)
         if logits.shape[1] != self.schema.num_classes:
@@ -395,92 +392,10 @@ class FaceParser:
 
 
 # ----------------------------------------------------------------------------- model loading
-def _schema_of(dataset: Optional[str], tokens: Optional[Sequence[str]] = None) -> Schema:
-    if dataset:
-        schema = get_schema(dataset)
-        if tokens and tuple(tokens) != schema.tokens:
-            raise ValueError(f"class tokens {list(tokens)} do not match the {dataset!r} schema")
-        return schema
-    if tokens:
-        return schema_from_tokens(tokens)
-    raise ValueError("the label schema is unknown: pass dataset= (helen, lapa, celebamask_hq)")
-
-
-def release_dataset(path, num_classes: Optional[int], dataset: Optional[str] = None) -> str:
-    """The data set of a bare release state_dict with ``num_classes`` classes.
-
-    ``dataset`` given: it, when its schema has that class count. Not given: the only benchmark
-    with that count (19: celebamask_hq); 11 classes are Helen or LaPa, which the file cannot tell
-    apart, so the caller must choose. Errors name the file, the counts and the choices."""
-    from .data.schemas import datasets_with_classes, describe_class_count
-    from .models.checkpoint import CLASSIFIER_KEY
-
-    if num_classes is None:
-        raise ValueError(f"{path} is a bare state_dict without DML-CSR's classifier "
-                         f"{CLASSIFIER_KEY!r}: not a DML-CSR release checkpoint")
-    if dataset:
-        expected = get_schema(dataset).num_classes
-        if expected != num_classes:
-            raise ValueError(f"{path} predicts {num_classes} classes but data set {dataset!r} has "
-                             f"{expected} ({describe_class_count(num_classes)}): pass the data set "
-                             f"the checkpoint was trained on (--dataset, or dataset= in the API)")
-        return dataset
-    names = datasets_with_classes(num_classes)
-    if len(names) == 1:
-        logger.info("%s: a release state_dict with %d classes: the %s schema", path, num_classes,
-                    names[0])
-        return names[0]
-    if names:
-        choices = " or ".join(f"--dataset {n}" for n in names)
-        raise ValueError(f"{path} is a release state_dict with {describe_class_count(num_classes)}"
-                         f", which its weights cannot tell apart: pass {choices} (dataset= in the "
-                         f"API)")
-    raise ValueError(f"{path} is a release state_dict with {describe_class_count(num_classes)}")
-
-
-def load_inference_model(path, dataset: Optional[str] = None,
-                         crop_size: Optional[Sequence[int]] = None,
-                         channel_order: Optional[str] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Inference-form model (eval, no edge branch) of a checkpoint, and the facts that travel with
-    it: ``{model_name, dataset, crop_size, channel_order, center_mode}`` (explicit arguments win
-    over the file's config). A bare release state_dict gets its data set from its class count
-    when that decides it (19: celebamask_hq); 11 classes need ``dataset`` (helen or lapa), see
-    :func:`release_dataset`."""
-    from .models import DMLCSR, build_model_from_checkpoint
-    from .models.checkpoint import (extract_state_dict, load_checkpoint_file, load_model_weights,
-                                    state_num_classes)
-
-    ckpt = load_checkpoint_file(str(path))
-    data: Dict[str, Any] = {}
-    if isinstance(ckpt, dict) and "model_name" in ckpt:
-        model, _ = build_model_from_checkpoint(str(path), checkpoint=ckpt)
-        model_name = ckpt["model_name"]
-        data = dict((ckpt.get("config") or {}).get("data") or {})
-        file_dataset = data.get("dataset") or ckpt.get("dataset")
-        if dataset and file_dataset and dataset != file_dataset:
-            logger.warning("%s was trained on %s; using the %s schema as asked", path,
-                           file_dataset, dataset)
-        dataset = dataset or file_dataset
-        if not dataset:
-            raise ValueError(f"{path} names no data set in its config: pass --dataset "
-                             f"(dataset= in the API)")
-        k = getattr(model, "num_classes", None)
-        if k is not None and get_schema(dataset).num_classes != k:
-            raise ValueError(f"{path} predicts {k} classes but data set {dataset!r} has "
-                             f"{get_schema(dataset).num_classes}: pass the data set it was "
-                             f"trained on ({file_dataset or 'see its config'})")
-    else:
-        state = extract_state_dict(ckpt, str(path))
-        dataset = release_dataset(path, state_num_classes(state), dataset)
-        model = DMLCSR(num_classes=get_schema(dataset).num_classes, with_edges=False)
-        load_model_weights(model, state, source=str(path))
-        model_name = "dml_csr"
-    info = {"model_name": model_name, "dataset": dataset,
-            "crop_size": tuple(int(v) for v in (crop_size or data.get("crop_size") or (473, 473))),
-            "channel_order": channel_order or data.get("channel_order") or "bgr",
-            "center_mode": data.get("center_mode") or "exact"}
-    get_schema(dataset)  # unknown names fail here, by name
-    return model.eval(), info
+def _input_facts(spec: ModelSpec) -> Dict[str, Any]:
+    """FaceParser's arguments that come from a checkpoint or ONNX file."""
+    return dict(schema=spec.schema(), crop_size=spec.crop_size, channel_order=spec.channel_order,
+                center_mode=spec.center_mode, mean=spec.mean, std=spec.std)
 
 
 # ------------------------------------------------------------------------------------- ONNX
@@ -497,13 +412,15 @@ class _ExportedLogits(nn.Module):
         return self.model.export_logits(x, self.size)
 
 
-def export_onnx(model: nn.Module, path: Union[str, os.PathLike], info: Dict[str, Any],
+def export_onnx(model: nn.Module, path: Union[str, os.PathLike], spec: ModelSpec,
                 dynamic_batch: bool = False, opset: int = 17,
                 output_size: Optional[Sequence[int]] = None, fold_bn: bool = True,
                 exporter: str = "auto") -> str:
     """Write the inference form of ``model`` to ``path`` as ONNX with the label facts as metadata.
 
-    Input ``image`` (N, 3, H, W) normalised crops at ``info['crop_size']``; output ``logits``
+    ``spec``: the model's facts (``load_inference_model``), written as the file's metadata, so
+    that :meth:`FaceParser.from_onnx` needs nothing else.
+    Input ``image`` (N, 3, H, W) normalised crops at ``spec.crop_size``; output ``logits``
     (N, K, *output_size), by default the family's own grid (``ParsingModel.export_logits``):
     DML-CSR's (N, K, H/4, W/4), FP-LIIF's the crop size.
     ``exporter``: ``torchscript`` (``dynamo=False``), ``dynamo`` or ``auto`` (TorchScript first,
@@ -517,7 +434,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], info: Dict[str,
     model = copy.deepcopy(model).eval().float().cpu()
     if fold_bn:
         fold_norms(model)
-    crop = tuple(int(v) for v in info["crop_size"])
+    crop = spec.crop_size
     net = _ExportedLogits(model, output_size)
     x = torch.randn(2 if dynamic_batch else 1, 3, *crop)
     path = str(path)
@@ -544,12 +461,9 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], info: Dict[str,
             logger.warning("ONNX export with %s failed: %s", name, exc)
     if used is None:
         raise RuntimeError("ONNX export failed: " + " | ".join(errors))
-    schema = get_schema(info["dataset"])
-    meta = {"dataset": schema.name, "tokens": list(schema.tokens),
-            "class_names": list(schema.class_names), "palette": [list(p) for p in schema.palette],
-            "channel_order": info["channel_order"], "crop_size": list(crop),
-            "center_mode": info.get("center_mode", "exact"), "model_name": info["model_name"],
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "exporter": used}
+    schema = spec.schema()
+    meta = {**spec.to_checkpoint(), "palette": [list(p) for p in schema.palette],
+            "exporter": used}
     proto = onnx.load(path)
     dims = proto.graph.output[0].type.tensor_type.shape.dim
     meta["output"] = "logits at {}x{}".format(*(d.dim_value or d.dim_param for d in dims[-2:]))
@@ -561,14 +475,17 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], info: Dict[str,
     return used
 
 
-def read_onnx_metadata(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The ``dml_csr.*`` metadata of an ONNX file written by :func:`export_onnx`."""
+def read_onnx_metadata(path: Union[str, os.PathLike]) -> ModelSpec:
+    """The model facts (a ``ModelSpec``) stored as ``dml_csr.*`` metadata by :func:`export_onnx`."""
     import onnx
     proto = onnx.load(str(path), load_external_data=False)
     meta = {p.key[len("dml_csr."):]: json.loads(p.value) for p in proto.metadata_props
             if p.key.startswith("dml_csr.")}
-    missing = [k for k in ("dataset", "crop_size", "channel_order") if k not in meta]
-    if missing:
-        raise ValueError(f"{path} lacks the dml_csr metadata {missing}; export it with "
-                         "tools/export_onnx.py")
-    return meta
+    if "input" in meta:
+        return ModelSpec.from_checkpoint({"format": CHECKPOINT_FORMAT, **meta}, str(path))
+    if "crop_size" in meta and "dataset" in meta:                 # files of the first exporter
+        return ModelSpec.for_dataset(meta.get("model_name", "dml_csr"), {}, meta["dataset"],
+                                     crop_size=meta["crop_size"],
+                                     channel_order=meta.get("channel_order", "bgr"),
+                                     center_mode=meta.get("center_mode", "exact"))
+    raise ValueError(f"{path} lacks the dml_csr metadata; export it with tools/export_onnx.py")

@@ -15,6 +15,7 @@ from dml_csr.api import FaceParser, NoFaceWarning
 from dml_csr.data.schemas import get_schema
 from dml_csr.models import DMLCSR
 from dml_csr.models.checkpoint import save_atomic
+from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = (64, 64)
@@ -33,9 +34,8 @@ def ckpt(tmp_path_factory):
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
         model.layer6.conv4.weight.mul_(5)
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
-    save_atomic({"model": model.state_dict(), "model_name": "dml_csr", "model_kwargs": KW,
-                 "config": {"data": {"dataset": "helen", "crop_size": list(CROP),
-                                     "channel_order": "bgr"}}}, path)
+    save_checkpoint(path, model.state_dict(),
+                    ModelSpec.for_dataset("dml_csr", KW, "helen", crop_size=CROP, channel_order="bgr"))
     return path
 
 
@@ -162,12 +162,9 @@ def test_batching_equals_one_by_one(ckpt):
 
 
 def test_release_state_dict_schema_comes_from_its_class_count(tmp_path, monkeypatch, caplog):
-    import dml_csr.models as models
-
-    def release_architecture(num_classes, with_edges):  # the release's DMLCSR(K), CPU-sized
-        return DMLCSR(num_classes=num_classes, with_edges=with_edges, layers=[1, 1, 1, 1],
-                      width_mult=0.125)
-    monkeypatch.setattr(models, "DMLCSR", release_architecture)
+    import dml_csr.models.checkpoint as checkpoint
+    # the release's DMLCSR(K), CPU-sized
+    monkeypatch.setattr(checkpoint, "RELEASE_ARCHITECTURE", {"layers": [1, 1, 1, 1], "width_mult": 0.125})
     monkeypatch.setattr(logging.getLogger("dml_csr"), "propagate", True)
     paths = {}
     for k in (11, 19):
@@ -177,7 +174,7 @@ def test_release_state_dict_schema_comes_from_its_class_count(tmp_path, monkeypa
     def load(k, **kw):
         return FaceParser.from_checkpoint(paths[k], detector=None, fold_bn=False, **kw)
 
-    with caplog.at_level(logging.INFO, logger="dml_csr.api"):      # 19 classes decide the schema
+    with caplog.at_level(logging.INFO, logger="dml_csr"):          # 19 classes decide the schema
         assert load(19).schema.name == "celebamask_hq"
     assert "19 classes" in caplog.text and "celebamask_hq" in caplog.text
     with pytest.raises(ValueError) as err:                         # 11 classes: Helen or LaPa

@@ -4,7 +4,8 @@ import logging
 import pytest
 import torch
 
-from dml_csr.models import DMLCSR, build_model_from_checkpoint
+from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
+from dml_csr.models import DMLCSR, load_inference_model
 from dml_csr.models.checkpoint import (CheckpointMismatchError, load_imagenet_backbone,
                                        load_model_weights, save_atomic)
 
@@ -109,7 +110,10 @@ def test_imagenet_backbone(kw, tmp_path):
 def test_self_describing_checkpoint_roundtrip(kw, tmp_path):
     src = _randomised(DMLCSR(with_edges=True, **kw))
     path = tmp_path / "ckpt.pth"
-    save_atomic({"model": src.state_dict(), "model_name": "dml_csr", "model_kwargs": dict(kw)}, str(path))
-    model, ckpt = build_model_from_checkpoint(str(path))
+    save_checkpoint(str(path), src.state_dict(), ModelSpec.for_dataset("dml_csr", kw, "synthetic"))
+    model, spec = load_inference_model(str(path))
     assert not model.with_edges and _equal(src, model, skip_edges=True)
+    assert spec.family == "dml_csr" and spec.model_kwargs == kw and spec.dataset == "synthetic"
+    trained, _ = load_inference_model(str(path), training=True)      # the edge branch comes back
+    assert trained.with_edges and _equal(src, trained)
     assert not list(tmp_path.glob(".tmp_*"))

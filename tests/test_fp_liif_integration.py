@@ -17,7 +17,7 @@ import torch
 
 from dml_csr.config import ConfigError, load_config
 from dml_csr.engine.trainer import Trainer
-from dml_csr.models import build_model_from_checkpoint
+from dml_csr.models import load_inference_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -150,8 +150,9 @@ def test_trainer_best_checkpoint_rebuilds_and_scores(run, tmp_path):
     last = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=False)
     assert "betas" in last["optimizer"]["param_groups"][0]                  # AdamW, not SGD
     assert last["stage"] == "multitask" and last["teacher"] is None
-    model, ckpt = build_model_from_checkpoint(os.path.join(out, "best.pth"))
-    assert type(model).__name__ == "FPLIIF" and ckpt["model_name"] == "fp_liif"
+    ckpt = torch.load(os.path.join(out, "best.pth"), map_location="cpu", weights_only=False)
+    model, spec = load_inference_model(ckpt)
+    assert type(model).__name__ == "FPLIIF" and spec.family == "fp_liif"
     assert ckpt["model_kwargs"]["width"] == 16 and ckpt["model_kwargs"]["num_classes"] == 11
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["model"][key]), key
@@ -184,14 +185,14 @@ def test_api_whole_image_mode_returns_the_photo_size(run):
 
 def test_onnx_fixed_output_size_matches_pytorch(run, tmp_path):
     import onnxruntime as ort
-    from dml_csr.api import export_onnx, load_inference_model, read_onnx_metadata
+    from dml_csr.api import export_onnx, read_onnx_metadata
     out, _ = run
-    model, info = load_inference_model(os.path.join(out, "best.pth"))
+    model, spec = load_inference_model(os.path.join(out, "best.pth"))
     size = (2 * CROP, 2 * CROP)                       # output at 2x the input: a LIIF property
     path = str(tmp_path / "fp_liif.onnx")
-    export_onnx(model, path, info, output_size=size, exporter="torchscript")
+    export_onnx(model, path, spec, output_size=size, exporter="torchscript")
     meta = read_onnx_metadata(path)
-    assert meta["model_name"] == "fp_liif" and meta["crop_size"] == [CROP, CROP]
+    assert meta.family == "fp_liif" and meta.crop_size == (CROP, CROP)
     x = torch.randn(1, 3, CROP, CROP, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x, size=size).parsing.numpy()

@@ -17,6 +17,7 @@ from dml_csr.eval.evaluate import evaluate_folder
 from dml_csr.eval.inference import evaluate_model, flip_logits, predict_logits
 from dml_csr.models import DMLCSR
 from dml_csr.models.contract import ParsingModel, ParsingOutput, resize_logits_to
+from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = get_schema("synthetic")
@@ -327,7 +328,8 @@ def test_cli_end_to_end_with_both_checkpoint_formats(data_root, tmp_path):
     bare = tmp_path / "release" / "release.pth"
     ours.parent.mkdir()
     bare.parent.mkdir()
-    torch.save({"model": state, "model_name": "dml_csr", "model_kwargs": kwargs}, ours)
+    save_checkpoint(str(ours), state, ModelSpec.for_dataset("dml_csr", kwargs, "synthetic",
+                                                             crop_size=(64, 64)))
     torch.save({f"module.{k}": v for k, v in state.items()}, bare)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"name: tiny\ndata:\n  dataset: synthetic\n  root: {data_root}\n"

@@ -6,9 +6,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from dml_csr.api import FaceParser, export_onnx, load_inference_model, read_onnx_metadata
+from dml_csr.api import FaceParser, export_onnx, read_onnx_metadata
+from dml_csr.models import load_inference_model
 from dml_csr.models import DMLCSR
 from dml_csr.models.checkpoint import save_atomic
+from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
@@ -31,17 +33,16 @@ def ckpt(tmp_path_factory):
                 if hasattr(m, name):
                     getattr(m, name).fill_(0.5)
     path = str(tmp_path_factory.mktemp("onnx") / "tiny.pth")
-    save_atomic({"model": model.state_dict(), "model_name": "dml_csr", "model_kwargs": KW,
-                 "config": {"data": {"dataset": "helen", "crop_size": list(CROP),
-                                     "channel_order": "rgb"}}}, path)
+    save_checkpoint(path, model.state_dict(),
+                    ModelSpec.for_dataset("dml_csr", KW, "helen", crop_size=CROP, channel_order="rgb"))
     return path
 
 
 @pytest.fixture(scope="module")
 def exported(ckpt, tmp_path_factory):
-    model, info = load_inference_model(ckpt)
+    model, spec = load_inference_model(ckpt)
     path = str(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
-    used = export_onnx(model, path, info, dynamic_batch=True)
+    used = export_onnx(model, path, spec, dynamic_batch=True)
     return model, path, used
 
 
@@ -60,9 +61,10 @@ def test_logits_match_pytorch_with_dynamic_batch(exported):
 
 def test_metadata_round_trip(exported):
     meta = read_onnx_metadata(exported[1])
-    assert meta["dataset"] == "helen" and meta["channel_order"] == "rgb"
-    assert meta["crop_size"] == list(CROP) and meta["tokens"][:2] == ["bg", "face"]
-    assert len(meta["class_names"]) == len(meta["palette"]) == 11
+    assert meta.dataset == "helen" and meta.channel_order == "rgb" and meta.family == "dml_csr"
+    assert meta.crop_size == tuple(CROP) and meta.class_tokens[:2] == ["bg", "face"]
+    assert len(meta.class_names) == len(meta.schema().palette) == 11
+    assert meta.mean == (0.485, 0.456, 0.406) and meta.std == (0.229, 0.224, 0.225)
 
 
 def test_api_onnx_backend_matches_torch(ckpt, exported):
@@ -99,11 +101,11 @@ def test_fp_liif_exports_at_a_fixed_output_size(tmp_path):
     kw = dict(num_classes=11, width=8, blocks=[1, 1, 1], reduce_dims=[16, 8], decoder_dims=[16])
     torch.manual_seed(0)
     path = str(tmp_path / "liif.pth")
-    save_atomic({"model": FPLIIF(**kw).state_dict(), "model_name": "fp_liif", "model_kwargs": kw,
-                 "config": {"data": {"dataset": "helen", "crop_size": [32, 32]}}}, path)
-    model, info = load_inference_model(path)
+    save_checkpoint(path, FPLIIF(**kw).state_dict(),
+                    ModelSpec.for_dataset("fp_liif", kw, "helen", crop_size=(32, 32)))
+    model, spec = load_inference_model(path)
     out = str(tmp_path / "liif.onnx")
-    export_onnx(model, out, info, output_size=(40, 36))
+    export_onnx(model, out, spec, output_size=(40, 36))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         ref = model(x, size=(40, 36)).parsing.numpy()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 from dml_csr.cli import run
 from dml_csr.data.schemas import get_schema
 from dml_csr.eval import paper
@@ -307,8 +308,8 @@ def test_run_test_writes_the_row_of_the_config_and_make_tables_keeps_them_apart(
         kwargs = model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
         model = build_model(cfg.model.name, kwargs)
         ckpt = tmp_path / f"{row}.pth"
-        torch.save({"model": model.state_dict(), "model_name": cfg.model.name,
-                    "model_kwargs": kwargs}, ckpt)
+        save_checkpoint(str(ckpt), model.state_dict(),
+                        ModelSpec.for_dataset(cfg.model.name, kwargs, cfg.data.dataset))
         result = run_test(cfg, str(ckpt), "test")
         assert result["meta"]["row"] == row, cfg.name
         assert result["meta"]["model"] == cfg.model.name

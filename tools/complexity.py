@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from dml_csr.cli import add_debug_argument, run  # noqa: E402
 from dml_csr.config import load_config  # noqa: E402
 from dml_csr.data.schemas import get_schema  # noqa: E402
-from dml_csr.models import (FAMILIES, build_model, build_model_from_checkpoint,  # noqa: E402
+from dml_csr.models import (FAMILIES, build_model, load_inference_model,  # noqa: E402
                             model_kwargs_from_config)
 from dml_csr.utils.complexity import complexity_report  # noqa: E402
 
@@ -50,8 +50,8 @@ def main(argv=None):
 
     builds = []
     if args.checkpoint:
-        model, ckpt = build_model_from_checkpoint(args.checkpoint)
-        builds.append((f"{ckpt['model_name']} (checkpoint)", model))
+        model, spec = load_inference_model(args.checkpoint)
+        builds.append((f"{spec.family} (checkpoint)", model))
     else:
         if args.config:
             cfg = load_config(args.config, args.overrides)

@@ -41,13 +41,14 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from dml_csr.api import ONNX_INPUT, export_onnx, load_inference_model, read_onnx_metadata
+    from dml_csr.api import ONNX_INPUT, export_onnx, read_onnx_metadata
+    from dml_csr.models import load_inference_model
 
-    model, info = load_inference_model(args.checkpoint, dataset=args.dataset, crop_size=args.size,
-                                       channel_order=args.channel_order)
-    used = export_onnx(model, args.out, info, dynamic_batch=args.dynamic_batch, opset=args.opset,
+    model, spec = load_inference_model(args.checkpoint, dataset=args.dataset)
+    spec = spec.with_input(args.size, args.channel_order)
+    used = export_onnx(model, args.out, spec, dynamic_batch=args.dynamic_batch, opset=args.opset,
                        output_size=args.output_size, fold_bn=not args.no_fold, exporter=args.exporter)
-    crop = tuple(info["crop_size"])
+    crop = spec.crop_size
     x = torch.randn(2 if args.dynamic_batch else 1, 3, *crop, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model.eval().export_logits(x, args.output_size)
@@ -57,8 +58,8 @@ def main(argv=None) -> int:
     meta = read_onnx_metadata(args.out)
     print(f"exported {args.out} with the {used} exporter (opset {args.opset}, "
           f"{'dynamic' if args.dynamic_batch else 'fixed'} batch, norms {'kept' if args.no_fold else 'folded'})")
-    print(f"metadata: dataset={meta['dataset']} classes={len(meta['tokens'])} "
-          f"channel_order={meta['channel_order']} crop_size={meta['crop_size']}")
+    print(f"metadata: dataset={meta.dataset} classes={meta.num_classes} "
+          f"channel_order={meta.channel_order} crop_size={list(meta.crop_size)}")
     print(f"output {tuple(out.shape)}; max abs difference to PyTorch: {diff:.3e}")
     return 0 if diff <= args.tol else 1
 

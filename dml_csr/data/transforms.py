@@ -11,7 +11,7 @@ crop. A positive rotation turns the image content counter-clockwise on screen (t
 The same matrix, inverted, maps predictions back onto the original image (``warp_back``), which is
 what the evaluation protocol and the inference API use.
 """
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -183,11 +183,14 @@ def warp_back(array: ArrayLike, center, scale: float, rotation: float, orig_size
     return out
 
 
-def normalize_image(image: np.ndarray, channel_order: str = "bgr") -> torch.Tensor:
+def normalize_image(image: np.ndarray, channel_order: str = "bgr",
+                    mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
     """uint8 (H, W, 3) BGR image (as OpenCV reads it) -> normalised float32 (3, H, W) tensor.
 
     ``"bgr"`` keeps the BGR channel order and applies the RGB ImageNet statistics to it channel by
     channel, as the release does; ``"rgb"`` reorders to RGB first (the statistics then match).
+    ``mean`` / ``std``: per channel of the output order (default the ImageNet statistics, the one
+    copy of them in the package: ``MEAN``, ``STD``).
     """
     if channel_order not in ("bgr", "rgb"):
         raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
@@ -198,8 +201,8 @@ def normalize_image(image: np.ndarray, channel_order: str = "bgr") -> torch.Tens
     out = np.empty((3, h, w), dtype=np.float32)
     for c in range(3):
         # (x / 255 - mean) / std as one multiply-add per channel
-        a = 1.0 / (255.0 * STD[c])
-        b = -MEAN[c] / STD[c]
+        a = 1.0 / (255.0 * std[c])
+        b = -mean[c] / std[c]
         np.multiply(image[:, :, src[c]], np.float32(a), out=out[c], dtype=np.float32)
         out[c] += np.float32(b)
     return torch.from_numpy(out)

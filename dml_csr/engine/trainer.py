@@ -37,10 +37,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config, config_to_dict, save_config
 from ..data import FaceDataset, get_schema
+from ..data.transforms import MEAN, STD
 from ..data.check import DataCheckError, DataCheckReport, check_data
 from ..losses import MultiTaskLoss, SelfDistillationLoss, build_losses
 from ..models import ParsingOutput, build_model, load_imagenet_backbone, model_kwargs_from_config
-from ..models.checkpoint import check_backbone_file, load_checkpoint_file
+from ..models.checkpoint import (READABLE_FORMATS, ModelSpec, check_backbone_file,
+                                 load_checkpoint_file, save_checkpoint)
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr
 from . import distributed as du
@@ -51,7 +53,6 @@ __all__ = ["Trainer", "FrozenTeacher", "MultiTaskStage", "DistillStage", "RunDir
 
 logger = logging.getLogger("dml_csr.train")
 
-CHECKPOINT_FORMAT = "dml_csr.train/1"
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "tb")
 REESTIMATE_EPOCH_OFFSET = 1_000_000   # augmentation epoch ids of the BN re-estimation passes
 # keys that may change on --resume without changing the run's results
@@ -375,17 +376,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
     # ---------------------------------------------------------------- checkpoints
-    def _describe(self) -> Dict[str, Any]:
-        """The self-describing part shared by every checkpoint of the run."""
+    def _spec(self) -> ModelSpec:
+        """What every checkpoint of the run says about its model, classes and input."""
         d = self.cfg.data
-        return {"format": CHECKPOINT_FORMAT, "model_name": self.model_name,
-                "model_kwargs": dict(self.model_kwargs), "config": config_to_dict(self.cfg),
-                "dataset": d.dataset, "class_tokens": list(self.schema.tokens),
-                "class_names": list(self.schema.class_names), "num_classes": self.schema.num_classes,
-                "input": {"crop_size": list(d.crop_size), "channel_order": d.channel_order,
-                          "center_mode": d.center_mode, "mean": [0.485, 0.456, 0.406],
-                          "std": [0.229, 0.224, 0.225]},
-                "torch_version": torch.__version__}
+        return ModelSpec.for_dataset(self.model_name, self.model_kwargs, d.dataset,
+                                     crop_size=d.crop_size, channel_order=d.channel_order,
+                                     center_mode=d.center_mode)
+
+    def _save(self, name: str, state: Dict[str, torch.Tensor], **extra) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.path(name), state, self._spec(),
+                            config=config_to_dict(self.cfg), **extra)
 
     def _stage_of(self, epoch: int) -> Tuple[str, int]:
         e0 = self.cfg.multitask_epochs
@@ -395,30 +396,22 @@ class Trainer:
 
     def _save_last(self) -> None:
         stage, cycle = self._stage_of(max(self.epoch - 1, 0))
-        ckpt = self._describe()
-        ckpt.update({
-            "model": du.unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {**self.schedule.state_dict(), "epoch": self.epoch, "iteration": 0},
-            "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
-            "epoch": self.epoch, "stage": stage, "cycle": cycle,
-            "snapshots": {"sum": self.snap_sum, "count": self.snap_count},
-            "teacher": None if self.teacher is None else self.teacher.model.state_dict(),
-            "teacher_kind": self.cfg.train.teacher,
-            "best": self.best,
-            "metrics": self.last_metrics,
-        })
-        du.save_on_main(ckpt, self.path("last.pth"))
+        self._save("last.pth", du.unwrap(self.model).state_dict(),
+                   optimizer=self.optimizer.state_dict(),
+                   scheduler={**self.schedule.state_dict(), "epoch": self.epoch, "iteration": 0},
+                   scaler=self.scaler.state_dict(), rng=_rng_state(),
+                   epoch=self.epoch, stage=stage, cycle=cycle,
+                   snapshots={"sum": self.snap_sum, "count": self.snap_count},
+                   teacher=None if self.teacher is None else self.teacher.model.state_dict(),
+                   teacher_kind=self.cfg.train.teacher, best=self.best,
+                   metrics=self.last_metrics)
 
     def _save_inference(self, state: Dict[str, torch.Tensor], name: str, **facts) -> None:
-        ckpt = self._describe()
-        ckpt.update({"model": state, **facts})
-        du.save_on_main(ckpt, self.path(name))
+        self._save(name, state, **facts)
 
     def _load_last(self) -> None:
         ckpt = load_checkpoint_file(self.path("last.pth"))
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        if ckpt.get("format") not in READABLE_FORMATS or "optimizer" not in ckpt:
             raise RunDirError(f"{self.path('last.pth')} is not a training checkpoint of this trainer")
         saved = _flatten(ckpt["config"])
         for key, value in LEGACY_DEFAULTS.items():   # runs saved before the field existed
@@ -555,8 +548,8 @@ class Trainer:
         if self.writer is None:
             return
         n = min(4, batch["image"].shape[0])
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(STD).view(1, 3, 1, 1)
         img = (batch["image"][:n].detach().float().cpu() * std + mean).clamp(0, 1)
         if self.cfg.data.channel_order == "bgr":
             img = img.flip(1)

@@ -34,10 +34,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dml_csr.data.transforms import warp_back
+from dml_csr.models.checkpoint import load_inference_model
+from dml_csr.models.registry import model_kwargs_from_config
 
 from .metrics import ConfusionMatrix, compute_metrics
 
-__all__ = ["predict_logits", "flip_logits", "evaluate_model", "load_inference_model",
+__all__ = ["predict_logits", "flip_logits", "evaluate_model",
            "build_eval_dataset", "run_test", "INFERENCE_PROTOCOL"]
 
 logger = logging.getLogger(__name__)
@@ -331,34 +333,6 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
 # tools/test.py: config + checkpoint -> result
 
 
-def load_inference_model(cfg, checkpoint, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """The model of ``cfg`` in its inference form (no edge branch) with ``checkpoint``'s weights.
-
-    ``checkpoint``: path, loaded dict or state_dict; self-describing (ours) or the release's bare
-    state_dict (``module.`` prefixes and edge-branch keys are handled by ``load_model_weights``).
-    """
-    from dml_csr.data.schemas import get_schema
-    from dml_csr.models import build_model, model_kwargs_from_config
-    from dml_csr.models.checkpoint import load_checkpoint_file, load_model_weights
-
-    source, ckpt = "checkpoint", checkpoint
-    if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        ckpt = load_checkpoint_file(source)
-    kwargs = model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
-    if isinstance(ckpt, Mapping) and "model_kwargs" in ckpt:
-        stored = dict(ckpt["model_kwargs"])
-        differ = {key: (stored.get(key), value) for key, value in kwargs.items()
-                  if key != "norm_backend" and key in stored and stored[key] != value}
-        if ckpt.get("model_name", cfg.model.name) != cfg.model.name or differ:
-            logger.warning("%s was saved for model %s %s; the config asks for %s %s (differing: "
-                           "%s); loading may fail", source, ckpt.get("model_name"), stored,
-                           cfg.model.name, kwargs, differ)
-    model = build_model(cfg.model.name, kwargs)
-    load_model_weights(model, ckpt, source=source)
-    return model.to(device).eval()
-
-
 def build_eval_dataset(cfg, split: str, data_root: Optional[str] = None):
     """The un-augmented ``FaceDataset`` of ``split`` with ``cfg``'s crop, channel order and
     centre convention; the label_names.txt of the root must match ``cfg.data.dataset``."""
@@ -398,7 +372,12 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     from .evaluate import build_result
     from .paper import result_row
 
-    model = load_inference_model(cfg, checkpoint, device)
+    model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset, config=cfg,
+                                       device=device)
+    asked = model_kwargs_from_config(cfg.model, spec.num_classes)
+    if (spec.family, spec.model_kwargs) != (cfg.model.name, asked):
+        logger.info("%s holds %s %s; the config names %s %s: the checkpoint's model is used",
+                    checkpoint, spec.family, spec.model_kwargs, cfg.model.name, asked)
     dataset = build_eval_dataset(cfg, split, data_root)
     e = cfg.eval
     output_scale = float(e.output_scale if output_scale is None else output_scale)

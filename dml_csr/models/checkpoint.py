@@ -1,25 +1,42 @@
-"""Checkpoint I/O: the release's files, our self-describing files, and ImageNet backbones.
+"""Checkpoint I/O: one writer, one reader, the release's bare files, and ImageNet backbones.
 
-A release checkpoint is a bare state_dict (possibly with a ``module.`` prefix from
-DataParallel); ours is a dict with ``model`` (the state_dict), ``model_name``, ``model_kwargs``,
-``dataset``/``schema`` facts and training state, so test and inference can rebuild the model from
-the file alone. Both load through :func:`load_model_weights`.
+Our checkpoints (format ``CHECKPOINT_FORMAT``; ``dml_csr.train/1`` files hold the same fields
+and are read alike) are dicts written by :func:`save_checkpoint`:
+
+    format          "dml_csr.checkpoint/2"
+    model           the state_dict
+    model_name      the model family (models/registry.py) and model_kwargs its arguments
+    dataset, class_tokens, class_names, num_classes
+    input           crop_size, channel_order (bgr | rgb), center_mode, mean, std
+    config          the resolved training config (optional), torch_version, and whatever the
+                    writer adds (training state in last.pth; epoch, score, metrics in best.pth)
+
+:func:`load_inference_model` is the one reader: it rebuilds the family with its arguments and
+takes the classes and the input facts from the file (:class:`ModelSpec`). The authors' bare
+state_dicts (possibly with a ``module.`` prefix from DataParallel) load too: the family is
+DML-CSR and the data set comes from the caller or the class count.
 """
 import logging
 import os
 import re
 import tempfile
-from typing import Any, Dict, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["extract_state_dict", "load_model_weights", "load_imagenet_backbone", "save_atomic",
+__all__ = ["ModelSpec", "save_checkpoint", "load_inference_model", "release_dataset",
+           "extract_state_dict", "load_model_weights", "load_imagenet_backbone", "save_atomic",
            "load_checkpoint_file", "state_num_classes", "check_backbone_file", "CheckpointError",
-           "CheckpointMismatchError",
-           "CheckpointReadError", "BACKBONE_PREFIXES", "CLASSIFIER_KEY"]
+           "CheckpointMismatchError", "CheckpointReadError", "BACKBONE_PREFIXES", "CLASSIFIER_KEY",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "dml_csr.checkpoint/2"
+RELEASE_ARCHITECTURE: Dict[str, Any] = {}   # the authors' files: DMLCSR(num_classes) as it stands
+READABLE_FORMATS = (CHECKPOINT_FORMAT, "dml_csr.train/1")   # /1 holds the same fields
 
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
                      "layer1.", "layer2.", "layer3.", "layer4.")
@@ -207,3 +224,194 @@ def save_atomic(obj: Any, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ----------------------------------------------------------------------------- the one format
+@dataclass
+class ModelSpec:
+    """What travels with the weights: the family and its arguments, the classes, the input.
+
+    ``schema()`` is the data set's label schema (flip pairs, palette) with the file's class names.
+    """
+
+    family: str
+    model_kwargs: Dict[str, Any]
+    dataset: str
+    class_tokens: List[str]
+    class_names: List[str]
+    crop_size: Tuple[int, int] = (473, 473)
+    channel_order: str = "bgr"
+    center_mode: str = "exact"
+    mean: Tuple[float, float, float] = field(default=None)
+    std: Tuple[float, float, float] = field(default=None)
+
+    def __post_init__(self):
+        from ..data.transforms import MEAN, STD
+        self.crop_size = tuple(int(v) for v in self.crop_size)
+        self.mean = tuple(float(v) for v in (MEAN if self.mean is None else self.mean))
+        self.std = tuple(float(v) for v in (STD if self.std is None else self.std))
+        if len(self.class_names) != len(self.class_tokens):
+            raise CheckpointMismatchError(f"{len(self.class_names)} class names for "
+                                          f"{len(self.class_tokens)} classes")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_tokens)
+
+    @classmethod
+    def for_dataset(cls, family: str, model_kwargs: Dict[str, Any], dataset: str,
+                    **input_facts) -> "ModelSpec":
+        """A spec whose classes are the data set's schema."""
+        from ..data.schemas import get_schema
+        schema = get_schema(dataset)
+        return cls(family, dict(model_kwargs), schema.name, list(schema.tokens),
+                   list(schema.class_names), **input_facts)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any], source: str = "checkpoint") -> "ModelSpec":
+        """The spec stored in one of our checkpoint dicts (both readable formats)."""
+        if ckpt.get("format") not in READABLE_FORMATS:
+            raise CheckpointMismatchError(
+                f"{source} has checkpoint format {ckpt.get('format')!r}; this version reads "
+                f"{list(READABLE_FORMATS)}")
+        inp = dict(ckpt.get("input") or {})
+        missing = [k for k in ("model_name", "model_kwargs", "dataset", "class_tokens")
+                   if k not in ckpt]
+        if missing:
+            raise CheckpointMismatchError(f"{source} lacks the checkpoint fields {missing}")
+        tokens = list(ckpt["class_tokens"])
+        return cls(family=ckpt["model_name"], model_kwargs=dict(ckpt["model_kwargs"]),
+                   dataset=ckpt["dataset"], class_tokens=tokens,
+                   class_names=list(ckpt.get("class_names") or tokens),
+                   crop_size=inp.get("crop_size", (473, 473)),
+                   channel_order=inp.get("channel_order", "bgr"),
+                   center_mode=inp.get("center_mode", "exact"), mean=inp.get("mean"),
+                   std=inp.get("std"))
+
+    def with_input(self, crop_size: Optional[Sequence[int]] = None,
+                   channel_order: Optional[str] = None) -> "ModelSpec":
+        """This spec with the caller's explicit input facts (None keeps the file's)."""
+        import dataclasses as dc
+        return dc.replace(self, crop_size=self.crop_size if crop_size is None else tuple(crop_size),
+                          channel_order=channel_order or self.channel_order)
+
+    def to_checkpoint(self) -> Dict[str, Any]:
+        """The fields this spec writes into a checkpoint dict."""
+        return {"model_name": self.family, "model_kwargs": dict(self.model_kwargs),
+                "dataset": self.dataset, "class_tokens": list(self.class_tokens),
+                "class_names": list(self.class_names), "num_classes": self.num_classes,
+                "input": {"crop_size": list(self.crop_size), "channel_order": self.channel_order,
+                          "center_mode": self.center_mode, "mean": list(self.mean),
+                          "std": list(self.std)}}
+
+    def schema(self):
+        """The data set's schema (flip pairs, palette) with this file's class names."""
+        import dataclasses as dc
+
+        from ..data.schemas import get_schema
+        schema = get_schema(self.dataset)
+        if tuple(self.class_tokens) != schema.tokens:
+            raise CheckpointMismatchError(
+                f"the checkpoint's class tokens {list(self.class_tokens)} are not the "
+                f"{self.dataset!r} schema's {list(schema.tokens)}")
+        return dc.replace(schema, class_names=tuple(self.class_names))
+
+
+def save_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, *,
+                    config: Optional[Mapping[str, Any]] = None, **extra: Any) -> None:
+    """Write one of our checkpoints atomically (module docstring); ``extra`` entries (training
+    state, scores) are stored beside the spec's fields."""
+    ckpt: Dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": dict(state_dict),
+                            **spec.to_checkpoint(), "torch_version": torch.__version__}
+    if config is not None:
+        ckpt["config"] = dict(config)
+    clash = set(extra) & set(ckpt)
+    if clash:
+        raise ValueError(f"save_checkpoint: extra entries {sorted(clash)} would replace the format's")
+    ckpt.update(extra)
+    save_atomic(ckpt, path)
+
+
+def release_dataset(path, num_classes: Optional[int], dataset: Optional[str] = None) -> str:
+    """The data set of a bare release state_dict with ``num_classes`` classes.
+
+    ``dataset`` given: it, when its schema has that class count. Not given: the only benchmark
+    with that count (19: celebamask_hq); 11 classes are Helen or LaPa, which the file cannot tell
+    apart, so the caller must choose. Errors name the file, the counts and the choices."""
+    from ..data.schemas import datasets_with_classes, describe_class_count, get_schema
+
+    if num_classes is None:
+        raise ValueError(f"{path} is a bare state_dict without DML-CSR's classifier "
+                         f"{CLASSIFIER_KEY!r}: not a DML-CSR release checkpoint")
+    if dataset:
+        expected = get_schema(dataset).num_classes
+        if expected != num_classes:
+            raise ValueError(f"{path} predicts {num_classes} classes but data set {dataset!r} has "
+                             f"{expected} ({describe_class_count(num_classes)}): pass the data set "
+                             f"the checkpoint was trained on (--dataset, or dataset= in the API)")
+        return dataset
+    names = datasets_with_classes(num_classes)
+    if len(names) == 1:
+        logger.info("%s: a release state_dict with %d classes: the %s schema", path, num_classes,
+                    names[0])
+        return names[0]
+    if names:
+        choices = " or ".join(f"--dataset {n}" for n in names)
+        raise ValueError(f"{path} is a release state_dict with {describe_class_count(num_classes)}"
+                         f", which its weights cannot tell apart: pass {choices} (dataset= in the "
+                         f"API)")
+    raise ValueError(f"{path} is a release state_dict with {describe_class_count(num_classes)}")
+
+
+def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]], *,
+                         dataset: Optional[str] = None, config=None, training: bool = False,
+                         device: Union[str, torch.device] = "cpu"
+                         ) -> Tuple[nn.Module, ModelSpec]:
+    """The one way to load a model for inference: ``(model in eval mode on device, spec)``.
+
+    Args:
+        checkpoint: a path, or a checkpoint already loaded (ours or a bare state_dict).
+        dataset: the label schema the caller expects. Ours: checked against the file (another
+            class count is an error; the same count with another name is used, with a warning).
+            A bare release state_dict: its data set (needed when the class count does not decide
+            it: 11 classes are Helen or LaPa; 19 is CelebAMask-HQ).
+        config: a resolved ``Config`` for files that do not describe themselves: a bare
+            state_dict then takes the config's model family, arguments and input facts
+            (``data.crop_size``, ``channel_order``, ``center_mode``) instead of the release's.
+        training: build the training form (DML-CSR's edge heads; they start fresh when the file
+            has none).
+    """
+    from ..data.schemas import get_schema
+    from .registry import build_model, model_kwargs_from_config
+
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+    ckpt = load_checkpoint_file(source) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    if isinstance(ckpt, Mapping) and "model_name" in ckpt:
+        spec = ModelSpec.from_checkpoint(ckpt, source)
+        if dataset and dataset != spec.dataset:
+            expected = get_schema(dataset).num_classes
+            if expected != spec.num_classes:
+                raise ValueError(
+                    f"{source} predicts {spec.num_classes} classes ({spec.dataset}) but data set "
+                    f"{dataset!r} has {expected}: pass the data set it was trained on")
+            logger.warning("%s was trained on %s; using the %s schema as asked", source,
+                           spec.dataset, dataset)
+            spec = ModelSpec.for_dataset(spec.family, spec.model_kwargs, dataset,
+                                         crop_size=spec.crop_size, channel_order=spec.channel_order,
+                                         center_mode=spec.center_mode, mean=spec.mean, std=spec.std)
+    else:
+        state = extract_state_dict(ckpt, source)
+        if config is not None:           # a wrong class count fails in load_model_weights, by key
+            name = dataset or config.data.dataset
+            d = config.data
+            spec = ModelSpec.for_dataset(config.model.name, model_kwargs_from_config(
+                config.model, get_schema(name).num_classes), name, crop_size=d.crop_size,
+                channel_order=d.channel_order, center_mode=d.center_mode)
+        else:
+            name = release_dataset(source, state_num_classes(state), dataset)
+            spec = ModelSpec.for_dataset(
+                "dml_csr", {"num_classes": get_schema(name).num_classes, **RELEASE_ARCHITECTURE},
+                name)
+    model = build_model(spec.family, spec.model_kwargs, training=training)
+    load_model_weights(model, ckpt, source=source)
+    return model.to(device).eval(), spec
