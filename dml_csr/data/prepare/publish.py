@@ -1,0 +1,214 @@
+"""What every preparer shares on the output side: atomic file publishing, the checks that a
+sample written earlier is complete, the verbatim converter, and :func:`run_plan`, which writes a
+plan into the prepared root (samples first, then the list files and ``label_names.txt``).
+"""
+import logging
+import multiprocessing
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..schemas import Schema
+from .common import (Converter, Item, Plan, PrepareError, PrepareReport, read_id_map, read_image,
+                     size_text)
+
+__all__ = ["PARTIAL_GLOB", "publish_bytes", "publish_file", "encode", "matches_source",
+           "output_is_valid", "CopyIdMap", "check_out_dir", "run_plan"]
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_GLOB = ".*.partial"
+
+
+def partial_path(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+
+
+def publish_bytes(dst: Path, data: bytes) -> None:
+    """Write ``data`` to ``dst`` through a temporary name, so ``dst`` is never half-written."""
+    tmp = partial_path(dst)
+    tmp.unlink(missing_ok=True)  # never write through a stale link into someone else's file
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def publish_file(src: Path, dst: Path, link: str) -> None:
+    """Copy or link ``src`` to ``dst`` through a temporary name. ``src`` is only read."""
+    tmp = partial_path(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        if link == "symlink":
+            os.symlink(os.path.abspath(src), tmp)
+        elif link == "hardlink":
+            os.link(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        # os.replace swaps the name only: an old hard link or symlink at dst is dropped, never
+        # written through, so the raw file it pointed to stays untouched.
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PrepareError(f"{src}: cannot {link} to {dst}: {e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def encode(ext: str, array: np.ndarray, params: Sequence[int] = ()) -> bytes:
+    ok, buf = cv2.imencode(ext, array, list(params))
+    if not ok:
+        raise PrepareError(f"cannot encode an array of shape {array.shape} as {ext}")
+    return buf.tobytes()
+
+
+def matches_source(dst: Path, src: Path, link: str) -> bool:
+    """Whether ``dst`` is what ``publish_file(src, dst, link)`` would produce now."""
+    try:
+        if link == "symlink":
+            return dst.is_symlink() and os.readlink(dst) == os.path.abspath(src)
+        if dst.is_symlink():
+            return False
+        if link == "hardlink":
+            return os.path.samefile(dst, src)
+        return not os.path.samefile(dst, src) and dst.stat().st_size == src.stat().st_size
+    except OSError:
+        return False
+
+
+def output_is_valid(image_out: Path, label_out: Path, num_classes: int,
+                    size: Optional[int] = None) -> bool:
+    """Whether a sample written earlier is complete: both files decode, ids < num_classes, same
+    height and width (and ``size`` x ``size`` when given)."""
+    if not (image_out.is_file() and label_out.is_file()):
+        return False
+    label = cv2.imread(str(label_out), cv2.IMREAD_UNCHANGED)
+    if label is None or label.ndim != 2 or label.dtype != np.uint8 or label.max() >= num_classes:
+        return False
+    if size is not None and label.shape != (size, size):
+        return False
+    image = cv2.imread(str(image_out), cv2.IMREAD_COLOR)
+    return image is not None and image.shape[:2] == label.shape
+
+
+@dataclass(frozen=True)
+class CopyIdMap:
+    """LaPa and HELEN*: the label already holds ids; validate, then copy or link both files."""
+
+    num_classes: int
+    link: str
+
+    def __call__(self, task: Tuple[Item, Path, Path]) -> bool:
+        item, image_out, label_out = task
+        label_src = item.labels[0][1]
+        if (matches_source(image_out, item.image, self.link)
+                and matches_source(label_out, label_src, self.link)
+                and output_is_valid(image_out, label_out, self.num_classes)):
+            return False
+        label = read_id_map(label_src, self.num_classes)
+        image = read_image(item.image)
+        if image.shape[:2] != label.shape:
+            raise PrepareError(f"{label_src}: label is {size_text(label)} but its image "
+                               f"{item.image} is {size_text(image)}")
+        publish_file(item.image, image_out, self.link)
+        publish_file(label_src, label_out, self.link)
+        return True
+
+
+def check_out_dir(raw_dir: Path, out_dir: Path, splits: Sequence[str] = ()) -> None:
+    """Refuse an output location that would put any written file inside the raw tree."""
+    raw = raw_dir.resolve()
+    out = out_dir.resolve()
+    for target in [out] + [out / s / sub for s in splits for sub in ("images", "labels")]:
+        if target == raw or raw in target.parents:
+            raise PrepareError(f"{out_dir}: the output would be written inside the raw directory "
+                               f"{raw_dir} (or equal to it); choose an OUT_DIR outside it")
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"{out_dir}: exists and is not a directory")
+
+
+def check_label_names(out_dir: Path, schema: Schema) -> None:
+    path = out_dir / "label_names.txt"
+    if path.is_file():
+        tokens = tuple(path.read_text().split())
+        if tokens != schema.tokens:
+            raise PrepareError(f"{path}: OUT_DIR already holds another data set (tokens {list(tokens)}"
+                               f", expected {list(schema.tokens)}); choose an empty OUT_DIR")
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[Optional["multiprocessing.pool.Pool"]]:
+    if workers <= 1:
+        yield None
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield pool
+
+
+def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: Plan,
+             converter: Converter, workers: int, progress: bool, expected: Optional[Dict[str, int]],
+             notes: Sequence[str] = ()) -> PrepareReport:
+    check_out_dir(raw_dir, out_dir, list(plan))
+    check_label_names(out_dir, schema)
+    for split in plan:  # until this run has finished, the tree is not complete
+        (out_dir / f"{split}_list.txt").unlink(missing_ok=True)
+    written: Dict[str, int] = {}
+    skipped: Dict[str, int] = {}
+    warnings = list(notes)
+    with _pool(workers) as pool:
+        for split, items in plan.items():
+            images_dir = out_dir / split / "images"
+            labels_dir = out_dir / split / "labels"
+            images_dir.mkdir(parents=True, exist_ok=True)
+            labels_dir.mkdir(parents=True, exist_ok=True)
+            for stale in [*images_dir.glob(PARTIAL_GLOB), *labels_dir.glob(PARTIAL_GLOB)]:
+                stale.unlink()  # left by an interrupted run
+            tasks = [(it, images_dir / f"{it.name}.jpg", labels_dir / f"{it.name}.png")
+                     for it in items]
+            results = pool.imap_unordered(converter, tasks, chunksize=16) if pool else \
+                map(converter, tasks)
+            n_written = 0
+            for did_write in tqdm(results, total=len(tasks), desc=f"{dataset}/{split}",
+                                  unit="img", disable=not progress):
+                n_written += did_write
+            written[split] = n_written
+            skipped[split] = len(tasks) - n_written
+            warnings += _leftovers(images_dir, {f"{it.name}.jpg" for it in items}, split)
+            warnings += _leftovers(labels_dir, {f"{it.name}.png" for it in items}, split)
+
+    # Written last: a tree with list files is complete.
+    for split, items in plan.items():
+        text = "".join(f"images/{it.name}.jpg labels/{it.name}.png\n" for it in items)
+        publish_bytes(out_dir / f"{split}_list.txt", text.encode())
+    publish_bytes(out_dir / "label_names.txt", "".join(f"{t}\n" for t in schema.tokens).encode())
+
+    counts = {split: len(items) for split, items in plan.items()}
+    if expected and any(counts.get(s, 0) != n for s, n in expected.items()):
+        got = ", ".join(f"{s} {counts.get(s, 0)}" for s in expected)
+        want = ", ".join(f"{s} {n}" for s, n in expected.items())
+        warnings.append(f"{dataset} split sizes are {got}; the published sizes are {want}. "
+                        "A full preparation with other counts is wrong (incomplete download or "
+                        "wrong split files).")
+    report = PrepareReport(dataset, out_dir, counts, written, skipped, warnings)
+    for w in warnings:
+        logger.warning(w)
+    return report
+
+
+def _leftovers(directory: Path, expected: set, split: str) -> List[str]:
+    extra = [p.name for p in directory.iterdir() if p.name not in expected]
+    if not extra:
+        return []
+    return [f"{directory}: {len(extra)} file(s) not in {split}_list.txt (e.g. {sorted(extra)[0]}), "
+            "left from an earlier run with other options? They are ignored."]
