@@ -8,6 +8,7 @@ is the command line.
 
 Target layout (what the loader and the scorer read, :mod:`dml_csr.data.layout`)::
 
+    OUT/dataset.json                         # the identity: data set, what produced it
     OUT/label_names.txt                      # schema tokens, one per line, first ``bg``
     OUT/<split>_list.txt                     # lines ``images/NAME.jpg labels/NAME.png``
     OUT/<split>/images/NAME.jpg
@@ -18,7 +19,9 @@ Guarantees shared by the three preparers:
 * The raw tree is only read: every output is written under OUT, and OUT may not be, or lie inside,
   the raw directory. Outputs are written to a hidden ``.NAME.<pid>.partial`` file and renamed into
   place, so a file under its final name is always complete; the list files are removed when a run
-  starts and written (with ``label_names.txt``) last, so a tree that has them is complete.
+  starts and written (with ``label_names.txt`` and ``dataset.json``) last, so a tree that has
+  them is complete. An OUT that holds another data set (its tokens or its ``dataset.json``) is
+  refused.
 * Re-running skips every sample whose outputs exist and are valid (decodable, label ids in range,
   image and label of the same size, verbatim copies still matching their source).
 * A missing, unreadable or malformed input stops the run with a :class:`PrepareError` whose message

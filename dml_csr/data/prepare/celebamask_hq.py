@@ -8,10 +8,11 @@ from typing import Dict, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
+from ..layout import write_atomic
 from ..schemas import Schema, get_schema
 from .common import (EXPECTED_COUNTS, Item, PathLike, Plan, PrepareError, PrepareReport,
                      find_root, list_dir, read_gray, read_image, read_lines, size_text)
-from .publish import check_out_dir, encode, output_is_valid, publish_bytes, run_plan
+from .publish import check_out_dir, encode, output_is_valid, run_plan
 
 __all__ = ["CELEBA_MASK_THRESHOLD", "prepare_celebamask_hq"]
 
@@ -48,9 +49,9 @@ class _CelebAMerge:
             # filter); bilinear is the better choice for the unusual enlarging case.
             interp = cv2.INTER_AREA if h > self.size else cv2.INTER_LINEAR
             image = cv2.resize(image, (self.size, self.size), interpolation=interp)
-        publish_bytes(image_out, encode(".jpg", image,
+        write_atomic(image_out, encode(".jpg", image,
                                         (cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality)))
-        publish_bytes(label_out, encode(".png", label))
+        write_atomic(label_out, encode(".png", label))
         return True
 
 
@@ -199,5 +200,7 @@ def prepare_celebamask_hq(raw_dir: PathLike, out_dir: PathLike, *, mask_size: in
     plan = _plan_celebamask_hq(raw, schema, Path(mapping_file) if mapping_file else None,
                                Path(partition_file) if partition_file else None)
     converter = _CelebAMerge(schema.num_classes, mask_size, jpeg_quality)
+    options = {"mask_size": mask_size, "jpeg_quality": jpeg_quality}
     return run_plan("celebamask_hq", schema, raw, out, plan, converter, workers, progress,
-                    EXPECTED_COUNTS["celebamask_hq"])
+                    EXPECTED_COUNTS["celebamask_hq"],
+                    facts={"source": "celebamask_hq", "options": options})

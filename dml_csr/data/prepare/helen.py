@@ -9,12 +9,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..layout import write_atomic
 from ..schemas import Schema, get_schema
 from .common import (EXPECTED_COUNTS, Converter, Item, PathLike, Plan, PrepareError,
                      PrepareReport, check_link, list_dir, pair_items, read_gray, read_image,
                      read_lines, size_text)
 from .publish import CopyIdMap, check_out_dir, encode, matches_source, output_is_valid, \
-    publish_bytes, publish_file, run_plan
+    publish_file, run_plan
 
 __all__ = ["HELEN_SOURCES", "prepare_helen"]
 
@@ -46,7 +47,7 @@ class _HelenArgmax:
             maps.append(grey)
         label = np.argmax(np.stack(maps), axis=0).astype(np.uint8)
         publish_file(item.image, image_out, self.link)
-        publish_bytes(label_out, encode(".png", label))
+        write_atomic(label_out, encode(".png", label))
         return True
 
 
@@ -194,4 +195,5 @@ def prepare_helen(raw_dir: PathLike, out_dir: PathLike, *, source: str = "auto",
     else:
         plan, notes = _plan_helen_relabelled(raw, schema, holdout)
         converter, expected = CopyIdMap(schema.num_classes, link), None
-    return run_plan("helen", schema, raw, out, plan, converter, workers, progress, expected, notes)
+    return run_plan("helen", schema, raw, out, plan, converter, workers, progress, expected, notes,
+                    facts={"source": source, "options": {"holdout": holdout, "link": link}})

@@ -31,4 +31,5 @@ def prepare_lapa(raw_dir: PathLike, out_dir: PathLike, *, link: str = "copy", wo
     schema = get_schema("lapa")
     plan = _plan_lapa(raw)
     return run_plan("lapa", schema, raw, out, plan, CopyIdMap(schema.num_classes, link), workers,
-                    progress, EXPECTED_COUNTS["lapa"])
+                    progress, EXPECTED_COUNTS["lapa"],
+                    facts={"source": "lapa", "options": {"link": link}})

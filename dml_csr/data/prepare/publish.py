@@ -1,6 +1,7 @@
 """What every preparer shares on the output side: atomic file publishing, the checks that a
 sample written earlier is complete, the verbatim converter, and :func:`run_plan`, which writes a
-plan into the prepared root (samples first, then the list files and ``label_names.txt``).
+plan into the prepared root (samples first, then the list files, ``label_names.txt`` and the
+identity ``dataset.json``, in the formats of :mod:`dml_csr.data.layout`).
 """
 import logging
 import multiprocessing
@@ -15,33 +16,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..layout import (IDENTITY_FILE, LABEL_NAMES, label_names_text, partial_path, read_identity,
+                      read_label_names, split_list_path, split_list_text, write_atomic,
+                      write_identity)
 from ..schemas import Schema
 from .common import (Converter, Item, Plan, PrepareError, PrepareReport, read_id_map, read_image,
                      size_text)
 
-__all__ = ["PARTIAL_GLOB", "publish_bytes", "publish_file", "encode", "matches_source",
-           "output_is_valid", "CopyIdMap", "check_out_dir", "run_plan"]
+__all__ = ["PARTIAL_GLOB", "publish_file", "encode", "matches_source", "output_is_valid",
+           "CopyIdMap", "check_out_dir", "check_existing_root", "run_plan"]
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_GLOB = ".*.partial"
-
-
-def partial_path(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-
-
-def publish_bytes(dst: Path, data: bytes) -> None:
-    """Write ``data`` to ``dst`` through a temporary name, so ``dst`` is never half-written."""
-    tmp = partial_path(dst)
-    tmp.unlink(missing_ok=True)  # never write through a stale link into someone else's file
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def publish_file(src: Path, dst: Path, link: str) -> None:
@@ -138,13 +125,23 @@ def check_out_dir(raw_dir: Path, out_dir: Path, splits: Sequence[str] = ()) -> N
         raise PrepareError(f"{out_dir}: exists and is not a directory")
 
 
-def check_label_names(out_dir: Path, schema: Schema) -> None:
-    path = out_dir / "label_names.txt"
-    if path.is_file():
-        tokens = tuple(path.read_text().split())
-        if tokens != schema.tokens:
-            raise PrepareError(f"{path}: OUT_DIR already holds another data set (tokens {list(tokens)}"
-                               f", expected {list(schema.tokens)}); choose an empty OUT_DIR")
+def check_existing_root(out_dir: Path, dataset: str, schema: Schema) -> None:
+    """Refuse an OUT_DIR that already holds another data set: other tokens in its
+    ``label_names.txt``, or a ``dataset.json`` naming another data set (Helen and LaPa share their
+    tokens)."""
+    try:
+        has_names = (out_dir / LABEL_NAMES).is_file()
+        tokens = tuple(read_label_names(out_dir)) if has_names else schema.tokens
+        identity = read_identity(out_dir)
+    except ValueError as e:
+        raise PrepareError(f"{e}; OUT_DIR holds something else: choose an empty OUT_DIR") from None
+    if tokens != schema.tokens:
+        raise PrepareError(f"{out_dir / LABEL_NAMES}: OUT_DIR already holds another data set "
+                           f"(tokens {list(tokens)}, expected {list(schema.tokens)}); choose an "
+                           "empty OUT_DIR")
+    if identity is not None and identity["dataset"] != dataset:
+        raise PrepareError(f"{out_dir / IDENTITY_FILE}: OUT_DIR already holds another data set "
+                           f"({identity['dataset']}, not {dataset}); choose an empty OUT_DIR")
 
 
 @contextmanager
@@ -158,11 +155,14 @@ def _pool(workers: int) -> Iterator[Optional["multiprocessing.pool.Pool"]]:
 
 def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: Plan,
              converter: Converter, workers: int, progress: bool, expected: Optional[Dict[str, int]],
-             notes: Sequence[str] = ()) -> PrepareReport:
+             notes: Sequence[str] = (), facts: Optional[Dict[str, object]] = None
+             ) -> PrepareReport:
+    """Write ``plan`` into ``out_dir`` with ``converter``; ``facts`` (the raw source, the options)
+    go into ``dataset.json`` after ``tool`` ``prepare_data`` and ``raw_dir``."""
     check_out_dir(raw_dir, out_dir, list(plan))
-    check_label_names(out_dir, schema)
+    check_existing_root(out_dir, dataset, schema)
     for split in plan:  # until this run has finished, the tree is not complete
-        (out_dir / f"{split}_list.txt").unlink(missing_ok=True)
+        Path(split_list_path(out_dir, split)).unlink(missing_ok=True)
     written: Dict[str, int] = {}
     skipped: Dict[str, int] = {}
     warnings = list(notes)
@@ -189,9 +189,11 @@ def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: P
 
     # Written last: a tree with list files is complete.
     for split, items in plan.items():
-        text = "".join(f"images/{it.name}.jpg labels/{it.name}.png\n" for it in items)
-        publish_bytes(out_dir / f"{split}_list.txt", text.encode())
-    publish_bytes(out_dir / "label_names.txt", "".join(f"{t}\n" for t in schema.tokens).encode())
+        write_atomic(split_list_path(out_dir, split),
+                     split_list_text(it.name for it in items).encode())
+    write_atomic(out_dir / LABEL_NAMES, label_names_text(schema.tokens).encode())
+    write_identity(out_dir, dataset, tool="prepare_data", raw_dir=os.path.abspath(raw_dir),
+                   **(facts or {}))
 
     counts = {split: len(items) for split, items in plan.items()}
     if expected and any(counts.get(s, 0) != n for s, n in expected.items()):

@@ -9,6 +9,8 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from ..layout import (SYNTHETIC_INFO, label_names_text, split_list_path, split_list_text,
+                      write_identity)
 from .face import DEFAULT_SIZE, draw_face, schema_for
 from .noise import NOISE_KINDS, corrupt_label
 
@@ -18,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_COUNTS = {"train": 240, "valid": 40, "test": 40}
-INFO_NAME = "synthetic_info.json"
+INFO_NAME = SYNTHETIC_INFO
 
 _GENERATOR = "dml_csr.data.synthetic"
 _FORMAT_VERSION = 1
@@ -53,7 +55,8 @@ def make_synthetic(out_dir: Union[str, Path], num_train: int = DEFAULT_COUNTS["t
                    overwrite: bool = False) -> dict:
     """Write a synthetic face-parsing data set in the project's layout.
 
-    Layout: ``label_names.txt``, ``{train,valid,test}_list.txt`` (lines
+    Layout (:mod:`dml_csr.data.layout`): ``dataset.json`` (``tool`` ``make_synthetic`` and the
+    ``options`` below), ``label_names.txt``, ``{train,valid,test}_list.txt`` (lines
     ``images/NAME.jpg labels/NAME.png``), ``<split>/images/NAME.jpg`` (BGR JPEG),
     ``<split>/labels/NAME.png`` (uint8 ids) and ``synthetic_info.json``. With label noise the clean
     training labels of the corrupted images are kept in ``train/labels_clean/NAME.png``.
@@ -104,7 +107,10 @@ def make_synthetic(out_dir: Union[str, Path], num_train: int = DEFAULT_COUNTS["t
             "num_corrupted": n_noisy, "clean_labels": "train/labels_clean" if n_noisy else None,
             "corrupted": []}
     _write_info(root, info)  # first, so that an interrupted run is still recognised as ours
-    (root / "label_names.txt").write_text("\n".join(schema.tokens) + "\n")
+    (root / "label_names.txt").write_text(label_names_text(schema.tokens))
+    write_identity(root, schema.name, tool="make_synthetic",
+                   options={"seed": seed, "size": size, "classes": classes, "counts": counts,
+                            "noise_fraction": noise_fraction, "noise_kinds": list(noise_kinds)})
 
     written = set()
     for split in SPLITS:
@@ -113,7 +119,6 @@ def make_synthetic(out_dir: Union[str, Path], num_train: int = DEFAULT_COUNTS["t
             folders["labels_clean"] = root / split / "labels_clean"
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
-        lines = []
         for i in range(counts[split]):
             name = f"{split}_{i:05d}"
             rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
@@ -128,8 +133,8 @@ def make_synthetic(out_dir: Union[str, Path], num_train: int = DEFAULT_COUNTS["t
             _imwrite(folders["images"] / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
             _imwrite(folders["labels"] / f"{name}.png", label)
             written.update((folders["images"] / f"{name}.jpg", folders["labels"] / f"{name}.png"))
-            lines.append(f"images/{name}.jpg labels/{name}.png\n")
-        (root / f"{split}_list.txt").write_text("".join(lines))
+        names = (f"{split}_{i:05d}" for i in range(counts[split]))
+        Path(split_list_path(root, split)).write_text(split_list_text(names))
 
     if previous:  # drop what an earlier, larger or noisier run left behind; nothing else
         for split in SPLITS:
