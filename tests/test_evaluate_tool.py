@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from dml_csr.cli import run
+from dml_csr.data.layout import write_identity
 from dml_csr.data.schemas import get_schema
 from dml_csr.eval.evaluate import (EvaluationError, evaluate_folder, load_result,
                                    resolve_dataset, write_result)
@@ -173,6 +175,42 @@ def test_dataset_resolution(tree, tmp_path):
     assert result["headline"] == {"name": "overall_f1", "value": result["f1"]["overall"]}
     with pytest.raises(EvaluationError, match="disagree"):
         evaluate_folder(plain, "test", pred_dir, dataset="lapa", meta={"dataset": "helen"})
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "tools" / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+@pytest.mark.parametrize("dataset, headline", [("lapa", "mean_f1"), ("helen", "overall_f1")])
+def test_cli_takes_the_dataset_from_dataset_json(tree, tmp_path, caplog, dataset, headline):
+    """A folder name that names nothing (or the wrong thing): dataset.json decides, silently."""
+    root, pred_dir, _, _ = tree
+    plain = tmp_path / ("faces" if dataset == "lapa" else "lapa_copy")
+    root.rename(plain)
+    write_identity(plain, dataset, tool="test")
+    caplog.set_level(logging.WARNING)
+    out = tmp_path / "r.json"
+    assert _cli().main(["--data-root", str(plain), "--split", "test", "--pred-dir",
+                        str(pred_dir), "--out", str(out), "--meta", "row=ddgcn"]) == 0
+    result = load_result(out)
+    assert result["meta"]["dataset"] == dataset and result["headline"]["name"] == headline
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_folder_name_guess_warns(tree, tmp_path, caplog):
+    root, pred_dir, _, _ = tree
+    plain = tmp_path / "my_helen_faces"
+    root.rename(plain)
+    caplog.set_level(logging.WARNING)
+    assert evaluate_folder(plain, "test", pred_dir)["meta"]["dataset"] == "helen"
+    assert any("guessed data set 'helen'" in r.getMessage() and "dataset.json" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    (plain / "dataset.json").write_text('{"format": 1, "dataset": "helen", "num_classes": 19}')
+    with pytest.raises(EvaluationError, match=r"dataset\.json: num_classes 19"):
+        evaluate_folder(plain, "test", pred_dir)
 
 
 def test_missing_split_list_and_pred_dir(tree, tmp_path):

@@ -1,5 +1,6 @@
 """Contracts of tools/prepare_data.py on small fabricated raw trees (no real data)."""
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -568,3 +569,57 @@ def test_cli_runs_from_repo_root(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2
     assert f"error: {raw / 'LaPa/val/images/val_1.jpg'}" in done.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset.json: the identity every preparation writes
+
+
+def _identity(out: Path) -> dict:
+    return json.loads((out / "dataset.json").read_text())
+
+
+def test_each_preparer_writes_its_identity(tmp_path):
+    raw = make_lapa(tmp_path / "lapa")
+    P.prepare_lapa(raw, tmp_path / "out_lapa", link="hardlink", progress=False)
+    assert _identity(tmp_path / "out_lapa") == {
+        "format": 1, "dataset": "lapa", "num_classes": 11, "tool": "prepare_data",
+        "raw_dir": os.path.abspath(raw), "source": "lapa", "options": {"link": "hardlink"}}
+
+    make_helen_original(tmp_path / "helen")
+    P.prepare_helen(tmp_path / "helen", tmp_path / "out_helen", progress=False)
+    identity = _identity(tmp_path / "out_helen")
+    assert (identity["dataset"], identity["source"]) == ("helen", "original")
+    assert identity["options"] == {"holdout": 0, "link": "copy"}
+
+    make_helen_star(tmp_path / "star")
+    P.prepare_helen(tmp_path / "star", tmp_path / "out_star", holdout=1, progress=False)
+    identity = _identity(tmp_path / "out_star")
+    assert (identity["dataset"], identity["source"], identity["options"]["holdout"]) == (
+        "helen", "relabelled", 1)
+
+    make_celeba(tmp_path / "celeba")
+    P.prepare_celebamask_hq(tmp_path / "celeba", tmp_path / "out_celeba", mask_size=32,
+                            progress=False)
+    identity = _identity(tmp_path / "out_celeba")
+    assert (identity["dataset"], identity["num_classes"], identity["options"]) == (
+        "celebamask_hq", 19, {"mask_size": 32, "jpeg_quality": 95})
+
+    from dml_csr.data.layout import dataset_of
+    for name, dataset in (("out_lapa", "lapa"), ("out_star", "helen"),
+                          ("out_celeba", "celebamask_hq")):
+        assert dataset_of(tmp_path / name) == dataset
+
+
+def test_refuses_out_dir_whose_identity_names_another_dataset(tmp_path):
+    """Helen and LaPa share their tokens: only dataset.json tells their roots apart."""
+    out = tmp_path / "out"
+    P.prepare_lapa(make_lapa(tmp_path / "lapa"), out, progress=False)
+    make_helen_star(tmp_path / "star")
+    with pytest.raises(P.PrepareError, match=r"dataset\.json: OUT_DIR already holds another "
+                                             r"data set \(lapa, not helen\)"):
+        P.prepare_helen(tmp_path / "star", out, progress=False)
+    assert _identity(out)["dataset"] == "lapa"
+    (out / "dataset.json").unlink()       # a root prepared before dataset.json existed
+    report = P.prepare_lapa(tmp_path / "lapa", out, progress=False)
+    assert report.skipped["train"] == 3 and _identity(out)["dataset"] == "lapa"

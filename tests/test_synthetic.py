@@ -202,6 +202,28 @@ def test_cli(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+def test_identity_written_and_read_back(tmp_path, clean):
+    """dataset.json names the schema and the generator's parameters; the tools read it."""
+    from dml_csr.data.layout import dataset_of, read_identity
+    root, _ = clean
+    assert read_identity(root) == {
+        "format": 1, "dataset": "synthetic", "num_classes": 11, "tool": "make_synthetic",
+        "options": {"seed": 3, "size": SIZE, "classes": 11,
+                    "counts": {"train": 6, "valid": 2, "test": 2}, "noise_fraction": 0.0,
+                    "noise_kinds": list(NOISE_KINDS)}}
+    spec = importlib.util.spec_from_file_location("make_synthetic_cli", os.path.join(REPO, "tools", "make_synthetic.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "faces"  # a folder name that names no data set
+    assert cli.main([str(out), "--num-train", "1", "--num-valid", "1", "--num-test", "1",
+                     "--size", "32", "--classes", "19", "--seed", "2"]) == 0
+    identity = read_identity(out)
+    assert (identity["dataset"], identity["num_classes"], identity["options"]["seed"]) == (
+        "synthetic19", 19, 2)
+    (out / INFO_NAME).unlink()  # dataset.json alone tells
+    assert dataset_of(out) == "synthetic19"
+
+
 def test_speed():
     # The quick start draws a few hundred 128 px images; one should take well under 50 ms.
     import time

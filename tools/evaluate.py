@@ -28,8 +28,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pred-dir", required=True, help="folder of predicted id PNGs")
     parser.add_argument("--out", help="write the result JSON here")
     parser.add_argument("--dataset", choices=sorted(SCHEMAS),
-                        help="data set (default: synthetic roots by their synthetic_info.json, "
-                             "others guessed from the data root's folder name)")
+                        help="data set (default: the data root's dataset.json, written by "
+                             "tools/prepare_data.py and tools/make_synthetic.py; older roots: "
+                             "synthetic_info.json, else a guess from the folder name, with a "
+                             "warning)")
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="extra meta entries, e.g. method=dml-csr row=ddgcn (repeatable)")
     parser.add_argument("--max-listed", type=int, default=20, help="problems listed on failure")

@@ -8,7 +8,8 @@
 
 Common options: --workers N, --no-progress. ``check`` reads every listed image and label of a
 prepared root (or any root in this layout) as training will, prints every problem and exits with
-status 2 if there is one (0 and a one-line summary otherwise). See docs/datasets.md.
+status 2 if there is one (0 and a one-line summary otherwise). Each preparation writes
+OUT_DIR/dataset.json, the identity the other tools read the data set from. See docs/datasets.md.
 """
 import argparse
 import logging
@@ -67,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="splits to check (default: every <split>_list.txt of ROOT)")
     p.add_argument("--dataset", dest="schema", default=None,
                    help="schema whose class count bounds the label ids (default: the one "
-                        "ROOT/label_names.txt names)")
+                        "ROOT/dataset.json names, else ROOT/label_names.txt's)")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: up to 8)")
     add_debug_argument(parser)
     return parser.parse_args(argv)

@@ -1,5 +1,23 @@
+"""The data side: from a raw download or the synthetic generator to the samples a model sees.
+
+What lives here:
+
+- ``schemas.py``: the label facts of each data set (class names, tokens, flip pairs, palettes).
+- ``layout.py``: the one reader (and the writers' format) of a prepared data root: label names,
+  split lists, the data set's identity (``dataset.json``) and which data set a root holds.
+- ``dataset.py``: ``FaceDataset``, the affine-cropped samples with labels and edges.
+- ``transforms.py``: the affine crop, its inverse, augmentation, normalisation.
+- ``edges.py``: binary and category edge maps.
+- ``check.py``: the data check run before training (every listed image and label).
+- ``prepare/``: Helen (with HELEN*), LaPa and CelebAMask-HQ downloads -> the layout
+  (``tools/prepare_data.py``).
+- ``synthetic/``: the procedural synthetic data set (``tools/make_synthetic.py``).
+
+docs/data.md (pipeline) and docs/datasets.md (preparation, ``dataset.json``) describe them.
+"""
 from .schemas import SCHEMAS, Schema, get_schema, schema_from_tokens
 from .transforms import (MEAN, STD, crop_params, get_affine_matrix, normalize_image,
                          sample_augmentation, warp_back, warp_image, warp_label)
 from .edges import binary_edges, category_edges
-from .dataset import FaceDataset, read_label_names
+from .layout import dataset_of, read_identity, read_label_names, write_identity
+from .dataset import FaceDataset

@@ -1,14 +1,15 @@
 """Data check: every listed image and label of a data root, before any training starts.
 
 A corrupt file would otherwise stop a run at the batch that reads it, possibly hours in. The check
-reads the split lists with the loader's own reader (``read_split_list``) and tests every pair the
-way ``FaceDataset`` will read it:
+reads the split lists with the loader's own reader (``layout.read_split_list``) and tests every
+pair the way ``FaceDataset`` will read it:
 
 - the image exists and ``cv2.imread`` decodes it (the loader's call, so a check that passes means
   the loader reads it too);
 - the label exists, decodes (``cv2.IMREAD_UNCHANGED``), is a single-channel id map of the image's
   height and width, and holds only ids below K or the ignore value 255 (``validate_label``);
-- the root's ``label_names.txt``, when there is one, matches the schema trained on.
+- the root's ``label_names.txt``, when there is one, matches the schema trained on (and a
+  ``dataset.json`` naming another data set than that schema gets a warning).
 
 All problems are collected; :meth:`DataCheckReport.raise_if_problems` then raises one
 :class:`DataCheckError` with their count and the first few. The pairs are decoded by a thread pool
@@ -25,8 +26,10 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 
-from .dataset import read_label_names, read_split_list, validate_label
-from .schemas import Schema, schema_from_tokens
+from .dataset import validate_label
+from .layout import (LABEL_NAMES, read_label_names, read_split_list, root_schema, split_list_path,
+                     warn_if_other_dataset)
+from .schemas import Schema
 
 __all__ = ["DataCheckError", "DataCheckReport", "check_data", "list_pairs", "find_splits",
            "MAX_LISTED"]
@@ -113,7 +116,7 @@ def list_pairs(root: str, splits: Iterable[str]) -> List[Pair]:
     """Every listed pair of ``splits``, in list order (the loader's list reader)."""
     pairs: List[Pair] = []
     for split in splits:
-        list_path = os.path.join(root, f"{split}_list.txt")
+        list_path = split_list_path(root, split)
         if not os.path.isfile(list_path):
             raise FileNotFoundError(f"list file not found: {list_path} (split {split!r}; the "
                                     f"root holds {find_splits(root)})")
@@ -153,7 +156,7 @@ def _check_pair(pair: Pair, root: str, num_classes: int) -> List[str]:
 
 
 def _schema_problem(root: str, schema: Schema) -> Optional[str]:
-    names = os.path.join(root, "label_names.txt")
+    names = os.path.join(root, LABEL_NAMES)
     if not os.path.isfile(names):
         return None
     tokens = tuple(read_label_names(names))
@@ -168,8 +171,8 @@ def check_data(root: str, splits: Optional[Sequence[str]] = None, schema: Option
     """Check every listed pair of ``splits`` (default: all lists of the root) of ``root``.
 
     Args:
-        schema: the label schema trained on (its class count bounds the ids); default the one
-            ``ROOT/label_names.txt`` names.
+        schema: the label schema trained on (its class count bounds the ids); default the
+            root's (``layout.root_schema``: ``dataset.json``, else ``label_names.txt``).
         workers: decoding threads (0: up to 8, at most the CPU count over ``world_size``).
         rank, world_size: check only shard ``rank`` of ``world_size`` contiguous shards (the
             label_names.txt check is done by rank 0).
@@ -182,7 +185,9 @@ def check_data(root: str, splits: Optional[Sequence[str]] = None, schema: Option
     start = time.perf_counter()
     splits = tuple(splits) if splits else tuple(find_splits(root))
     if schema is None:
-        schema = schema_from_tokens(read_label_names(os.path.join(root, "label_names.txt")))
+        schema = root_schema(root)
+    elif rank == 0:
+        warn_if_other_dataset(root, schema.name)
     pairs = list_pairs(root, splits)
     lo, hi = len(pairs) * rank // world_size, len(pairs) * (rank + 1) // world_size
     shard = pairs[lo:hi]

@@ -4,6 +4,7 @@
     ROOT/<split>_list.txt        lines: images/NAME.jpg labels/NAME.png (relative to ROOT/<split>/)
     ROOT/<split>/images/NAME.jpg  ROOT/<split>/labels/NAME.png
 
+The root is read through :mod:`dml_csr.data.layout` (label names, split lists, ``dataset.json``).
 A list line may hold the image alone (a split without labels); the sample then has no ``label``.
 
 Randomness: each process draws from its own ``numpy.random.Generator``, created on first use and
@@ -23,45 +24,14 @@ import torch
 from torch.utils.data import Dataset
 
 from .edges import binary_edges, category_edges
-from .schemas import Schema, schema_from_tokens
+from .layout import read_split_list, root_schema, split_list_path, warn_if_other_dataset
+from .schemas import Schema
 from .transforms import (AUGMENT_MODES, CENTER_MODES, crop_params, normalize_image, sample_augmentation,
                          warp_image, warp_label)
 
-__all__ = ["FaceDataset", "read_label_names", "read_split_list", "validate_label", "IGNORE_INDEX"]
+__all__ = ["FaceDataset", "validate_label", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
-
-
-def read_label_names(path: str) -> List[str]:
-    """Tokens of a ``label_names.txt`` (one per line, blank lines skipped)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label names file not found: {path} (is the data root prepared? "
-                                f"tools/prepare_data.py writes it; check data.root / --data-root)")
-    with open(path, "r", encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def read_split_list(list_path: str, split_dir: str) -> List[Tuple[int, str, Optional[str]]]:
-    """``(line number, image path, label path or None)`` per line of a ``<split>_list.txt``, the
-    paths joined to ``split_dir``; blank lines skipped. Raises on a missing or empty list and on a
-    line with more than two paths (whether the files exist is left to the caller)."""
-    if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"list file not found: {list_path} (check the split name and "
-                                f"the data root; tools/prepare_data.py writes the lists)")
-    entries: List[Tuple[int, str, Optional[str]]] = []
-    with open(list_path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) > 2:
-                raise ValueError(f"{list_path}:{lineno}: malformed line {line.strip()!r}, "
-                                 "expected 'images/NAME.jpg labels/NAME.png'")
-            paths = [os.path.join(split_dir, p) for p in parts]
-            entries.append((lineno, paths[0], paths[1] if len(paths) == 2 else None))
-    if not entries:
-        raise ValueError(f"list file {list_path} lists no samples")
-    return entries
 
 
 def validate_label(label: np.ndarray, path: str, num_classes: int,
@@ -104,7 +74,9 @@ class FaceDataset(Dataset):
         center_mode: ``"exact"`` or ``"released"`` (the release's crop geometry), see ``crop_params``.
         edge_width: width of the edge band, see ``edges.binary_edges``.
         with_edges: return ``edge`` and ``cat_edge``; default True for ``split == "train"``.
-        schema: label schema; default read from ``ROOT/label_names.txt``.
+        schema: label schema; default the root's (``dataset.json``, else the tokens of
+            ``ROOT/label_names.txt``, see ``layout.root_schema``). Given one, a root whose
+            ``dataset.json`` names another data set gets a warning.
         seed: base seed of the augmentation RNG (module docstring).
 
     A sample is the dict of CONTRIBUTING_NOTES: ``image`` float32 (3,H,W), ``label`` int64 (H,W),
@@ -139,12 +111,9 @@ class FaceDataset(Dataset):
         self.seed = seed
 
         if schema is None:
-            names_file = os.path.join(root, "label_names.txt")
-            tokens = read_label_names(names_file)
-            try:
-                schema = schema_from_tokens(tokens)
-            except ValueError as e:
-                raise ValueError(f"{names_file}: {e}") from None
+            schema = root_schema(root)
+        else:
+            warn_if_other_dataset(root, schema.name)
         self.schema = schema
         if self.num_classes > IGNORE_INDEX:
             raise ValueError(f"{self.num_classes} classes do not fit uint8 ids below {IGNORE_INDEX}")
@@ -153,7 +122,7 @@ class FaceDataset(Dataset):
         lut[:self.num_classes] = schema.flip_permutation()
         self._flip_lut = lut
 
-        self.list_path = os.path.join(root, f"{split}_list.txt")
+        self.list_path = split_list_path(root, split)
         self._images, self._labels = self._read_list(self.list_path, os.path.join(root, split))
         self.names = [os.path.splitext(os.path.basename(p))[0] for p in self._images]
         self._rng: Optional[np.random.Generator] = None

@@ -5,20 +5,20 @@ A prediction folder holds one single-channel PNG of class ids per image of
 ``PRED_DIR/NAME.png``) and of the label's size. Any method can be scored this way.
 """
 import json
-import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
 
-from dml_csr.data.schemas import SCHEMAS, get_schema
+from dml_csr.data.layout import dataset_of, read_label_names, read_split_list, split_list_path
+from dml_csr.data.schemas import get_schema
 
 from .metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, default_headline, \
     protocol_description
 
-__all__ = ["EvaluationError", "parse_meta", "read_label_names", "read_split_list", "resolve_dataset",
-           "evaluate_folder", "build_result", "write_result", "load_result", "RESULT_KEYS"]
+__all__ = ["EvaluationError", "parse_meta", "resolve_dataset", "evaluate_folder", "build_result",
+           "write_result", "load_result", "RESULT_KEYS"]
 
 RESULT_KEYS = ("f1", "iou", "mean_f1", "miou", "pixel_accuracy", "mean_accuracy", "headline",
                "protocol", "meta")
@@ -32,73 +32,30 @@ class EvaluationError(ValueError):
         self.problems = list(problems)
 
 
-def read_label_names(root) -> List[str]:
-    path = Path(root) / "label_names.txt"
-    if not path.is_file():
-        raise EvaluationError(f"missing {path} (one class token per line, first 'bg')")
-    tokens = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not tokens or tokens[0] != "bg":
-        raise EvaluationError(f"{path}: the first token must be 'bg', got {tokens[:1]}")
-    return tokens
-
-
-def read_split_list(root, split: str) -> List[Tuple[str, str]]:
-    """(image path, label path) per line of ``ROOT/<split>_list.txt``, relative to ``ROOT/<split>``.
-
-    A line holding only the image path gets ``labels/<stem>.png`` (as the release's scorer does).
-    """
-    path = Path(root) / f"{split}_list.txt"
-    if not path.is_file():
-        raise EvaluationError(f"missing split list {path}")
-    entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) > 2:
-            raise EvaluationError(f"{path}:{n}: expected 'images/NAME.jpg labels/NAME.png', "
-                                  f"got {line!r}")
-        label = fields[1] if len(fields) == 2 else f"labels/{Path(fields[0]).stem}.png"
-        entries.append((fields[0], label))
-    if not entries:
-        raise EvaluationError(f"{path} lists no image")
-    return entries
-
-
-_SYNTHETIC_INFO = "synthetic_info.json"  # written by dml_csr.data.synthetic into its roots
-_NAME_HINTS = (("celeb", "celebamask_hq"), ("lapa", "lapa"), ("helen", "helen"),
-               ("synth", "synthetic"))
+def _from_layout(read, *args):
+    """``read(*args)`` of ``dml_csr.data.layout`` with its errors raised as ``EvaluationError``."""
+    try:
+        return read(*args)
+    except (OSError, ValueError) as err:
+        raise EvaluationError(str(err)) from None
 
 
 def resolve_dataset(root, tokens: Sequence[str], dataset: Optional[str] = None) -> str:
-    """The data-set name of a data root.
+    """The data-set name of a data root, checked against its tokens.
 
-    ``dataset`` when given (checked against the tokens). Otherwise ``synthetic``/``synthetic19``
-    for a root holding the synthetic generator's ``synthetic_info.json``, else a guess from the
-    root folder's name (``celeb``, ``lapa``, ``helen``, ``synth`` in it, case-insensitive;
-    ``synthetic`` becomes ``synthetic19`` for 19 tokens), kept only if that schema's tokens match.
-    Helen and LaPa share their tokens but not their headline metric, so a guess never comes from
-    the tokens alone.
+    ``dml_csr.data.layout.dataset_of``: ``dataset`` when given, else the root's ``dataset.json``,
+    else ``synthetic``/``synthetic19`` for a root holding the synthetic generator's
+    ``synthetic_info.json``, else a guess from the root folder's name (with a warning). Helen and
+    LaPa share their tokens but not their headline metric, so a guess never comes from the tokens
+    alone.
     """
     tokens = tuple(tokens)
-    if dataset is not None:
-        schema = get_schema(dataset)
-        if schema.tokens != tokens:
-            raise EvaluationError(f"label_names.txt of {root} ({len(tokens)} tokens) does not "
-                                  f"match the {dataset!r} schema {list(schema.tokens)}")
-        return dataset
-    folder = re.sub(r"[^a-z0-9]", "", Path(root).resolve().name.lower())
-    if (Path(root) / _SYNTHETIC_INFO).is_file():
-        folder = "synthetic"
-    for hint, name in _NAME_HINTS:
-        if hint in folder:
-            if name == "synthetic" and len(tokens) == SCHEMAS["synthetic19"].num_classes:
-                name = "synthetic19"
-            if SCHEMAS[name].tokens == tokens:
-                return name
-    candidates = sorted(n for n, s in SCHEMAS.items() if s.tokens == tokens)
-    raise EvaluationError(f"cannot tell which data set {root} holds from its folder name; pass "
-                          f"dataset= / --dataset (label_names.txt matches {candidates or 'none'})")
+    name = _from_layout(dataset_of, root, dataset)
+    schema = get_schema(name)
+    if schema.tokens != tokens:
+        raise EvaluationError(f"label_names.txt of {root} ({len(tokens)} tokens) does not "
+                              f"match the {name!r} schema {list(schema.tokens)}")
+    return name
 
 
 def _read_map(path: Path, what: str, problems: List[str]) -> Optional[np.ndarray]:
@@ -135,13 +92,15 @@ def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] =
     ignored). Returns the result dict of ``build_result``.
     """
     root, pred_dir = Path(data_root), Path(pred_dir)
-    tokens = read_label_names(root)
+    tokens = _from_layout(read_label_names, root)
     meta = dict(meta or {})
     meta_dataset = meta.pop("dataset", None)
     if dataset and meta_dataset and dataset != meta_dataset:
         raise EvaluationError(f"dataset {dataset!r} and meta dataset={meta_dataset!r} disagree")
     dataset = resolve_dataset(root, tokens, dataset or meta_dataset)
-    entries = read_split_list(root, split)
+    # a line holding only the image path gets labels/<stem>.png (as the release's scorer does)
+    entries = [(image, label or f"labels/{Path(image).stem}.png") for _, image, label in
+               _from_layout(read_split_list, split_list_path(root, split), "")]
     if not pred_dir.is_dir():
         raise EvaluationError(f"prediction folder {pred_dir} does not exist")
 
