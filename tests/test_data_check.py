@@ -130,7 +130,7 @@ def _ddp_worker(rank, world, port, roots, out, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from dml_csr.engine import distributed as du
+    from dml_csr import distributed as du
     from dml_csr.engine.trainer import Trainer
     messages = []
     try:

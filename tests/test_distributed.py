@@ -48,7 +48,7 @@ def _worker(rank, world, port, out_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from dml_csr.engine import distributed as du
+    from dml_csr import distributed as du
     from dml_csr.layers.sync_bn import SyncBatchNorm1d, convert_sync_batchnorm1d
     du.init_distributed("cpu")
     model = convert_sync_batchnorm1d(_model())

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dml_csr.cli import add_debug_argument, run  # noqa: E402
 from dml_csr.config import load_config  # noqa: E402
-from dml_csr.engine import distributed as du  # noqa: E402
+from dml_csr import distributed as du  # noqa: E402
 from dml_csr.engine.trainer import Trainer  # noqa: E402
 
 

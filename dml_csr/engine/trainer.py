@@ -45,7 +45,7 @@ from ..models.checkpoint import (READABLE_FORMATS, ModelSpec, check_backbone_fil
                                  load_checkpoint_file, save_checkpoint)
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr
-from . import distributed as du
+from .. import distributed as du
 from .schedule import LRSchedule
 
 __all__ = ["Trainer", "FrozenTeacher", "MultiTaskStage", "DistillStage", "RunDirError",

@@ -28,12 +28,12 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dml_csr.data.transforms import warp_back
+from dml_csr.distributed import all_reduce_sum, get_rank, get_world_size, unwrap
 from dml_csr.models.checkpoint import load_inference_model
 from dml_csr.models.registry import model_kwargs_from_config
 
@@ -56,14 +56,6 @@ INFERENCE_PROTOCOL = {
     "tta": "passes averaged as softmax probabilities; flip passes are flipped back and their "
            "left/right channels swapped",
 }
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP is bypassed at evaluation: its forward may sync buffers, and the shards of an uneven
-    # split run different numbers of batches per process.
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.module
-    return model
 
 
 def _forward_at(model: nn.Module, x: torch.Tensor, out_size: Tuple[int, int]) -> torch.Tensor:
@@ -108,7 +100,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Tuple[int, 
         raise ValueError("flip TTA needs the schema's flip_permutation to swap left/right classes")
     if not scales:
         raise ValueError("scales must hold at least one factor")
-    model = _unwrap(model)
+    model = unwrap(model)   # DDP is bypassed at evaluation (uneven shards, buffer syncs)
     h, w = images.shape[-2:]
     passes = 0
     single: Optional[torch.Tensor] = None
@@ -247,7 +239,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
     if not output_scale > 0:
         raise ValueError(f"output_scale must be positive, got {output_scale}")
     out_size = tuple(max(1, int(round(v * output_scale))) for v in crop_size)
-    inner = _unwrap(model)
+    inner = unwrap(model)
     model_device = _model_device(inner)
     device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
     if model_device is not None and model_device.type != device.type:
@@ -265,8 +257,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
     palette_bgr = np.array([c[::-1] for c in schema.palette], dtype=np.uint8)
     perm = schema.flip_permutation()
 
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world = get_rank(), get_world_size()
     samples: Dataset = _EvalSamples(dataset, base, with_image=overlay_dir is not None)
     if world > 1:
         samples = Subset(samples, list(range(rank, len(samples), world)))
@@ -314,11 +305,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
             m.training = training
 
     cm.all_reduce()
-    if distributed:
-        count = torch.tensor([num_images], dtype=torch.long,
-                             device="cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(count)
-        num_images = int(count.item())
+    num_images = int(all_reduce_sum(torch.tensor([num_images])).item())
     if cm.num_pixels == 0:
         logger.warning("no labelled pixel in %r: nothing scored", base)
         return {"num_images": num_images, "num_pixels": 0}

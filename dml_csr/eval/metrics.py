@@ -160,13 +160,11 @@ class ConfusionMatrix:
     def all_reduce(self) -> "ConfusionMatrix":
         """Sum the histogram over all torch.distributed processes (no-op when not distributed)."""
         import torch
-        import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            hist = torch.from_numpy(self.hist).to(device)
-            dist.all_reduce(hist)
-            self.hist = hist.cpu().numpy().astype(np.int64, copy=False)
+        from ..distributed import all_reduce_sum, is_distributed
+        if is_distributed():
+            self.hist = all_reduce_sum(torch.from_numpy(self.hist)).numpy().astype(np.int64,
+                                                                                  copy=False)
         return self
 
     def reset(self) -> None:

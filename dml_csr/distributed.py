@@ -1,4 +1,5 @@
-"""Small distributed helpers: torchrun detection, process-group set-up, reductions, main-only I/O.
+"""Distributed helpers shared by training (engine/) and evaluation (eval/): torchrun detection,
+process-group set-up, reductions, ``unwrap``.
 
 A run is distributed when torchrun (or any launcher) sets ``WORLD_SIZE > 1`` together with
 ``RANK`` / ``LOCAL_RANK``; the group uses NCCL on CUDA and gloo on CPU. Every helper is a no-op
@@ -14,11 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..models.checkpoint import save_atomic
-
 __all__ = ["DistInfo", "detect", "init_distributed", "cleanup", "is_distributed", "get_rank",
            "get_world_size", "is_main", "barrier", "all_reduce_sum", "all_reduce_mean",
-           "reduce_dict", "any_true", "unwrap", "save_on_main", "setup_logging"]
+           "reduce_dict", "any_true", "unwrap", "setup_logging"]
 
 
 @dataclass(frozen=True)
@@ -131,12 +130,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
-
-
-def save_on_main(obj: Any, path: str) -> None:
-    """Atomic ``torch.save`` on the main process only."""
-    if is_main():
-        save_atomic(obj, path)
 
 
 def setup_logging(log_file: Optional[str] = None, main: Optional[bool] = None) -> logging.Logger:
