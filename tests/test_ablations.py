@@ -11,10 +11,10 @@ from dml_csr.config import CONFIG_DIR, config_to_dict, load_config
 from dml_csr.data.edges import binary_edges, category_edges
 from dml_csr.eval.paper import ABLATION_TABLES, ROW_LABELS
 from dml_csr.layers.abn import ABN
+from dml_csr.layers.context import CONTEXT_MODULES, build_context
+from dml_csr.layers.gcn import DDualGCN, SpatialGCN
 from dml_csr.losses import build_losses
 from dml_csr.models import DMLCSR
-from dml_csr.models.context import CONTEXT_MODULES, build_context
-from dml_csr.models.dml_csr import DDualGCN, SpatialGCN
 from dml_csr.utils.complexity import count_parameters
 
 DATASETS = ("helen", "lapa", "celebamask_hq", "synthetic")

@@ -1,0 +1,11 @@
+"""Reusable network layers; they import nothing from ``models/`` (the families build on them).
+
+- ``abn.py``: ``ABN``, In-Place Activated BatchNorm with a pure-PyTorch backend;
+- ``sync_bn.py``: ``SyncBatchNorm1d`` for the graph layers' ``BatchNorm1d`` under multi-process
+  training;
+- ``blocks.py``: ``conv_abn`` (conv + ABN), ``upsample`` (bilinear, align_corners=True),
+  ``Bottleneck`` (the ResNet block), ``NormLayer``;
+- ``gcn.py``: the graph units ``SpatialGCN`` and ``DDualGCN`` (DDGCN and DGCNet fusions);
+- ``context.py``: the context modules on C5 (``DDGCNContext`` and the Table 4-5 ablations
+  ``BaselineContext``, ``PSPContext``, ``DGCNetContext``), chosen by name with ``build_context``.
+"""

@@ -2,8 +2,8 @@
 
 - ``contract.py``: ``ParsingModel`` (the base class) and ``ParsingOutput`` (what every model
   returns): the one way to call any family.
-- ``dml_csr.py``: the DML-CSR network with the release's state_dict names; ``context.py`` the
-  ablation context modules; ``fp_liif.py``: FP-LIIF.
+- ``dml_csr.py``: the DML-CSR network with the release's state_dict names (its blocks and context
+  modules are in ``dml_csr/layers/``); ``fp_liif.py``: FP-LIIF.
 - ``registry.py``: ``model.name`` -> family; ``checkpoint.py``: the checkpoint format, its one
   writer (``save_checkpoint``) and its one reader (``load_inference_model``).
 """

@@ -15,19 +15,35 @@ name                module
 ``in_channels`` (C5) and ``channels`` come already scaled by DMLCSR's ``width_mult`` (2048 and 512
 at full width); every module exposes ``out_channels``, the input width of the parsing head.
 """
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from ..layers.abn import ABN
-from .dml_csr import DDGCNContext, DDualGCN, _up, conv_abn
+from .abn import ABN
+from .blocks import NormLayer, conv_abn, upsample
+from .gcn import DDualGCN
 
-__all__ = ["build_context", "CONTEXT_MODULES", "BaselineContext", "PSPContext", "DGCNetContext"]
-
-NormLayer = Callable[[int], nn.Module]
+__all__ = ["build_context", "CONTEXT_MODULES", "DDGCNContext", "BaselineContext", "PSPContext",
+           "DGCNetContext"]
 
 CONTEXT_MODULES = ("ddgcn", "baseline", "psp", "psp_pooling", "dgcnet", "dgcnet_pooling")
+
+
+class DDGCNContext(nn.Module):
+    """Context embedding on C5: conva -> DDualGCN -> convb, then bottleneck over concat(C5, out)."""
+
+    def __init__(self, in_channels: int = 2048, channels: int = 512, norm: NormLayer = ABN):
+        super().__init__()
+        self.conva = conv_abn(in_channels, channels, 3, norm)
+        self.dualgcn = DDualGCN(channels, norm=norm)
+        self.convb = conv_abn(channels, channels, 3, norm)
+        self.bottleneck = conv_abn(in_channels + channels, channels, 3, norm)
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convb(self.dualgcn(self.conva(x)))
+        return self.bottleneck(torch.cat([x, out], dim=1))
 
 
 class BaselineContext(nn.Module):
@@ -66,7 +82,7 @@ class PSPContext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
-        priors = [_up(stage(x), size) for stage in self.stages]
+        priors = [upsample(stage(x), size) for stage in self.stages]
         return self.bottleneck(torch.cat(priors + [x], dim=1))
 
 

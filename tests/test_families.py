@@ -1,0 +1,102 @@
+"""One set of contracts over every model family (DML-CSR, FP-LIIF, an ablation context module):
+the trainer's two stages, the checkpoint round trip, the parser API and the ONNX export.
+
+A new family (a ParsingModel subclass plus one registry line) gets these tests by adding a row
+to ``FAMILIES``.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import dml_csr
+from dml_csr.config import load_config
+from dml_csr.engine.trainer import Trainer
+from dml_csr.models import ParsingOutput, load_inference_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CROP = 32
+FAMILIES = {
+    "dml_csr": ("synthetic", ["model.layers=[1,1,1,1]", "model.width_mult=0.125"]),
+    "fp_liif": ("fp_liif_synthetic", ["train.query_samples=128", "model.fp_liif={width: 8, "
+                                      "blocks: [1, 1, 1], reduce_dims: [16, 8], decoder_dims: [16]}"]),
+    "psp_context": ("synthetic", ["model.layers=[1,1,1,1]", "model.width_mult=0.125",
+                                  "model.context=psp"]),
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from dml_csr.data.synthetic import make_synthetic
+    root = tmp_path_factory.mktemp("syn") / "data"
+    make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=CROP)
+    return str(root)
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def run(request, data_root, tmp_path_factory):
+    """A finished 1 + 1 x 1 epoch run (multi-task stage, one CSR cycle) of the family."""
+    name, extra = FAMILIES[request.param]
+    cfg = load_config(name, [f"data.root={data_root}", f"data.crop_size=[{CROP},{CROP}]",
+                             "data.batch_size=2", "data.workers=0", "train.epochs=2",
+                             "train.cycles=1", "train.cycle_epochs=1", "eval.workers=0",
+                             "eval.batch_size=2", "train.image_log_interval=1", *extra])
+    out = tmp_path_factory.mktemp(request.param)
+    seen = []
+    trainer = Trainer(cfg, output_dir=str(out))
+    for stage_loss in ("multitask_loss", "distill_loss"):        # what the losses receive
+        loss = getattr(trainer, stage_loss)
+
+        def spy(outputs, *args, _loss=loss, _name=stage_loss, **kw):
+            seen.append((_name, outputs))
+            return _loss(outputs, *args, **kw)
+        setattr(trainer, stage_loss, spy)
+    summary = trainer.fit()
+    return request.param, cfg, out, summary, seen
+
+
+def test_both_stages_train_through_the_contract(run):
+    family, cfg, out, summary, seen = run
+    assert summary["epochs_done"] == 2
+    stages = {name for name, _ in seen}
+    assert stages == {"multitask_loss", "distill_loss"}
+    for _, outputs in seen:
+        assert isinstance(outputs, ParsingOutput) and torch.isfinite(outputs.parsing).all()
+        has_edges = outputs.binary_edge is not None
+        assert has_edges == (cfg.model.name == "dml_csr")      # DML-CSR's training form only
+
+
+def test_checkpoint_round_trip(run):
+    family, cfg, out, _, _ = run
+    model, spec = load_inference_model(str(out / "best.pth"))
+    assert spec.family == cfg.model.name and spec.dataset == cfg.data.dataset
+    assert spec.crop_size == (CROP, CROP)
+    saved = torch.load(out / "best.pth", map_location="cpu", weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, CROP, CROP), size=(CROP, CROP)).parsing
+    assert logits.shape == (1, spec.num_classes, CROP, CROP)
+
+
+def test_parser_api(run):
+    _, _, out, _, _ = run
+    photo = np.random.default_rng(0).integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
+    res = dml_csr.FaceParser.from_checkpoint(str(out / "best.pth"), detector=None)(
+        photo, detect=False)
+    assert len(res) == 1 and res.label_maps[0].shape == (40, 50)
+    assert res.logits[0].shape == (len(res.class_names), 40, 50)
+
+
+def test_onnx_export_matches_pytorch(run, tmp_path):
+    from tools.export_onnx import main as export_main   # the user's command; exit 1 on mismatch
+    _, _, out, _, _ = run
+    onnx_path = tmp_path / "model.onnx"
+    assert export_main(["--checkpoint", str(out / "best.pth"), "--out", str(onnx_path),
+                        "--tol", "1e-3"]) == 0
+    res = dml_csr.FaceParser.from_onnx(str(onnx_path), detector=None)(
+        np.zeros((20, 30, 3), np.uint8), detect=False)
+    assert res.label_maps[0].shape == (20, 30)
