@@ -6,7 +6,7 @@ Resolution order (later wins):
 2. the experiment file (``configs/NAME.yaml`` or a path), which may name ``_base_`` files
    (relative to itself) that are applied before it;
 3. the preset overlay ``configs/presets/<preset>.yaml`` (``paper`` or ``released``: only the
-   keys where the paper and the authors' release disagree, spec section 9);
+   keys where the paper and the authors' release disagree, docs/divergences.md);
 4. command-line ``section.key=value`` overrides (values parsed as YAML).
 
 Unknown keys and wrong types are rejected with the dotted key in the message. The resolved config

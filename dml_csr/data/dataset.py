@@ -1,4 +1,4 @@
-"""Face-parsing data set over the release's folder layout (spec section 6, CONTRIBUTING_NOTES).
+"""Face-parsing data set over the release's folder layout (docs/data.md, dml_csr/data/layout.py).
 
     ROOT/label_names.txt
     ROOT/<split>_list.txt        lines: images/NAME.jpg labels/NAME.png (relative to ROOT/<split>/)

@@ -1,4 +1,4 @@
-"""Binary and category-aware edge labels computed from a label map (spec section 3).
+"""Binary and category-aware edge labels computed from a label map (docs/data.md).
 
 Rule: a pixel is an edge pixel if one of its 4 neighbours (up, down, left, right) carries a
 different label, where neither of the two pixels is the ignore value. Both sides of a boundary are

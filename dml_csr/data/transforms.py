@@ -1,4 +1,4 @@
-"""Geometry and normalisation of the data pipeline (spec sections 6 and 7).
+"""Geometry and normalisation of the data pipeline (docs/data.md, docs/evaluation.md).
 
 Every sample is cut out of its image by one affine map: the square source region of side ``scale``
 centred on ``center`` (source pixels, x then y) is rotated by ``rotation`` degrees and resized onto

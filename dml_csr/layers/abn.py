@@ -1,4 +1,4 @@
-"""In-Place Activated BatchNorm (ABN) with a pure-PyTorch fallback (spec section 2).
+"""In-Place Activated BatchNorm (ABN) with a pure-PyTorch fallback (docs/model.md).
 
 The release normalises with ``inplace_abn.InPlaceABNSync``. Its maths, reproduced here:
 

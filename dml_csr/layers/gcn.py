@@ -1,4 +1,4 @@
-"""Graph reasoning units of the DDGCN (spec section 1) and of DGCNet (Table 5 ablations).
+"""Graph reasoning units of the DDGCN (docs/model.md) and of DGCNet (Table 5 ablations).
 
 - ``SpatialGCN``: graph convolution over the channels of a small spatial map;
 - ``DDualGCN``: the dynamic dual graph (spatial branch with a ``SpatialGCN`` + feature graph).

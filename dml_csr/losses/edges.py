@@ -9,7 +9,7 @@ with weights recomputed from every batch's target:
   ("no edge") and n_e the pixels of any other target, w[0] = n_e / (n_0 + n_e) and
   w[j>0] = n_0 / (n_0 + n_e). This equals 0.5 * (mean CE over edge pixels) + 0.5 * (mean CE over
   non-edge pixels) when both sets are non-empty, and 0 when the batch has no edge pixel.
-- frequency (the release's category edge weighting, spec section 9): w[j] = n_j / n_valid, each
+- frequency (the release's category edge weighting, docs/divergences.md): w[j] = n_j / n_valid, each
   class weighted by its own pixel frequency in the batch, so that
   L = sum_j n_j * S_j / sum_j n_j^2 with S_j the summed CE over pixels of class j.
 """

@@ -1,4 +1,4 @@
-"""DML-CSR network (spec section 1): deep-stem ResNet-101 (output stride 8), DDGCN context
+"""DML-CSR network (docs/model.md): deep-stem ResNet-101 (output stride 8), DDGCN context
 embedding, parsing decoder and the training-only edge branch.
 
 Module names are the release's: its checkpoints load unchanged (a test compares every key and
