@@ -128,8 +128,8 @@ class FPLIIF(ParsingModel):
         cell_decode: also feed the output pixel size, measured in latent cells (LIIF's cell).
         chunk_size: output pixels per decoder evaluation when gradients are disabled (None:
             never chunk by default). `forward(..., chunk_size=n)` forces chunking at any time.
-            4096 (default) was the fastest of 2,048 to 65,536 on the project's CPU (a 256 x 256
-            decode in 222 ms against 372 ms for one chunk: the per-chunk activations stay small).
+            4096 (default) was the fastest setting measured (docs/benchmarks.md, docs/fp_liif.md):
+            the per-chunk activations stay small.
         stem_stride: stride of the stem conv3x3. 1 (default): group 1 runs at the input size and
             Z is at 1/4; 2: every group runs at half the size and Z is at 1/8 (about a quarter of
             the encoder's FLOPs).
