@@ -62,7 +62,7 @@ RUNS = {"synthetic": ["model.layers=[1,1,1,1]", "model.width_mult=0.125", "train
 
 def test_every_config_field_is_read(reads, data_root, tmp_path):
     from dml_csr.engine.trainer import Trainer
-    from dml_csr.eval.inference import run_test
+    from dml_csr.eval.runner import run_test
     for name, extra in RUNS.items():
         cfg = C.load_config(name, _overrides(data_root) + extra)
         out = str(tmp_path / name)

@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from dml_csr.config import load_config
 from dml_csr.data.synthetic import make_synthetic
 from dml_csr.engine.trainer import Trainer
-from dml_csr.eval.inference import run_test
+from dml_csr.eval.runner import run_test
 from dml_csr.losses import MultiTaskLoss
 from dml_csr.models import DMLCSR
 

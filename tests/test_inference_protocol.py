@@ -1,4 +1,5 @@
-"""Contracts of dml_csr.eval.inference: the evaluation protocol, TTA, saved predictions, tools/test.py."""
+"""Contracts of dml_csr.eval.inference (the evaluation protocol, TTA, saved predictions) and of
+tools/test.py (dml_csr.eval.runner)."""
 import hashlib
 import json
 import subprocess

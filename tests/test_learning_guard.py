@@ -17,7 +17,7 @@ from dml_csr.config import load_config
 from dml_csr.data.synthetic import make_synthetic
 from dml_csr.engine.trainer import Trainer
 from dml_csr.eval.metrics import ConfusionMatrix, compute_metrics
-from dml_csr.eval.inference import run_test
+from dml_csr.eval.runner import run_test
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -286,7 +286,7 @@ def test_run_test_writes_the_row_of_the_config_and_make_tables_keeps_them_apart(
 
     from dml_csr.config import load_config
     from dml_csr.data.synthetic import make_synthetic
-    from dml_csr.eval.inference import run_test
+    from dml_csr.eval.runner import run_test
     from dml_csr.models import build_model, model_kwargs_from_config
 
     root = tmp_path / "data"

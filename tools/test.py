@@ -7,7 +7,7 @@
 
 CONFIG is a name in configs/ or a YAML path; the model is built from it in its inference form (no
 edge branch) and CHECKPOINT may be one of ours or the release's bare state_dict. Flags left out
-take the config's ``eval.*`` values. The logic lives in dml_csr.eval.inference (run_test); see
+take the config's ``eval.*`` values. The logic lives in dml_csr.eval.runner (run_test); see
 docs/evaluation.md, "Model inference protocol".
 """
 import argparse
@@ -23,7 +23,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 from dml_csr.cli import add_debug_argument, run
 from dml_csr.config import load_config
 from dml_csr.eval.evaluate import parse_meta, write_result
-from dml_csr.eval.inference import run_test
+from dml_csr.eval.runner import run_test
 from dml_csr.eval.tables import format_result_table
 
 

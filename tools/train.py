@@ -30,7 +30,7 @@ def score_best(cfg, trainer: Trainer) -> None:
     writes and prints.
     """
     from dml_csr.eval.evaluate import write_result
-    from dml_csr.eval.inference import run_test
+    from dml_csr.eval.runner import run_test
     from dml_csr.eval.tables import format_result_table
 
     du.barrier()   # best.pth is written by the main process

@@ -1,4 +1,22 @@
-"""Evaluation: the release's pooled scorer, folder scoring, the paper's numbers and tables."""
+"""Evaluation: the release's pooled scorer, the inference protocol, the test runner, folder
+scoring, the paper's numbers and the tables.
+
+- ``metrics``: the scorer of the release (spec section 7): one pooled confusion histogram per
+  split (``ConfusionMatrix``, ``confusion_histogram``), F1 / IoU / accuracies and the data set's
+  headline (``compute_metrics``, ``default_headline``).
+- ``inference``: the evaluation protocol of the release: un-augmented crop, logits at the crop
+  size with optional TTA (``predict_logits``, ``flip_logits``), argmax, warp back, scoring a model
+  on a split (``evaluate_model``); ``INFERENCE_PROTOCOL`` describes it in result JSONs.
+- ``runner``: the config-driven test runner behind ``tools/test.py`` and ``tools/train.py
+  --test``: config + checkpoint -> result JSON (``run_test``, ``build_eval_dataset``).
+- ``evaluate``: scoring a folder of predicted PNGs (``evaluate_folder``, ``tools/evaluate.py``),
+  the data-set name of a root (``resolve_dataset``) and the result JSON every run writes
+  (``build_result``, ``write_result``, ``load_result``).
+- ``paper``: the published numbers as data (DML-CSR Tables 1 to 6, FP-LIIF) and the row keys.
+- ``tables``: ours-vs-paper tables from result JSONs (``make_tables``, ``tools/make_tables.py``).
+
+``inference`` and ``runner`` (which build and load models) are imported by their users, not here.
+"""
 from .evaluate import (EvaluationError, build_result, evaluate_folder, load_result,
                        write_result)
 from .metrics import ConfusionMatrix, compute_metrics, confusion_histogram

@@ -47,14 +47,14 @@ def resolve_dataset(root, tokens: Sequence[str], dataset: Optional[str] = None) 
     else ``synthetic``/``synthetic19`` for a root holding the synthetic generator's
     ``synthetic_info.json``, else a guess from the root folder's name (with a warning). Helen and
     LaPa share their tokens but not their headline metric, so a guess never comes from the tokens
-    alone.
+    alone. Shared by ``evaluate_folder`` and the test runner (``runner.build_eval_dataset``).
     """
     tokens = tuple(tokens)
     name = _from_layout(dataset_of, root, dataset)
     schema = get_schema(name)
     if schema.tokens != tokens:
-        raise EvaluationError(f"label_names.txt of {root} ({len(tokens)} tokens) does not "
-                              f"match the {name!r} schema {list(schema.tokens)}")
+        raise EvaluationError(f"{root}/label_names.txt {list(tokens)} does not match the "
+                              f"{name!r} schema {list(schema.tokens)}")
     return name
 
 

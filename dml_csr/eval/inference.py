@@ -18,12 +18,12 @@ softmax probabilities are averaged and the log of the mean is returned. Probabil
 logits because passes at different scales are not calibrated alike and a single over-confident pass
 would dominate a logit average. Without TTA the model's logits are returned unchanged.
 
-``run_test`` is the logic behind ``tools/test.py``: config + checkpoint -> result JSON.
+The config-driven test runner behind ``tools/test.py`` (config + checkpoint -> result JSON) is
+``dml_csr.eval.runner``.
 """
 import logging
-import time
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -34,13 +34,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dml_csr.data.transforms import warp_back
 from dml_csr.distributed import all_reduce_sum, get_rank, get_world_size, unwrap
-from dml_csr.models.checkpoint import load_inference_model
-from dml_csr.models.registry import model_kwargs_from_config
 
 from .metrics import ConfusionMatrix, compute_metrics
 
-__all__ = ["predict_logits", "flip_logits", "evaluate_model",
-           "build_eval_dataset", "run_test", "INFERENCE_PROTOCOL"]
+__all__ = ["predict_logits", "flip_logits", "evaluate_model", "INFERENCE_PROTOCOL"]
 
 logger = logging.getLogger(__name__)
 
@@ -314,82 +311,3 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
     metrics["num_images"] = num_images
     metrics["confusion"] = cm.hist.tolist()
     return metrics
-
-
-# ---------------------------------------------------------------------------------------------
-# tools/test.py: config + checkpoint -> result
-
-
-def build_eval_dataset(cfg, split: str, data_root: Optional[str] = None):
-    """The un-augmented ``FaceDataset`` of ``split`` with ``cfg``'s crop, channel order and
-    centre convention; the label_names.txt of the root must match ``cfg.data.dataset``."""
-    import os
-
-    from dml_csr.data import FaceDataset, get_schema, read_label_names
-
-    root = data_root or cfg.data.root
-    schema = get_schema(cfg.data.dataset)
-    tokens = tuple(read_label_names(os.path.join(root, "label_names.txt")))
-    if tokens != schema.tokens:
-        raise ValueError(f"{root}/label_names.txt {list(tokens)} does not match the "
-                         f"{cfg.data.dataset!r} schema {list(schema.tokens)}")
-    return FaceDataset(root, split, crop_size=tuple(cfg.data.crop_size), augment="none",
-                       flip=False, channel_order=cfg.data.channel_order,
-                       center_mode=cfg.data.center_mode, with_edges=False, schema=schema)
-
-
-def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[str] = None,
-             device: Union[str, torch.device] = "cpu", batch_size: Optional[int] = None,
-             workers: Optional[int] = None, flip: Optional[bool] = None,
-             scales: Optional[Sequence[float]] = None, pred_dir=None,
-             overlay_dir=None, save_logits: bool = False, progress: bool = False,
-             meta: Optional[Mapping[str, object]] = None, output_scale: Optional[float] = None) -> dict:
-    """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
-    ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
-    ``meta`` and ``protocol.inference``. ``batch_size``, ``workers``, ``flip``, ``scales`` and
-    ``output_scale`` left at None take the config's ``eval.*`` values.
-
-    ``meta.row`` (the table row of ``tools/make_tables.py``) is ``cfg.row`` when the config sets
-    one (the ablation configs), else the model family's (``paper.MODEL_ROWS``: ``dml-csr`` or
-    ``fp-liif``); a ``row`` in ``meta`` overrides both, like every key of ``meta``.
-
-    Under torch.distributed EVERY process must call it (``evaluate_model`` all-reduces the
-    histograms of the per-rank shards); each returns the same numbers and writes only its own
-    shard's files into ``pred_dir`` / ``overlay_dir``."""
-    from .evaluate import build_result
-    from .paper import result_row
-
-    model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset, config=cfg,
-                                       device=device)
-    asked = model_kwargs_from_config(cfg.model, spec.num_classes)
-    if (spec.family, spec.model_kwargs) != (cfg.model.name, asked):
-        logger.info("%s holds %s %s; the config names %s %s: the checkpoint's model is used",
-                    checkpoint, spec.family, spec.model_kwargs, cfg.model.name, asked)
-    dataset = build_eval_dataset(cfg, split, data_root)
-    e = cfg.eval
-    output_scale = float(e.output_scale if output_scale is None else output_scale)
-    flip = e.flip if flip is None else flip
-    scales = e.scales if scales is None else scales
-    batch_size = e.batch_size if batch_size is None else batch_size
-    workers = e.workers if workers is None else workers
-    start = time.perf_counter()
-    metrics = evaluate_model(model, dataset, batch_size=batch_size, workers=workers, device=device,
-                             flip=flip, scales=scales, pred_dir=pred_dir, overlay_dir=overlay_dir,
-                             save_logits=save_logits, progress=progress,
-                             dataset_name=cfg.data.dataset, output_scale=output_scale)
-    seconds = time.perf_counter() - start
-    if "confusion" not in metrics:
-        raise ValueError(f"split {split!r} of {dataset.root} has no label files: nothing to score")
-    info = {"checkpoint": str(checkpoint), "config": cfg.name, "preset": cfg.preset,
-            "model": cfg.model.name, "row": result_row(cfg.row, cfg.model.name),
-            "data_root": str(dataset.root),
-            "crop_size": list(dataset.crop_size), "flip": bool(flip),
-            "scales": [float(s) for s in scales], "output_scale": output_scale,
-            "seconds": round(seconds, 3)}
-    if pred_dir is not None:
-        info["pred_dir"] = str(pred_dir)
-    info.update(meta or {})
-    result = build_result(metrics["confusion"], dataset.schema.tokens, dataset=cfg.data.dataset,
-                          split=split, num_images=metrics["num_images"], meta=info)
-    result["protocol"]["inference"] = dict(INFERENCE_PROTOCOL)
-    return result

@@ -1,0 +1,92 @@
+"""The config-driven test runner behind ``tools/test.py``: config + checkpoint -> result JSON.
+
+``run_test`` loads the checkpoint (``dml_csr.models.checkpoint.load_inference_model``), builds the
+un-augmented split of the config's data root (``build_eval_dataset``), scores it with the
+release's evaluation protocol (``dml_csr.eval.inference.evaluate_model``) and returns the result
+record of ``dml_csr.eval.evaluate.build_result`` with the inference settings in ``meta`` (the table
+row of ``tools/make_tables.py`` included) and ``protocol.inference``.
+"""
+import logging
+import time
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+
+from dml_csr.models.checkpoint import load_inference_model
+from dml_csr.models.registry import model_kwargs_from_config
+
+from .evaluate import build_result, resolve_dataset
+from .inference import INFERENCE_PROTOCOL, evaluate_model
+from .paper import result_row
+
+__all__ = ["build_eval_dataset", "run_test"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_eval_dataset(cfg, split: str, data_root: Optional[str] = None):
+    """The un-augmented ``FaceDataset`` of ``split`` with ``cfg``'s crop, channel order and
+    centre convention; the label_names.txt of the root must match ``cfg.data.dataset``
+    (``evaluate.resolve_dataset``)."""
+    from dml_csr.data import FaceDataset, get_schema, read_label_names
+
+    root = data_root or cfg.data.root
+    schema = get_schema(resolve_dataset(root, read_label_names(root), cfg.data.dataset))
+    return FaceDataset(root, split, crop_size=tuple(cfg.data.crop_size), augment="none",
+                       flip=False, channel_order=cfg.data.channel_order,
+                       center_mode=cfg.data.center_mode, with_edges=False, schema=schema)
+
+
+def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[str] = None,
+             device: Union[str, torch.device] = "cpu", batch_size: Optional[int] = None,
+             workers: Optional[int] = None, flip: Optional[bool] = None,
+             scales: Optional[Sequence[float]] = None, pred_dir=None,
+             overlay_dir=None, save_logits: bool = False, progress: bool = False,
+             meta: Optional[Mapping[str, object]] = None,
+             output_scale: Optional[float] = None) -> dict:
+    """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
+    ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
+    ``meta`` and ``protocol.inference``. ``batch_size``, ``workers``, ``flip``, ``scales`` and
+    ``output_scale`` left at None take the config's ``eval.*`` values.
+
+    ``meta.row`` (the table row of ``tools/make_tables.py``) is ``cfg.row`` when the config sets
+    one (the ablation configs), else the model family's (``paper.MODEL_ROWS``: ``dml-csr`` or
+    ``fp-liif``); a ``row`` in ``meta`` overrides both, like every key of ``meta``.
+
+    Under torch.distributed EVERY process must call it (``evaluate_model`` all-reduces the
+    histograms of the per-rank shards); each returns the same numbers and writes only its own
+    shard's files into ``pred_dir`` / ``overlay_dir``."""
+    model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset, config=cfg,
+                                       device=device)
+    asked = model_kwargs_from_config(cfg.model, spec.num_classes)
+    if (spec.family, spec.model_kwargs) != (cfg.model.name, asked):
+        logger.info("%s holds %s %s; the config names %s %s: the checkpoint's model is used",
+                    checkpoint, spec.family, spec.model_kwargs, cfg.model.name, asked)
+    dataset = build_eval_dataset(cfg, split, data_root)
+    e = cfg.eval
+    output_scale = float(e.output_scale if output_scale is None else output_scale)
+    flip = e.flip if flip is None else flip
+    scales = e.scales if scales is None else scales
+    batch_size = e.batch_size if batch_size is None else batch_size
+    workers = e.workers if workers is None else workers
+    start = time.perf_counter()
+    metrics = evaluate_model(model, dataset, batch_size=batch_size, workers=workers, device=device,
+                             flip=flip, scales=scales, pred_dir=pred_dir, overlay_dir=overlay_dir,
+                             save_logits=save_logits, progress=progress,
+                             dataset_name=cfg.data.dataset, output_scale=output_scale)
+    seconds = time.perf_counter() - start
+    if "confusion" not in metrics:
+        raise ValueError(f"split {split!r} of {dataset.root} has no label files: nothing to score")
+    info = {"checkpoint": str(checkpoint), "config": cfg.name, "preset": cfg.preset,
+            "model": cfg.model.name, "row": result_row(cfg.row, cfg.model.name),
+            "data_root": str(dataset.root),
+            "crop_size": list(dataset.crop_size), "flip": bool(flip),
+            "scales": [float(s) for s in scales], "output_scale": output_scale,
+            "seconds": round(seconds, 3)}
+    if pred_dir is not None:
+        info["pred_dir"] = str(pred_dir)
+    info.update(meta or {})
+    result = build_result(metrics["confusion"], dataset.schema.tokens, dataset=cfg.data.dataset,
+                          split=split, num_images=metrics["num_images"], meta=info)
+    result["protocol"]["inference"] = dict(INFERENCE_PROTOCOL)
+    return result
