@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from dml_csr.models import build_model  # noqa: E402
 from dml_csr.utils.complexity import count_flops, count_parameters  # noqa: E402
-from dml_csr.utils.fold import optimize_for_inference  # noqa: E402
+from dml_csr.deploy.fold import optimize_for_inference  # noqa: E402
 
 
 def rows(classes: int, dml_size: int, skip_2x: bool):

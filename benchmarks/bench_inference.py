@@ -9,7 +9,7 @@ Variants (same weights, same input):
   convolutions, channels_last, inference_mode);
 - ``optimised``: ``optimize_for_inference(model)``, what ``FaceParser`` uses on the CPU: folded,
   plus Winograd F(4x4, 3x3) for the 3x3 convolutions with >= 256 x 256 channels;
-- ``onnxruntime``: the folded model exported by ``dml_csr.api.export_onnx`` (TorchScript exporter,
+- ``onnxruntime``: the folded model exported by ``dml_csr.deploy.export_onnx`` (TorchScript exporter,
   dynamic batch), run by onnxruntime's CPU provider with the same thread count.
 
 Weights: random, every norm randomised and then calibrated on two random images
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dml_csr.models import DMLCSR  # noqa: E402
-from dml_csr.utils.fold import optimize_for_inference, set_inference_threads  # noqa: E402
+from dml_csr.deploy.fold import optimize_for_inference, set_inference_threads  # noqa: E402
 from dml_csr.utils.random_weights import calibrate_norms, randomise_norms  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if not args.no_onnx:
         import onnxruntime as ort
 
-        from dml_csr.api import export_onnx
+        from dml_csr.deploy import export_onnx
         from dml_csr.models import ModelSpec
         path = os.path.join(tempfile.mkdtemp(prefix="bench_onnx_"), "model.onnx")
         t = time.perf_counter()

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from dml_csr.utils.fold import set_inference_threads  # noqa: E402
-from dml_csr.utils.winograd import WinogradConv2d  # noqa: E402
+from dml_csr.deploy.fold import set_inference_threads  # noqa: E402
+from dml_csr.deploy.winograd import WinogradConv2d  # noqa: E402
 
 # (name, C_in, C_out, H = W, dilation, how many in the network)
 SHAPES = [

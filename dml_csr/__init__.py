@@ -6,6 +6,6 @@ __all__ = ["FaceParser"]
 
 def __getattr__(name):  # the user API imports torch and OpenCV: only when asked for
     if name == "FaceParser":
-        from .api import FaceParser
+        from .deploy import FaceParser
         return FaceParser
     raise AttributeError(f"module 'dml_csr' has no attribute {name!r}")

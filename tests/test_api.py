@@ -1,4 +1,5 @@
-"""Contracts of the user API (dml_csr/api.py) and tools/infer.py on a tiny DML-CSR and tiny photos."""
+"""Contracts of the user API (dml_csr/deploy/parser.py) and tools/infer.py on a tiny DML-CSR and
+tiny photos."""
 import logging
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dml_csr.api import FaceParser, NoFaceWarning
+from dml_csr.deploy import FaceParser, NoFaceWarning
 from dml_csr.data.schemas import get_schema
 from dml_csr.models import DMLCSR
 from dml_csr.models.checkpoint import save_atomic

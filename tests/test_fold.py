@@ -1,11 +1,11 @@
-"""Contract of utils/fold.py: the folded inference module equals the plain eval-mode module."""
+"""Contract of deploy/fold.py: the folded inference module equals the plain eval-mode module."""
 import pytest
 import torch
 import torch.nn as nn
 
 from dml_csr.layers.abn import ABN
 from dml_csr.models import DMLCSR
-from dml_csr.utils.fold import fold_norms, optimize_for_inference
+from dml_csr.deploy.fold import fold_norms, optimize_for_inference
 from dml_csr.utils.random_weights import randomise_norms
 
 

@@ -172,7 +172,7 @@ def test_trainer_best_checkpoint_rebuilds_and_scores(run, tmp_path):
 
 
 def test_api_whole_image_mode_returns_the_photo_size(run):
-    from dml_csr.api import FaceParser
+    from dml_csr.deploy import FaceParser
     out, _ = run
     parser = FaceParser.from_checkpoint(os.path.join(out, "best.pth"), detector=None)
     assert parser.crop_size == (CROP, CROP) and parser.schema.num_classes == 11
@@ -185,7 +185,7 @@ def test_api_whole_image_mode_returns_the_photo_size(run):
 
 def test_onnx_fixed_output_size_matches_pytorch(run, tmp_path):
     import onnxruntime as ort
-    from dml_csr.api import export_onnx, read_onnx_metadata
+    from dml_csr.deploy import export_onnx, read_onnx_metadata
     out, _ = run
     model, spec = load_inference_model(os.path.join(out, "best.pth"))
     size = (2 * CROP, 2 * CROP)                       # output at 2x the input: a LIIF property

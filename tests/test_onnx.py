@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from dml_csr.api import FaceParser, export_onnx, read_onnx_metadata
+from dml_csr.deploy import FaceParser, export_onnx, read_onnx_metadata
 from dml_csr.models import load_inference_model
 from dml_csr.models import DMLCSR
 from dml_csr.models.checkpoint import save_atomic

@@ -1,14 +1,14 @@
-"""Contract of utils/winograd.py: WinogradConv2d equals the direct convolution it replaces."""
+"""Contract of deploy/winograd.py: WinogradConv2d equals the direct convolution it replaces."""
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dml_csr.models import DMLCSR
-from dml_csr.utils.fold import (WINOGRAD_AUTO_TILE, WINOGRAD_MIN_CHANNEL_PRODUCT, optimize_for_inference,
+from dml_csr.deploy.fold import (WINOGRAD_AUTO_TILE, WINOGRAD_MIN_CHANNEL_PRODUCT, optimize_for_inference,
                                 winograd_tile)
 from dml_csr.utils.random_weights import randomise_norms
-from dml_csr.utils.winograd import WinogradConv2d, winograd_eligible, winograd_matrices
+from dml_csr.deploy.winograd import WinogradConv2d, winograd_eligible, winograd_matrices
 
 
 

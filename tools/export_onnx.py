@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from dml_csr.api import ONNX_INPUT, export_onnx, read_onnx_metadata
+    from dml_csr.deploy.onnx import ONNX_INPUT, export_onnx, read_onnx_metadata
     from dml_csr.models import load_inference_model
 
     model, spec = load_inference_model(args.checkpoint, dataset=args.dataset)

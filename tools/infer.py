@@ -88,9 +88,8 @@ def main(argv=None) -> int:
         log.error("--out %s holds input images: choose another folder", args.out)
         return 2
 
-    from dml_csr.api import FaceParser, NoFaceWarning, draw_overlay, read_image
-    from dml_csr.detect import DEFAULT_MARGIN
-    from dml_csr.utils.fold import set_inference_threads
+    from dml_csr.deploy import (DEFAULT_MARGIN, FaceParser, NoFaceWarning, draw_overlay, read_image,
+                                set_inference_threads)
 
     set_inference_threads(args.threads)
     margin = DEFAULT_MARGIN if args.margin is None else args.margin

@@ -33,7 +33,7 @@ rounding (a test checks 1e-4 against the plain eval-mode module):
    (default 1: DML-CSR at 473 runs faster per image at batch 1 than at batch 8 on the project's
    CPU, docs/inference.md).
 5. **Winograd** (CPU only, ``winograd="auto"``): the 3x3 stride-1 convolutions with at least
-   256 x 256 channels become :class:`~dml_csr.utils.winograd.WinogradConv2d` F(4x4, 3x3) (2.25
+   256 x 256 channels become :class:`~dml_csr.deploy.winograd.WinogradConv2d` F(4x4, 3x3) (2.25
    multiplies per output and channel pair instead of 9; see :func:`winograd_tile`): the only way
    to a lower batch-1 latency where the direct convolutions already run at the CPU's peak. Its
    rounding error is of the order of the folding's own (docs/inference.md).
