@@ -1,4 +1,4 @@
-"""The pure-PyTorch ABN against a direct formula (spec section 2), and against inplace-abn if importable."""
+"""The pure-PyTorch ABN against a direct formula (docs/model.md), and against inplace-abn if importable."""
 import pytest
 import torch
 import torch.nn.functional as F

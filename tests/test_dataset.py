@@ -16,7 +16,7 @@ HELEN = get_schema("helen")
 
 
 def slow_binary_edges(label, width=1, ignore=255):
-    """Per-pixel loop over spec section 3 (kept here so this file stands alone)."""
+    """Per-pixel loop over the edge rule of docs/data.md (kept here so this file stands alone)."""
     h, w = label.shape
     base = np.zeros((h, w), np.int64)
     for y in range(h):

@@ -5,7 +5,7 @@ from dml_csr.data.edges import binary_edges, category_edges
 
 
 def slow_binary_edges(label, width=1, ignore=255):
-    """Independent per-pixel implementation of spec section 3 (square dilation for width > 1)."""
+    """Independent per-pixel implementation of the edge rule of docs/data.md (square dilation for width > 1)."""
     h, w = label.shape
     base = np.zeros((h, w), np.uint8)
     for y in range(h):

@@ -18,7 +18,7 @@ IGNORE = 255
 
 # ----------------------------------------------------------------------------- fixtures
 def binary_edges(label):
-    """4-neighbour rule of spec section 3, written as loops; 255 where the label is 255."""
+    """4-neighbour edge rule of docs/data.md, written as loops; 255 where the label is 255."""
     edge = torch.zeros_like(label)
     n, h, w = label.shape
     for i in range(n):

@@ -161,7 +161,7 @@ def test_all_reduce_single_process(tmp_path):
 # ---------------------------------------------------------------- the release's formula
 
 def _release_scorer(gts, preds, names):
-    """Straightforward re-implementation of the release's scorer (spec section 7)."""
+    """Straightforward re-implementation of the release's scorer (docs/evaluation.md)."""
     n = len(names)
     hist_sum = np.zeros((n, n))
     for gt, pred in zip(gts, preds):

@@ -167,12 +167,10 @@ def inplace_activations(model: nn.Module) -> List[str]:
     return names
 
 
-# Winograd for the large 3x3 convolutions only: in benchmarks/bench_winograd.py (batch 1, 2 threads,
-# channels_last, the project's CPU machine; docs/inference.md) F(4x4, 3x3) beat the direct
-# convolution by 1.8x to 2.8x from 256 x 256 channels up (DML-CSR layer3/layer4 conv2, the context
-# convs), about broke even at 128 x 128 (0.94x and 1.14x in two runs) and lost for 64 channels
-# (0.5x to 0.8x: the transforms are memory-bound). F(2x2, 3x3) was slower than F(4x4, 3x3) at
-# every DML-CSR shape.
+# Winograd for the large 3x3 convolutions only: benchmarks/bench_winograd.py measured F(4x4, 3x3)
+# faster than the direct convolution from 256 x 256 channels up, about even at 128 x 128 and slower
+# below (the transforms are memory-bound); F(2x2, 3x3) was slower than F(4x4, 3x3). The numbers:
+# docs/inference.md.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
 WINOGRAD_AUTO_TILE = 4
 

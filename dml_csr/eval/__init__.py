@@ -1,7 +1,7 @@
 """Evaluation: the release's pooled scorer, the inference protocol, the test runner, folder
 scoring, the paper's numbers and the tables.
 
-- ``metrics``: the scorer of the release (spec section 7): one pooled confusion histogram per
+- ``metrics``: the scorer of the release (docs/evaluation.md): one pooled confusion histogram per
   split (``ConfusionMatrix``, ``confusion_histogram``), F1 / IoU / accuracies and the data set's
   headline (``compute_metrics``, ``default_headline``).
 - ``inference``: the evaluation protocol of the release: un-augmented crop, logits at the crop

@@ -1,4 +1,4 @@
-"""Model inference under the evaluation protocol of the release (spec section 7).
+"""Model inference under the evaluation protocol of the release (docs/evaluation.md).
 
 Per test image (``evaluate_model``):
 

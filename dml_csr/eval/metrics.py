@@ -1,4 +1,4 @@
-"""The face-parsing scorer of the DML-CSR release (spec section 7), shared by every method here.
+"""The face-parsing scorer of the DML-CSR release (docs/evaluation.md), shared by every method here.
 
 One confusion histogram ``H[gt, pred]`` is pooled over ALL pixels of a split (pixels whose label is
 the ignore value 255 are dropped), and every number is computed from that single histogram:
@@ -265,7 +265,7 @@ def compute_metrics(hist, tokens: Sequence[str], *, dataset: Optional[str] = Non
 def protocol_description(headline: str) -> dict:
     """How the numbers were computed, written into every result JSON."""
     return {
-        "scorer": "dml_csr.eval.metrics (DML-CSR release protocol, spec section 7)",
+        "scorer": "dml_csr.eval.metrics (DML-CSR release protocol, docs/evaluation.md)",
         "histogram": "one confusion histogram H[gt, pred] pooled over all pixels of the split",
         "ignore_index": IGNORE_INDEX,
         "f1": "2*H[G,P].sum()/(H[G,:].sum()+H[:,P].sum()), G=P={c} for a class, G=P=union for "
