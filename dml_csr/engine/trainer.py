@@ -17,11 +17,12 @@ Teacher (``train.teacher``):
 - ``released``: a running mean of end-of-cycle weights, ``T_m = m/(m+1) T_{m-1} + 1/(m+1) M_m``,
   started from the student at the end of the multi-task stage (T_0), with BN re-estimation.
 
-This module is the loop and its bookkeeping: set-up (data check, data, model, optimiser), the
-epochs (``fit``, ``train_one_epoch``), the CSR cycles (teachers, aggregation, BN re-estimation),
-validation and the best model, and the checkpoints it writes. Elsewhere in ``dml_csr/engine/``: the
-stages (``stages.py``: batch -> loss dict), the run folder and ``--resume`` rules (``rundir.py``),
-TensorBoard (``tb.py``), the CSR arithmetic (``csr.py``), the learning rates (``schedule.py``).
+This module is the loop and its bookkeeping: the epochs (``fit``, ``train_one_epoch``), the CSR
+cycles (teachers, aggregation, BN re-estimation), validation and the best model, and the
+checkpoints it writes. Elsewhere in ``dml_csr/engine/``: the stages (``stages.py``: batch -> loss
+dict), the set-up (``build.py``: data check, data, model, optimiser), the run folder and
+``--resume`` rules (``rundir.py``), TensorBoard (``tb.py``), the CSR arithmetic (``csr.py``), the
+learning rates (``schedule.py``).
 Checkpoint format and run-folder contents: docs/training.md.
 """
 import json
