@@ -84,7 +84,7 @@ def test_unexpected_errors_say_how_to_see_the_traceback(capsys):
     line = _error_line(capsys.readouterr().err)
     assert "ZeroDivisionError: division by zero" in line and "--debug" in line
     # a project error type is a user error even when it is a RuntimeError
-    from dml_csr.engine.trainer import RunDirError
+    from dml_csr.engine.rundir import RunDirError
     assert cli.is_user_error(RunDirError("x")) and not cli.is_user_error(RuntimeError("x"))
 
 

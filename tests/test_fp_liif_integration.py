@@ -70,7 +70,7 @@ def test_model_kwarg_override_updates_the_config_mapping(tmp_path):
 
 
 def test_sample_queries_gathers_the_pixels_it_samples():
-    from dml_csr.engine.trainer import sample_queries
+    from dml_csr.engine.stages import sample_queries
     from dml_csr.models.fp_liif import pixel_centres
     n, h, w, q = 2, 5, 7, 11
     ids = torch.arange(h * w).view(1, h, w).repeat(n, 1, 1)

@@ -1,4 +1,5 @@
-"""Package layout: no import cycles among the modules of ``dml_csr``.
+"""Package layout: no import cycles among the modules of ``dml_csr``, and the README's layout map
+names every module.
 
 The module graph comes from the source text alone (``ast``; nothing is imported): an edge
 ``a -> b`` for every ``import b`` / ``from b import x`` in ``a`` that names a ``dml_csr`` module
@@ -172,6 +173,46 @@ def test_layers_do_not_import_models():
              if m.startswith(f"{PACKAGE}.layers") and t.startswith(f"{PACKAGE}.models")}
     assert not wrong, f"layers/ must not import models/: {sorted(wrong)}"
 
+
+def readme_layout() -> Dict[str, str]:
+    """{folder or top-level module: its text} of the README's layout map (the code block under
+    "## Layout"); a folder's text runs on over the indented lines that follow it."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    sections: Dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line.startswith("  ") and line[2:3] != " ":           # "  name/  what" or "  x.py  what"
+            current = line.split()[0]
+            sections[current] = line
+        elif current is not None and line.startswith("   "):
+            sections[current] += " " + line.strip()
+    return sections
+
+
+def unmapped_modules(sections: Dict[str, str], sources: Dict[str, str]) -> List[str]:
+    """The package's modules that the layout map does not name (``__init__`` files aside)."""
+    missing = []
+    for module in sorted(sources):
+        path = module.split(".")[1:]
+        if not path or os.path.isdir(os.path.join(REPO, *module.split("."))):
+            continue                                              # the package or a sub-package
+        if len(path) == 1:
+            named = f"{path[0]}.py" in sections
+        else:
+            named = f"{path[-1]}.py" in sections.get(path[0] + "/", "")
+        if not named:
+            missing.append(module)
+    return missing
+
+
+def test_the_readme_layout_map_names_every_module():
+    sections = readme_layout()
+    assert {"layers/", "models/", "engine/", "config.py"} <= set(sections)
+    assert unmapped_modules(sections, package_sources()) == []
+    # and it can tell: a module the map does not name is reported
+    assert unmapped_modules(sections, {"dml_csr.models.unlisted": ""}) == ["dml_csr.models.unlisted"]
 
 if __name__ == "__main__":
     root = sys.argv[1] if len(sys.argv) > 1 else REPO

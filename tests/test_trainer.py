@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dml_csr.config import load_config
-from dml_csr.engine.trainer import NonFiniteLossError, RunDirError, Trainer
+from dml_csr.engine.rundir import RunDirError
+from dml_csr.engine.trainer import NonFiniteLossError, Trainer
 from dml_csr.models import load_inference_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -1,4 +1,4 @@
-"""Cyclical self-regulation arithmetic (spec section 5) as pure functions on state dicts.
+"""Cyclical self-regulation arithmetic (docs/training.md) as pure functions on state dicts.
 
 - :func:`self_ensemble` — eq. 6 of the paper,
   ``M = k/(k+1) * M_best + 1/((k+1) N) * sum_{n=1..N} M_n``.
@@ -127,7 +127,7 @@ def reset_norm_stats(model: nn.Module) -> None:
 def reestimate_norm_stats(model: nn.Module, batches: Iterable, forward: Callable[[nn.Module, object], None],
                           batch_size_of: Callable[[object], int],
                           max_batches: int = 0) -> int:
-    """Re-estimate every ABN/BatchNorm running statistic as a cumulative average (spec section 5).
+    """Re-estimate every ABN/BatchNorm running statistic as a cumulative average (docs/training.md).
 
     Running stats are reset (mean 0, var 1), the model is put in train mode and the batches are
     forwarded under no_grad; before a batch of ``b`` images, after ``n`` images, every layer's

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (spec section 5) as pure functions of the training position.
+"""Learning-rate schedules (docs/training.md) as pure functions of the training position.
 
 - Multi-task stage: poly decay per iteration, ``lr * (1 - t / T) ** power`` (power 0.9), with
   T = ``poly_epochs * iters_per_epoch``: the stage's own iterations (paper preset), or all the

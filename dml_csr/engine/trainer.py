@@ -17,176 +17,51 @@ Teacher (``train.teacher``):
 - ``released``: a running mean of end-of-cycle weights, ``T_m = m/(m+1) T_{m-1} + 1/(m+1) M_m``,
   started from the student at the end of the multi-task stage (T_0), with BN re-estimation.
 
-Each stage maps a batch to a loss dict (``MultiTaskStage`` / ``DistillStage``); the loss receives
-the model's outputs as they come (the DML-CSR tuple, or FP-LIIF's logits at the crop size).
+This module is the loop and its bookkeeping: the epochs (``fit``, ``train_one_epoch``), the CSR
+cycles (teachers, aggregation, BN re-estimation), validation and the best model, and the
+checkpoints it writes. Elsewhere in ``dml_csr/engine/``: the stages (``stages.py``: batch -> loss
+dict), the set-up (``build.py``: data check, data, model, optimiser), the run folder and
+``--resume`` rules (``rundir.py``), TensorBoard (``tb.py``), the CSR arithmetic (``csr.py``), the
+learning rates (``schedule.py``).
 Checkpoint format and run-folder contents: docs/training.md.
 """
 import json
 import logging
-import math
 import os
 import random
-import shutil
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config, config_to_dict, save_config
-from ..data import FaceDataset, get_schema
-from ..data.transforms import MEAN, STD
-from ..data.check import DataCheckError, DataCheckReport, check_data
-from ..losses import MultiTaskLoss, SelfDistillationLoss, build_losses
-from ..models import ParsingOutput, build_model, load_imagenet_backbone, model_kwargs_from_config
-from ..models.checkpoint import (READABLE_FORMATS, ModelSpec, check_backbone_file,
-                                 load_checkpoint_file, save_checkpoint)
+from ..losses import build_losses
+from ..models import build_model, model_kwargs_from_config
+from ..models.checkpoint import ModelSpec, save_checkpoint
 from ..layers.sync_bn import convert_sync_batchnorm1d
-from . import csr
+from . import csr, tb
 from .. import distributed as du
+from .build import build_data, build_optimizer, build_student, check_run_data, wrap_ddp
+from .rundir import (check_resume_config, load_training_checkpoint, prepare_run_dir, rng_state,
+                     set_rng_state, trim_metrics)
 from .schedule import LRSchedule
+from .stages import DistillStage, FrozenTeacher, MultiTaskStage
 
-__all__ = ["Trainer", "FrozenTeacher", "MultiTaskStage", "DistillStage", "RunDirError",
-           "NonFiniteLossError", "RUN_FILES"]
+__all__ = ["Trainer", "NonFiniteLossError"]
 
 logger = logging.getLogger("dml_csr.train")
 
-RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "tb")
 REESTIMATE_EPOCH_OFFSET = 1_000_000   # augmentation epoch ids of the BN re-estimation passes
-# keys that may change on --resume without changing the run's results
-# --resume of runs saved by earlier versions: fields added since (their behaviour then) and
-# fields removed since (the value that meant "no effect")
-LEGACY_DEFAULTS = {"train.optimizer": "sgd", "train.poly_horizon": "multitask"}
-LEGACY_REMOVED = {"loss.total_scale": 1.0}
-RESUME_FREE_KEYS = {"output_dir", "data.workers", "eval.workers", "eval.batch_size",
-                    "train.log_interval", "train.image_log_interval", "data.check"}
-
-
-class RunDirError(RuntimeError):
-    """The output folder holds another run's files (use --resume or --overwrite)."""
 
 
 class NonFiniteLossError(RuntimeError):
     """A NaN/inf loss; the message names the epoch and iteration."""
 
 
-# --------------------------------------------------------------------------------------------
-# stages: batch -> loss dict
-# --------------------------------------------------------------------------------------------
-SAMPLED_KEYS = ("label", "edge", "cat_edge")
-
-
-def sample_queries(batch: Dict[str, torch.Tensor],
-                   samples: int) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
-    """LIIF-style training queries: ``samples`` distinct random output pixels per image.
-
-    Returns a shallow copy of ``batch`` whose per-pixel targets (``SAMPLED_KEYS``, (N, H, W))
-    are the values at the sampled pixels as (N, 1, Q), and their pixel-centre coordinates
-    (N, Q, 2) for ``FPLIIF(x, coord=...)``; the image is unchanged. Uses the global torch RNG
-    (so ``--resume`` reproduces it). ``samples=0``: ``(batch, None)``, the whole grid."""
-    if not samples:
-        return batch, None
-    from ..models.fp_liif import pixel_centres
-    label = batch["label"]
-    n, h, w = label.shape
-    idx = torch.rand(n, h * w).argsort(dim=1)[:, :samples].to(label.device)   # without replacement
-    coord = pixel_centres(h, w, device=label.device)[idx]                       # (N, Q, 2)
-    out = dict(batch)
-    for key in SAMPLED_KEYS:
-        if key in batch:
-            out[key] = batch[key].reshape(n, h * w).gather(1, idx).view(n, 1, samples)
-    return out, coord
-
-
-class FrozenTeacher(nn.Module):
-    """A frozen copy of a model: eval mode forever, no gradients, forward under no_grad."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> "FrozenTeacher":
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor, coord: Optional[torch.Tensor] = None) -> ParsingOutput:
-        return self.model(images, coord=coord)
-
-
-class MultiTaskStage:
-    """Eq. 5 stage: ``(model, batch) -> (loss dict, outputs)``."""
-    name = "multitask"
-
-    def __init__(self, loss: MultiTaskLoss, query_samples: int = 0):
-        self.loss, self.query_samples = loss, query_samples
-
-    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
-        batch, coord = sample_queries(batch, self.query_samples)
-        outputs = model(batch["image"], coord=coord)
-        return self.loss(outputs, batch), outputs
-
-
-class DistillStage:
-    """Eq. 7 stage of cycle ``cycle`` (1-based) against a :class:`FrozenTeacher`."""
-    name = "csr"
-
-    def __init__(self, loss: SelfDistillationLoss, teacher: FrozenTeacher, cycle: int,
-                 query_samples: int = 0):
-        self.loss, self.teacher, self.cycle = loss, teacher, cycle
-        self.query_samples = query_samples
-
-    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
-        batch, coord = sample_queries(batch, self.query_samples)
-        outputs = model(batch["image"], coord=coord)
-        soft = self.teacher(batch["image"], coord)
-        return self.loss(outputs, batch, soft, cycle=self.cycle), outputs
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-def _rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _colorize(ids: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) ids -> (N, 3, H, W) in [0, 1]; 255 -> white."""
-    ids = ids.clone()
-    out = torch.ones(ids.shape + (3,))
-    valid = ids < palette.shape[0]
-    out[valid] = palette[ids[valid]]
-    return out.permute(0, 3, 1, 2)
 
 
 class Trainer:
@@ -196,8 +71,8 @@ class Trainer:
         cfg: the resolved config.
         output_dir: run folder (overrides ``cfg.output_dir``).
         resume: continue from ``output_dir/last.pth`` (a fresh start when it does not exist).
-        overwrite: delete this run folder's own files (``RUN_FILES``, ``cycle*_aggregated.pth``)
-            and start afresh; nothing else is touched.
+        overwrite: delete this run folder's own files (``rundir.RUN_FILES``,
+            ``cycle*_aggregated.pth``) and start afresh; nothing else is touched.
         device: ``auto`` | ``cpu`` | ``cuda``.
     """
 
@@ -213,8 +88,8 @@ class Trainer:
         self.device = self.info.device
         self.model_name = cfg.model.name
         self.writer = None
-        data_check = self._check_data()     # before the run folder: a failed check leaves none
-        self._prepare_run_dir()
+        data_check = check_run_data(cfg, self.info)   # before the run folder: a failure leaves none
+        prepare_run_dir(self.out, resume, overwrite, self.info.is_main)
         du.setup_logging(os.path.join(self.out, "train.log"), self.info.is_main)
         if data_check is not None:
             logger.info("%s", data_check.summary())
@@ -245,30 +120,6 @@ class Trainer:
     def path(self, name: str) -> str:
         return os.path.join(self.out, name)
 
-    def _run_files(self) -> List[str]:
-        if not os.path.isdir(self.out):
-            return []
-        return sorted(n for n in os.listdir(self.out)
-                      if n in RUN_FILES or (n.startswith("cycle") and n.endswith("_aggregated.pth")))
-
-    def _prepare_run_dir(self) -> None:
-        found = self._run_files()
-        if found and not self.resume and not self.overwrite:
-            raise RunDirError(f"output folder {self.out} holds another run's files ({', '.join(found)}); "
-                              f"pass --resume to continue it, --overwrite to replace it, or choose "
-                              f"another --output-dir")
-        du.barrier()
-        if self.info.is_main:
-            if found and self.overwrite and not self.resume:
-                for name in found:   # only our own file names, only inside the run folder
-                    p = os.path.join(self.out, name)
-                    if os.path.isdir(p) and not os.path.islink(p):
-                        shutil.rmtree(p)
-                    else:
-                        os.remove(p)
-            os.makedirs(self.out, exist_ok=True)
-        du.barrier()
-
     def _seed(self, seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed)
@@ -278,97 +129,22 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
 
-    def _check_data(self) -> Optional[DataCheckReport]:
-        """``data.check``: every image and label of the train and val splits (also on --resume).
-        Under DDP each process checks a shard and the reports are gathered, so any problem, or a
-        check that fails on one process only (a list file missing on one node), stops every
-        process with the same DataCheckError. A missing ``model.pretrained`` file also stops
-        the run here, before the run folder."""
-        d, pretrained = self.cfg.data, self.cfg.model.pretrained
-        if pretrained:
-            check_backbone_file(pretrained)
-        if not d.check:
-            return None
-        args = (d.root, [d.train_split, d.val_split], get_schema(d.dataset))
-        if not self.info.distributed:
-            return check_data(*args).raise_if_problems()
-        try:
-            report, failure = check_data(*args, rank=self.info.rank,
-                                         world_size=self.info.world_size), None
-        except (OSError, ValueError) as exc:
-            report, failure = None, str(exc)
-        shards: List[Any] = [None] * self.info.world_size
-        torch.distributed.all_gather_object(shards, (report, failure))
-        failed = [(rank, f) for rank, (_, f) in enumerate(shards) if f]
-        if failed:
-            raise DataCheckError(f"data check stopped on rank {failed[0][0]}: {failed[0][1]}")
-        report.problems = [p for shard, _ in shards for p in shard.problems]
-        report.seconds = max(shard.seconds for shard, _ in shards)
-        return report.raise_if_problems()
-
     def _build_data(self) -> None:
-        cfg, d = self.cfg, self.cfg.data
-        world = self.info.world_size
-        if d.batch_size % world:
-            raise ValueError(f"data.batch_size ({d.batch_size}) must be divisible by the number of "
-                             f"processes ({world}): it is the GLOBAL batch")
-        self.local_batch = d.batch_size // world
-        self.schema = get_schema(d.dataset)
-        self.train_set = FaceDataset(d.root, d.train_split, crop_size=tuple(d.crop_size),
-                                     augment=d.augment, flip=d.flip, channel_order=d.channel_order,
-                                     center_mode=d.center_mode, edge_width=d.edge_width,
-                                     with_edges=True, schema=self.schema, seed=cfg.train.seed)
-        if len(self.train_set) < d.batch_size:
-            raise ValueError(f"training split has {len(self.train_set)} images, fewer than one "
-                             f"batch of {d.batch_size}")
-        self.val_set = FaceDataset(d.root, d.val_split, crop_size=tuple(d.crop_size), augment="none",
-                                   flip=False, channel_order=d.channel_order,
-                                   center_mode=d.center_mode, with_edges=False, schema=self.schema)
-        # Order depends only on (seed, epoch): DistributedSampler also in a single process.
-        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.info.rank,
-                                          shuffle=True, seed=cfg.train.seed, drop_last=True)
-        self.train_loader = DataLoader(
-            self.train_set, batch_size=self.local_batch, sampler=self.sampler,
-            num_workers=d.workers, pin_memory=self.device.type == "cuda", drop_last=True,
-            generator=torch.Generator().manual_seed(cfg.train.seed))
-        n = len(self.train_loader)
-        cap = cfg.train.max_iters_per_epoch
-        self.iters_per_epoch = min(n, cap) if cap > 0 else n
+        data = build_data(self.cfg, self.info)
+        self.schema, self.local_batch = data.schema, data.local_batch
+        self.train_set, self.val_set = data.train_set, data.val_set
+        self.sampler, self.train_loader = data.sampler, data.loader
+        self.iters_per_epoch = data.iters_per_epoch
 
     def _new_model(self) -> nn.Module:
         return build_model(self.model_name, self.model_kwargs, training=True)
 
     def _build_model(self) -> None:
-        cfg = self.cfg
+        cfg, t = self.cfg, self.cfg.train
         self.model_kwargs = model_kwargs_from_config(cfg.model, self.schema.num_classes)
-        model = self._new_model()
-        if cfg.model.pretrained and not model.imagenet_backbone:
-            raise ValueError(f"model.pretrained is set ({cfg.model.pretrained}) but the "
-                             f"{self.model_name} family has no ImageNet backbone: set "
-                             f"model.pretrained=''")
-        if cfg.model.pretrained:
-            load_imagenet_backbone(model, cfg.model.pretrained)
-        elif model.imagenet_backbone:
-            logger.warning("model.pretrained is empty: the backbone starts from RANDOM weights "
-                           "(the paper uses ImageNet weights; fine only for the synthetic set)")
-        if self.info.distributed:
-            convert_sync_batchnorm1d(model)      # the DDGCN's BatchNorm1d layers; ABN syncs itself
-        model.to(self.device)
-        self.model = model
-        if self.info.distributed:
-            tasks = set(cfg.loss.tasks)
-            unused = not {"binary_edge", "category_edge"} <= tasks
-            self.ddp = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=unused)
-        else:
-            self.ddp = model
-        t = cfg.train
-        if t.optimizer == "adamw":   # FP-LIIF configs (docs/fp_liif.md); weight_decay 0 = Adam
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                                             weight_decay=t.weight_decay)
+        self.model = build_student(cfg, self.model_name, self.model_kwargs, self.info)
+        self.ddp = wrap_ddp(self.model, cfg, self.info)
+        self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = LRSchedule.from_config(cfg, self.iters_per_epoch)
         self.use_amp = bool(t.amp and self.device.type == "cuda")
         if t.amp and not self.use_amp:
@@ -399,7 +175,7 @@ class Trainer:
         self._save("last.pth", du.unwrap(self.model).state_dict(),
                    optimizer=self.optimizer.state_dict(),
                    scheduler={**self.schedule.state_dict(), "epoch": self.epoch, "iteration": 0},
-                   scaler=self.scaler.state_dict(), rng=_rng_state(),
+                   scaler=self.scaler.state_dict(), rng=rng_state(),
                    epoch=self.epoch, stage=stage, cycle=cycle,
                    snapshots={"sum": self.snap_sum, "count": self.snap_count},
                    teacher=None if self.teacher is None else self.teacher.model.state_dict(),
@@ -410,21 +186,8 @@ class Trainer:
         self._save(name, state, **facts)
 
     def _load_last(self) -> None:
-        ckpt = load_checkpoint_file(self.path("last.pth"))
-        if ckpt.get("format") not in READABLE_FORMATS or "optimizer" not in ckpt:
-            raise RunDirError(f"{self.path('last.pth')} is not a training checkpoint of this trainer")
-        saved = _flatten(ckpt["config"])
-        for key, value in LEGACY_DEFAULTS.items():   # runs saved before the field existed
-            saved.setdefault(key, value)
-        for key, neutral in LEGACY_REMOVED.items():  # removed keys, harmless at that value
-            if saved.get(key, neutral) == neutral:
-                saved.pop(key, None)
-        now = _flatten(config_to_dict(self.cfg))
-        diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
-                if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k)}
-        if diff:
-            raise RunDirError("--resume with a different config than the interrupted run "
-                              f"(saved vs now): {diff}")
+        ckpt = load_training_checkpoint(self.path("last.pth"))
+        check_resume_config(ckpt["config"], self.cfg)
         du.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -435,14 +198,9 @@ class Trainer:
         self.last_metrics = ckpt.get("metrics")
         if ckpt["teacher"] is not None:
             self.teacher = self._make_teacher(ckpt["teacher"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         if self.info.is_main:   # drop validation lines written after the checkpoint
-            lines = []
-            if os.path.isfile(self.path("metrics.jsonl")):
-                with open(self.path("metrics.jsonl")) as f:
-                    lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= self.epoch]
-            with open(self.path("metrics.jsonl"), "w") as f:
-                f.writelines(lines)
+            trim_metrics(self.path("metrics.jsonl"), self.epoch)
         logger.info("resumed from %s: %d epochs done", self.path("last.pth"), self.epoch)
 
     # ---------------------------------------------------------------- teacher
@@ -515,14 +273,7 @@ class Trainer:
                         self.epoch, kind, stage, cycle, h["name"], h["value"],
                         metrics.get("mean_f1", float("nan")), metrics.get("miou", float("nan")))
             if self.writer is not None:
-                tag = "val" if kind == "student" else "val_aggregated"
-                for key in ("mean_f1", "miou", "pixel_accuracy", "mean_accuracy"):
-                    if isinstance(metrics.get(key), (int, float)):
-                        self.writer.add_scalar(f"{tag}/{key}", metrics[key], self.epoch)
-                self.writer.add_scalar(f"{tag}/headline_{h['name']}", h["value"], self.epoch)
-                for token, value in (metrics.get("f1") or {}).items():
-                    if isinstance(value, (int, float)):
-                        self.writer.add_scalar(f"{tag}_f1/{token}", value, self.epoch)
+                tb.log_val_scalars(self.writer, metrics, kind, self.epoch)
         return metrics
 
     def _update_best(self, state: Dict[str, torch.Tensor], metrics: Optional[dict], source: str) -> None:
@@ -547,27 +298,10 @@ class Trainer:
     def _log_images(self, batch, outputs, epoch: int) -> None:
         if self.writer is None:
             return
-        n = min(4, batch["image"].shape[0])
-        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(STD).view(1, 3, 1, 1)
-        img = (batch["image"][:n].detach().float().cpu() * std + mean).clamp(0, 1)
-        if self.cfg.data.channel_order == "bgr":
-            img = img.flip(1)
-        size = img.shape[-2:]
-        palette = torch.tensor(self.schema.palette, dtype=torch.float32) / 255.0
-        if self.cfg.train.query_samples:     # the step saw sampled pixels: decode the whole grid
-            with torch.no_grad():
-                outputs = self.model(batch["image"][:n])
-        up = lambda t: nn.functional.interpolate(t[:n].detach().float().cpu(), size=size,  # noqa: E731
-                                                 mode="bilinear", align_corners=True)
-        rows = [img, _colorize(batch["label"][:n].cpu(), palette),
-                _colorize(up(outputs.parsing).argmax(1), palette)]
-        if outputs.binary_edge is not None:
-            rows.append(up(outputs.binary_edge).softmax(1)[:, 1:2].expand(-1, 3, -1, -1))
-        if outputs.category_edge is not None:
-            rows.append(_colorize(up(outputs.category_edge).argmax(1), palette))
-        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)   # (3, rows*H, n*W)
-        self.writer.add_image("train/input_label_pred_edge_catedge", grid, epoch)
+        # the step saw sampled pixels (train.query_samples): decode the whole grid
+        grid = tb.image_grid(batch, outputs, self.schema.palette, self.cfg.data.channel_order,
+                             model=self.model if self.cfg.train.query_samples else None)
+        self.writer.add_image(tb.IMAGE_TAG, grid, epoch)
 
     def train_one_epoch(self, epoch: int, stage) -> Dict[str, float]:
         from tqdm import tqdm
@@ -609,9 +343,7 @@ class Trainer:
                 step = epoch * self.iters_per_epoch + it
                 if self.writer is not None and (it % max(1, cfg.train.log_interval) == 0
                                                 or it == self.iters_per_epoch - 1):
-                    for k, v in values.items():
-                        self.writer.add_scalar(f"train/{k}", v, step)
-                    self.writer.add_scalar("train/lr", lr, step)
+                    tb.log_train_scalars(self.writer, values, lr, step)
         bar.close()
         means = du.reduce_dict({k: v / max(1, count) for k, v in sums.items()})
         interval = cfg.train.image_log_interval
@@ -626,8 +358,7 @@ class Trainer:
         ``stop_after_epoch`` epochs are done; ``--resume`` continues). Returns a summary."""
         cfg, t = self.cfg, self.cfg.train
         if self.info.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(self.path("tb"))
+            self.writer = tb.open_writer(self.path("tb"))
             logger.info("run %s | %s preset | %d processes on %s | global batch %d | %d iterations "
                         "per epoch | %d multi-task epochs + %d cycles x %d epochs", cfg.name,
                         cfg.preset, self.info.world_size, self.device, cfg.data.batch_size,
@@ -664,8 +395,7 @@ class Trainer:
                 du.barrier()
         finally:
             if self.writer is not None:
-                self.writer.flush()
-                self.writer.close()
+                tb.close_writer(self.writer)
                 self.writer = None
         summary = {"epochs_done": self.epoch, "best": None if self.best is None else
                    {k: v for k, v in self.best.items() if k != "model"},

@@ -1,0 +1,133 @@
+"""The run folder: what a run writes there, when it may write, and what ``--resume`` may continue.
+
+- :data:`RUN_FILES` (and ``cycle*_aggregated.pth``) are the run's own files; :func:`prepare_run_dir`
+  refuses a folder that holds another run's files unless ``--resume`` or ``--overwrite`` says
+  otherwise, and ``--overwrite`` deletes only those names.
+- :func:`load_training_checkpoint` reads ``last.pth`` and :func:`check_resume_config` refuses a
+  ``--resume`` whose config differs from the interrupted run's (``RESUME_FREE_KEYS`` may change;
+  ``LEGACY_DEFAULTS`` / ``LEGACY_REMOVED`` read runs saved by earlier versions).
+- :func:`rng_state` / :func:`set_rng_state`: the python, numpy, torch (and CUDA) generators saved
+  in ``last.pth``, so a resumed run draws what the uninterrupted one would have.
+- :func:`trim_metrics`: drops ``metrics.jsonl`` lines written after the checkpoint.
+
+Checkpoint format and run-folder contents: docs/training.md.
+"""
+import json
+import os
+import random
+import shutil
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from ..config import Config, config_to_dict
+from ..models.checkpoint import READABLE_FORMATS, load_checkpoint_file
+from .. import distributed as du
+
+__all__ = ["RunDirError", "RUN_FILES", "LEGACY_DEFAULTS", "LEGACY_REMOVED", "RESUME_FREE_KEYS",
+           "run_files", "prepare_run_dir", "load_training_checkpoint", "check_resume_config",
+           "trim_metrics", "rng_state", "set_rng_state"]
+
+RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "tb")
+# --resume of runs saved by earlier versions: fields added since (their behaviour then) and
+# fields removed since (the value that meant "no effect")
+LEGACY_DEFAULTS = {"train.optimizer": "sgd", "train.poly_horizon": "multitask"}
+LEGACY_REMOVED = {"loss.total_scale": 1.0}
+# keys that may change on --resume without changing the run's results
+RESUME_FREE_KEYS = {"output_dir", "data.workers", "eval.workers", "eval.batch_size",
+                    "train.log_interval", "train.image_log_interval", "data.check"}
+
+
+class RunDirError(RuntimeError):
+    """The output folder holds another run's files (use --resume or --overwrite)."""
+
+
+def run_files(out: str) -> List[str]:
+    """The run's own files present in ``out`` (``RUN_FILES``, ``cycle*_aggregated.pth``)."""
+    if not os.path.isdir(out):
+        return []
+    return sorted(n for n in os.listdir(out)
+                  if n in RUN_FILES or (n.startswith("cycle") and n.endswith("_aggregated.pth")))
+
+
+def prepare_run_dir(out: str, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Create ``out``; refuse another run's files unless ``resume`` (keep them) or ``overwrite``
+    (delete them: only our own file names, only inside the run folder). Every process calls it."""
+    found = run_files(out)
+    if found and not resume and not overwrite:
+        raise RunDirError(f"output folder {out} holds another run's files ({', '.join(found)}); "
+                          f"pass --resume to continue it, --overwrite to replace it, or choose "
+                          f"another --output-dir")
+    du.barrier()
+    if is_main:
+        if found and overwrite and not resume:
+            for name in found:   # only our own file names, only inside the run folder
+                p = os.path.join(out, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                else:
+                    os.remove(p)
+        os.makedirs(out, exist_ok=True)
+    du.barrier()
+
+
+def load_training_checkpoint(path: str) -> Dict[str, Any]:
+    """``last.pth`` as a dict; :class:`RunDirError` when it is not a training checkpoint."""
+    ckpt = load_checkpoint_file(path)
+    if ckpt.get("format") not in READABLE_FORMATS or "optimizer" not in ckpt:
+        raise RunDirError(f"{path} is not a training checkpoint of this trainer")
+    return ckpt
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(saved_config: Dict[str, Any], cfg: Config) -> None:
+    """:class:`RunDirError` when ``cfg`` differs from the interrupted run's saved config (outside
+    ``RESUME_FREE_KEYS``; legacy keys read as described in the module docstring)."""
+    saved = _flatten(saved_config)
+    for key, value in LEGACY_DEFAULTS.items():   # runs saved before the field existed
+        saved.setdefault(key, value)
+    for key, neutral in LEGACY_REMOVED.items():  # removed keys, harmless at that value
+        if saved.get(key, neutral) == neutral:
+            saved.pop(key, None)
+    now = _flatten(config_to_dict(cfg))
+    diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
+            if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k)}
+    if diff:
+        raise RunDirError("--resume with a different config than the interrupted run "
+                          f"(saved vs now): {diff}")
+
+
+def trim_metrics(path: str, epoch: int) -> None:
+    """Keep only the ``metrics.jsonl`` lines of epochs <= ``epoch`` (written before the checkpoint)."""
+    lines = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= epoch]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

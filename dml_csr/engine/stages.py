@@ -1,0 +1,89 @@
+"""The training stages: each maps ``(model, batch)`` to ``(loss dict, outputs)``.
+
+- :class:`MultiTaskStage`: eq. 5, the multi-task stage.
+- :class:`DistillStage`: eq. 7, CSR cycle k against a :class:`FrozenTeacher`.
+- :func:`sample_queries`: FP-LIIF's LIIF-style sampled training queries (``train.query_samples``).
+
+The loss receives the model's outputs as they come (the DML-CSR tuple, or FP-LIIF's logits at the
+crop size). Which stage runs when, and which teacher it gets, is the trainer's schedule
+(``dml_csr/engine/trainer.py``).
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..losses import MultiTaskLoss, SelfDistillationLoss
+from ..models import ParsingOutput
+
+__all__ = ["SAMPLED_KEYS", "sample_queries", "FrozenTeacher", "MultiTaskStage", "DistillStage"]
+
+SAMPLED_KEYS = ("label", "edge", "cat_edge")
+
+def sample_queries(batch: Dict[str, torch.Tensor],
+                   samples: int) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    """LIIF-style training queries: ``samples`` distinct random output pixels per image.
+
+    Returns a shallow copy of ``batch`` whose per-pixel targets (``SAMPLED_KEYS``, (N, H, W))
+    are the values at the sampled pixels as (N, 1, Q), and their pixel-centre coordinates
+    (N, Q, 2) for ``FPLIIF(x, coord=...)``; the image is unchanged. Uses the global torch RNG
+    (so ``--resume`` reproduces it). ``samples=0``: ``(batch, None)``, the whole grid."""
+    if not samples:
+        return batch, None
+    from ..models.fp_liif import pixel_centres
+    label = batch["label"]
+    n, h, w = label.shape
+    idx = torch.rand(n, h * w).argsort(dim=1)[:, :samples].to(label.device)   # without replacement
+    coord = pixel_centres(h, w, device=label.device)[idx]                       # (N, Q, 2)
+    out = dict(batch)
+    for key in SAMPLED_KEYS:
+        if key in batch:
+            out[key] = batch[key].reshape(n, h * w).gather(1, idx).view(n, 1, samples)
+    return out, coord
+
+
+class FrozenTeacher(nn.Module):
+    """A frozen copy of a model: eval mode forever, no gradients, forward under no_grad."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, coord: Optional[torch.Tensor] = None) -> ParsingOutput:
+        return self.model(images, coord=coord)
+
+
+class MultiTaskStage:
+    """Eq. 5 stage: ``(model, batch) -> (loss dict, outputs)``."""
+    name = "multitask"
+
+    def __init__(self, loss: MultiTaskLoss, query_samples: int = 0):
+        self.loss, self.query_samples = loss, query_samples
+
+    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
+        batch, coord = sample_queries(batch, self.query_samples)
+        outputs = model(batch["image"], coord=coord)
+        return self.loss(outputs, batch), outputs
+
+
+class DistillStage:
+    """Eq. 7 stage of cycle ``cycle`` (1-based) against a :class:`FrozenTeacher`."""
+    name = "csr"
+
+    def __init__(self, loss: SelfDistillationLoss, teacher: FrozenTeacher, cycle: int,
+                 query_samples: int = 0):
+        self.loss, self.teacher, self.cycle = loss, teacher, cycle
+        self.query_samples = query_samples
+
+    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
+        batch, coord = sample_queries(batch, self.query_samples)
+        outputs = model(batch["image"], coord=coord)
+        soft = self.teacher(batch["image"], coord)
+        return self.loss(outputs, batch, soft, cycle=self.cycle), outputs
