@@ -1,7 +1,7 @@
 """The checkpoint format is the contract: what the file says reaches the parser's output.
 
 One writer (``save_checkpoint``), one reader (``load_inference_model``): a field edited in a saved
-file (class names, input normalisation, channel order, crop size, the family's arguments) changes
+file (class names, input normalisation, channel order, crop and output size, the family's arguments) changes
 what ``dml_csr.FaceParser`` does, and files of the first format version load alike.
 """
 import numpy as np
@@ -57,7 +57,7 @@ def test_the_file_holds_the_format_and_the_writers_extras(saved):
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["epoch"] == 3 and ckpt["score"] == 0.5
     assert ckpt["input"] == {"crop_size": list(CROP), "channel_order": "bgr",
                              "center_mode": "exact", "mean": [0.485, 0.456, 0.406],
-                             "std": [0.229, 0.224, 0.225]}
+                             "std": [0.229, 0.224, 0.225], "output_scale": 1.0}
     model, spec = load_inference_model(str(saved))
     assert spec == ModelSpec.for_dataset("dml_csr", KW, "helen", crop_size=CROP)
     with pytest.raises(ValueError, match="would replace"):
@@ -93,6 +93,15 @@ def test_crop_size_comes_from_the_file(saved, photo, tmp_path):
         ckpt["input"]["crop_size"] = [64, 64]
     parser, res = _parse(_edited(saved, tmp_path, change), photo)
     assert parser.crop_size == (64, 64)
+    assert not np.allclose(res.logits[0], _parse(str(saved), photo)[1].logits[0], atol=1e-4)
+
+
+def test_output_scale_comes_from_the_file(saved, photo, tmp_path):
+    def change(ckpt):
+        ckpt["input"]["output_scale"] = 2.0
+    parser, res = _parse(_edited(saved, tmp_path, change), photo)
+    assert parser.output_size == (96, 96) and _parse(str(saved), photo)[0].output_size == CROP
+    assert res.label_maps[0].shape == photo.shape[:2]
     assert not np.allclose(res.logits[0], _parse(str(saved), photo)[1].logits[0], atol=1e-4)
 
 

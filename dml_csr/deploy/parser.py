@@ -207,6 +207,8 @@ class FaceParser:
         backend: callable ``(N, 3, H, W) normalised crops, crop_size -> (N, K, h, w) logits``.
         schema: label facts of the weights.
         crop_size: (h, w) network input. channel_order: ``bgr`` | ``rgb`` of the weights.
+        mean, std: the input normalisation of the weights. output_scale: the logits' grid is
+            ``round(output_scale x crop_size)`` (FP-LIIF decodes there; others are upsampled).
         detector: ``"opencv"`` (Haar cascade), None (no detection: whole photo = one face) or a
             callable ``image_bgr -> (F, 4|5) boxes``.
         margin: square region side = (1 + 2 * margin) * longer box side.
@@ -218,13 +220,17 @@ class FaceParser:
                  channel_order: str = "bgr", detector: Union[str, Detector, None] = "opencv",
                  margin: float = DEFAULT_MARGIN, max_batch: int = 8, center_mode: str = "exact",
                  backend_name: str = "torch", mean: Sequence[float] = MEAN,
-                 std: Sequence[float] = STD):
+                 std: Sequence[float] = STD, output_scale: float = 1.0):
         if channel_order not in ("bgr", "rgb"):
             raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
         self.backend = backend
         self.backend_name = backend_name
         self.schema = schema
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        if not output_scale > 0:
+            raise ValueError(f"output_scale must be positive, got {output_scale}")
+        # the logits' grid over the crop: FP-LIIF decodes there, others are upsampled to it
+        self.output_size = tuple(max(1, int(round(v * output_scale))) for v in self.crop_size)
         self.channel_order = channel_order
         self.detector = HaarFaceDetector() if detector == "opencv" else detector
         if self.detector is not None and not callable(self.detector):
@@ -296,12 +302,13 @@ class FaceParser:
         return boxes[:, :5], [face_region(b, self.margin) for b in boxes]
 
     def _logits(self, crops: List[torch.Tensor]) -> torch.Tensor:
-        """(F, 3, H, W) crops -> (F, K, H, W) logits at the crop size, ``max_batch`` at a time."""
+        """(F, 3, H, W) crops -> (F, K, h, w) logits on ``output_size`` over the crop region,
+        ``max_batch`` at a time."""
         outs = []
         for s in range(0, len(crops), self.max_batch):
-            out = self.backend(torch.stack(crops[s:s + self.max_batch]), self.crop_size)
-            if tuple(out.shape[-2:]) != self.crop_size:
-                out = F.interpolate(out, size=self.crop_size, mode="bilinear", align_corners=True)
+            out = self.backend(torch.stack(crops[s:s + self.max_batch]), self.output_size)
+            if tuple(out.shape[-2:]) != self.output_size:
+                out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=True)
             outs.append(out)
         return torch.cat(outs)
 
@@ -339,7 +346,7 @@ class FaceParser:
                 crop = warp_image(photo, center, scale, 0.0, self.crop_size, mode)
                 crops.append(normalize_image(crop, self.channel_order, self.mean, self.std))
         logits = self._logits(crops) if crops else torch.zeros(0, self.schema.num_classes,
-                                                                *self.crop_size)
+                                                                *self.output_size)
         if logits.shape[1] != self.schema.num_classes:
             raise RuntimeError(f"the model predicts {logits.shape[1]} classes, the {self.schema.name} "
                                f"schema has {self.schema.num_classes}")
@@ -392,4 +399,5 @@ class FaceParser:
 def _input_facts(spec: ModelSpec) -> Dict[str, Any]:
     """FaceParser's arguments that come from a checkpoint or ONNX file."""
     return dict(schema=spec.schema(), crop_size=spec.crop_size, channel_order=spec.channel_order,
-                center_mode=spec.center_mode, mean=spec.mean, std=spec.std)
+                center_mode=spec.center_mode, mean=spec.mean, std=spec.std,
+                output_scale=spec.output_scale)

@@ -157,7 +157,8 @@ class Trainer:
         d = self.cfg.data
         return ModelSpec.for_dataset(self.model_name, self.model_kwargs, d.dataset,
                                      crop_size=d.crop_size, channel_order=d.channel_order,
-                                     center_mode=d.center_mode)
+                                     center_mode=d.center_mode,
+                                     output_scale=self.cfg.eval.output_scale)
 
     def _save(self, name: str, state: Dict[str, torch.Tensor], **extra) -> None:
         if self.info.is_main:

@@ -7,7 +7,7 @@ and are read alike) are dicts written by :func:`save_checkpoint`:
     model           the state_dict
     model_name      the model family (models/registry.py) and model_kwargs its arguments
     dataset, class_tokens, class_names, num_classes
-    input           crop_size, channel_order (bgr | rgb), center_mode, mean, std
+    input           crop_size, channel_order (bgr | rgb), center_mode, mean, std, output_scale
     config          the resolved training config (optional), torch_version, and whatever the
                     writer adds (training state in last.pth; epoch, score, metrics in best.pth)
 
@@ -244,10 +244,12 @@ class ModelSpec:
     center_mode: str = "exact"
     mean: Tuple[float, float, float] = field(default=None)
     std: Tuple[float, float, float] = field(default=None)
+    output_scale: float = 1.0          # logits at round(output_scale x crop) (eval.output_scale)
 
     def __post_init__(self):
         from ..data.transforms import MEAN, STD
         self.crop_size = tuple(int(v) for v in self.crop_size)
+        self.output_scale = float(self.output_scale)
         self.mean = tuple(float(v) for v in (MEAN if self.mean is None else self.mean))
         self.std = tuple(float(v) for v in (STD if self.std is None else self.std))
         if len(self.class_names) != len(self.class_tokens):
@@ -286,7 +288,7 @@ class ModelSpec:
                    crop_size=inp.get("crop_size", (473, 473)),
                    channel_order=inp.get("channel_order", "bgr"),
                    center_mode=inp.get("center_mode", "exact"), mean=inp.get("mean"),
-                   std=inp.get("std"))
+                   std=inp.get("std"), output_scale=inp.get("output_scale", 1.0))
 
     def with_input(self, crop_size: Optional[Sequence[int]] = None,
                    channel_order: Optional[str] = None) -> "ModelSpec":
@@ -302,7 +304,7 @@ class ModelSpec:
                 "class_names": list(self.class_names), "num_classes": self.num_classes,
                 "input": {"crop_size": list(self.crop_size), "channel_order": self.channel_order,
                           "center_mode": self.center_mode, "mean": list(self.mean),
-                          "std": list(self.std)}}
+                          "std": list(self.std), "output_scale": self.output_scale}}
 
     def schema(self):
         """The data set's schema (flip pairs, palette) with this file's class names."""
@@ -398,7 +400,8 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
                            spec.dataset, dataset)
             spec = ModelSpec.for_dataset(spec.family, spec.model_kwargs, dataset,
                                          crop_size=spec.crop_size, channel_order=spec.channel_order,
-                                         center_mode=spec.center_mode, mean=spec.mean, std=spec.std)
+                                         center_mode=spec.center_mode, mean=spec.mean, std=spec.std,
+                                         output_scale=spec.output_scale)
     else:
         state = extract_state_dict(ckpt, source)
         if config is not None:           # a wrong class count fails in load_model_weights, by key
@@ -406,7 +409,8 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
             d = config.data
             spec = ModelSpec.for_dataset(config.model.name, model_kwargs_from_config(
                 config.model, get_schema(name).num_classes), name, crop_size=d.crop_size,
-                channel_order=d.channel_order, center_mode=d.center_mode)
+                channel_order=d.channel_order, center_mode=d.center_mode,
+                output_scale=config.eval.output_scale)
         else:
             name = release_dataset(source, state_num_classes(state), dataset)
             spec = ModelSpec.for_dataset(
