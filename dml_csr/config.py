@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Optional, Sequence, get_args, get_origin, get_type_hints
 
 import yaml
 

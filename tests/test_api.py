@@ -4,7 +4,6 @@ import logging
 import os
 import subprocess
 import sys
-import warnings
 
 import cv2
 import numpy as np
@@ -15,7 +14,6 @@ import torch.nn.functional as F
 from dml_csr.deploy import FaceParser, NoFaceWarning
 from dml_csr.data.schemas import get_schema
 from dml_csr.models import DMLCSR
-from dml_csr.models.checkpoint import save_atomic
 from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,10 +4,9 @@ import logging
 import pytest
 import torch
 
-from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 from dml_csr.models import DMLCSR, load_inference_model
-from dml_csr.models.checkpoint import (CheckpointMismatchError, load_imagenet_backbone,
-                                       load_model_weights, save_atomic)
+from dml_csr.models.checkpoint import (CheckpointMismatchError, ModelSpec, load_imagenet_backbone,
+                                       load_model_weights, save_checkpoint)
 
 
 @pytest.fixture()

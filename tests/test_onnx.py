@@ -9,7 +9,6 @@ import torch
 from dml_csr.deploy import FaceParser, export_onnx, read_onnx_metadata
 from dml_csr.models import load_inference_model
 from dml_csr.models import DMLCSR
-from dml_csr.models.checkpoint import save_atomic
 from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

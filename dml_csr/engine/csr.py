@@ -15,7 +15,7 @@ What the averages do with buffers:
 - integer buffers (BatchNorm's ``num_batches_tracked``) cannot be averaged; they are copied from
   ``M_best`` (eq. 6) or from the newest model (release), and reset by the re-estimation.
 """
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
 import torch.nn as nn

@@ -18,8 +18,6 @@ Backends:
 - ``auto`` (default): ``compiled`` for CUDA tensors when the package imports (where its in-place
   memory saving matters), else ``native``.
 """
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
