@@ -38,7 +38,7 @@ class ModelConfig:
     layers: List[int] = field(default_factory=lambda: [3, 4, 23, 3])   # ResNet-101
     width_mult: float = 1.0               # < 1 only for the CPU-sized synthetic preset
     context: str = "ddgcn"                # ddgcn | ablation modules (configs/ablations)
-    norm_backend: str = "auto"            # ABN backend: auto | native | compiled
+    norm_backend: str = "auto"            # ABN backend: auto | native | compiled | memory
     pretrained: str = ""                  # path to resnet101-imagenet.pth ("" = random init)
     # FP-LIIF (keyword arguments of dml_csr.models.FPLIIF; empty = its defaults)
     fp_liif: Dict[str, Any] = field(default_factory=dict)
@@ -278,11 +278,12 @@ def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = (
 
 
 def validate(cfg: Config) -> None:
+    from .layers.abn import ABN_BACKENDS
     from .models.registry import FAMILIES
     choices = {
         "preset": (cfg.preset, ("paper", "released")),
         "model.name": (cfg.model.name, tuple(FAMILIES)),
-        "model.norm_backend": (cfg.model.norm_backend, ("auto", "native", "compiled")),
+        "model.norm_backend": (cfg.model.norm_backend, ABN_BACKENDS),
         "data.augment": (cfg.data.augment, ("paper", "released", "none")),
         "data.channel_order": (cfg.data.channel_order, ("bgr", "rgb")),
         "data.center_mode": (cfg.data.center_mode, ("exact", "released")),

@@ -102,3 +102,146 @@ def test_native_matches_compiled(training):
     assert torch.allclose(native.bias.grad, compiled.bias.grad, atol=1e-4)
     assert torch.allclose(native.running_mean, compiled.running_mean, atol=1e-6)
     assert torch.allclose(native.running_var, compiled.running_var, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# backend "memory": saves only the output (In-Place ABN), against native and the direct formula
+# --------------------------------------------------------------------------------------------
+def _pair(c=5, activation="leaky_relu", param=0.01):
+    layers = []
+    for backend in ("native", "memory"):
+        layer = ABN(c, backend=backend, activation=activation, activation_param=param).double()
+        layer.load_state_dict(_layer(c, seed=1).double().state_dict())
+        layers.append(layer)
+    assert (layers[0].weight < 0).any() and (layers[0].weight > 0).any()
+    return layers
+
+
+def _run(layer, x, g):
+    x = x.clone().requires_grad_(True)
+    layer.zero_grad()
+    y = layer(x)
+    (y * g).sum().backward()
+    return y.detach(), x.grad, layer.weight.grad.clone(), layer.bias.grad.clone()
+
+
+@pytest.mark.parametrize("activation,param", [("leaky_relu", 0.01), ("identity", 0.0), ("elu", 1.0)])
+@pytest.mark.parametrize("training", [True, False])
+def test_memory_backend_equals_native_and_formula(training, activation, param):
+    native, memory = _pair(activation=activation, param=param)
+    native.train(training), memory.train(training)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 7, 6, dtype=torch.float64, generator=gen) * 2 + 0.5
+    g = torch.randn(3, 5, 7, 6, dtype=torch.float64, generator=gen)
+    rm0, rv0 = native.running_mean.clone(), native.running_var.clone()
+    ref_out = _run(native, x, g)
+    mem_out = _run(memory, x, g)
+    for a, b in zip(ref_out, mem_out):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    if activation == "leaky_relu":                     # the direct formula, autograd through it
+        x2 = x.clone().requires_grad_(True)
+        w = _layer(5, seed=1).double().weight.detach().clone().requires_grad_(True)
+        b = _layer(5, seed=1).double().bias.detach().clone().requires_grad_(True)
+        if training:
+            mean, var = x2.mean(dim=(0, 2, 3)), x2.var(dim=(0, 2, 3), unbiased=False)
+        else:
+            mean, var = rm0, rv0
+        ref = reference_abn(x2, w, b, mean, var)
+        (ref * g).sum().backward()
+        for a, b_ in zip(mem_out, (ref.detach(), x2.grad, w.grad, b.grad)):
+            assert torch.allclose(a, b_, atol=1e-10, rtol=0)
+    # running statistics: identical update in training, untouched in eval
+    assert torch.allclose(memory.running_mean, native.running_mean, atol=1e-12, rtol=0)
+    assert torch.allclose(memory.running_var, native.running_var, atol=1e-12, rtol=0)
+    if not training:
+        assert torch.equal(memory.running_mean, rm0) and torch.equal(memory.running_var, rv0)
+    else:
+        assert not torch.equal(memory.running_mean, rm0)
+
+
+def _saved_full_size(layer, x):
+    saved = []
+
+    def pack(t):
+        if t.shape == x.shape:
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    return y, saved
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_memory_backend_saves_only_the_output(training):
+    native, memory = _pair()
+    native.train(training), memory.train(training)
+    x = torch.randn(3, 5, 7, 6, dtype=torch.float64).mul(2).requires_grad_(True)
+    y, saved = _saved_full_size(memory, x)
+    assert len(saved) == 1 and saved[0].data_ptr() == y.data_ptr()
+    assert all(t.data_ptr() != x.data_ptr() for t in saved)
+    _, saved_native = _saved_full_size(native, x)     # sanity: the native graph keeps more
+    assert len(saved_native) >= 2
+    y.sum().backward()                                # and the saved output suffices
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_backend_names_validated():
+    from dml_csr.layers.abn import convert_abn_backend
+    with pytest.raises(ValueError, match="backend"):
+        convert_abn_backend(torch.nn.Sequential(ABN(3)), "inplace")
+    model = convert_abn_backend(torch.nn.Sequential(ABN(3), ABN(4)), "memory")
+    assert [m.backend for m in model] == ["memory", "memory"]
+    with pytest.raises(ValueError, match="invertible"):
+        ABN(3, backend="memory", activation_param=0.0).train()(torch.randn(2, 3, 2, 2))
+
+
+# 2 gloo processes, each with half of the batch: memory == native under the same group, and both
+# == single-process native on the whole batch (outputs and x-gradients per half; parameter
+# gradients summed over the processes, as DDP's all-reduce does before averaging)
+def _memory_ddp_worker(rank, world, port, out_path):
+    import os
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, g = _ddp_batch()
+        half = slice(3 * rank, 3 * rank + 3)
+        results = {}
+        for layer in _pair():
+            out = _run(layer, x[half], g[half])
+            results[layer.backend] = [t.clone() for t in out] + [layer.running_mean.clone(),
+                                                                 layer.running_var.clone()]
+        torch.save(results, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_batch():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, 7, 6, dtype=torch.float64, generator=gen) * 2 + 0.5
+    x[3:] += 1.0                              # the halves differ in distribution
+    return x, torch.randn(6, 5, 7, 6, dtype=torch.float64, generator=gen)
+
+
+def test_memory_backend_two_process_gloo(tmp_path):
+    import torch.multiprocessing as mp
+    from test_distributed import _free_port   # the helper of the DDP tests
+    out = str(tmp_path / "abn")
+    mp.spawn(_memory_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+    native, _ = _pair()
+    x, g = _ddp_batch()
+    y, gx, gw, gb = _run(native, x, g)
+    for r in ranks:
+        for a, b in zip(r["memory"], r["native"]):
+            assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    mem = [r["memory"] for r in ranks]
+    assert torch.allclose(torch.cat([m[0] for m in mem]), y, atol=1e-10, rtol=0)
+    assert torch.allclose(torch.cat([m[1] for m in mem]), gx, atol=1e-10, rtol=0)
+    assert torch.allclose(mem[0][2] + mem[1][2], gw, atol=1e-10, rtol=0)
+    assert torch.allclose(mem[0][3] + mem[1][3], gb, atol=1e-10, rtol=0)
+    for m in mem:                                     # global running statistics on every rank
+        assert torch.allclose(m[4], native.running_mean, atol=1e-12, rtol=0)
+        assert torch.allclose(m[5], native.running_var, atol=1e-12, rtol=0)

@@ -15,6 +15,14 @@ Backends:
   flowing through the reduction, so every process normalises with the global batch statistics.
 - ``compiled``: the ``inplace-abn`` package's kernels (CPU or CUDA), passed the world group
   explicitly, because its sync layer silently reduces nothing when given no group.
+- ``memory``: pure PyTorch, memory-saving as in the In-Place ABN paper (Rota Bulo et al., 2018):
+  a custom autograd function that saves only the activation output ``y`` plus per-channel
+  tensors (``inv_std``, ``weight``, ``bias``), not the input. Its backward inverts the activation
+  (``z = act^-1(y)``) and the affine (``xhat = (z - bias) / (|weight| + eps)``, invertible because
+  ``|weight| + eps > 0``) and applies the batch-norm gradient formula. Under ``torch.distributed``
+  the forward statistics and the backward's per-channel sums (``sum dz``, ``sum dz * xhat``) are
+  all-reduced, so outputs and gradients equal ``native``'s. The output is a new tensor (the input
+  is not overwritten); eval mode uses the same function with the running statistics.
 - ``auto`` (default): ``compiled`` for CUDA tensors when the package imports (where its in-place
   memory saving matters), else ``native``.
 """
@@ -30,9 +38,10 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken build raising OSErr
     _inplace_abn = None
     _iabn_functions = None
 
-__all__ = ["ABN", "compiled_abn_available", "activation_fn"]
+__all__ = ["ABN", "ABN_BACKENDS", "compiled_abn_available", "activation_fn"]
 
 _ACTIVATIONS = ("leaky_relu", "elu", "identity")
+ABN_BACKENDS = ("auto", "native", "compiled", "memory")
 
 
 def compiled_abn_available() -> bool:
@@ -83,6 +92,74 @@ def _batch_stats(x: torch.Tensor, sync: bool):
     return mean, var, n_total
 
 
+def _check_backend(backend: str) -> None:
+    if backend not in ABN_BACKENDS:
+        raise ValueError(f"ABN backend must be one of {ABN_BACKENDS}, got {backend!r}")
+    if backend == "compiled" and not compiled_abn_available():
+        raise RuntimeError("ABN backend 'compiled' requested but the inplace-abn package does not "
+                           "import; build it with scripts/build_inplace_abn.sh or use 'native'")
+
+
+def _invert_activation(y: torch.Tensor, activation: str, param: float):
+    """(z, dy/dz) from y = act(z): the activation is inverted from its output alone."""
+    if activation == "leaky_relu":
+        pos = y >= 0
+        return torch.where(pos, y, y / param), torch.where(pos, torch.ones_like(y),
+                                                           torch.full_like(y, param))
+    if activation == "elu":            # y = alpha * (exp(z) - 1) for z < 0, so dy/dz = y + alpha
+        pos = y >= 0
+        return (torch.where(pos, y, torch.log1p(y / param)),
+                torch.where(pos, torch.ones_like(y), y + param))
+    return y, torch.ones_like(y)
+
+
+class _MemoryABNFunction(torch.autograd.Function):
+    """ABN forward/backward that keeps only the output (In-Place ABN's memory saving).
+
+    ``mean``/``var`` are the (already all-reduced) batch statistics in training, or the running
+    statistics in eval (``batch_stats=False``: they are constants for the gradient). ``count`` is
+    the global number of elements per channel; ``sync`` all-reduces the backward's two
+    per-channel sums over the process group.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps, activation, param, batch_stats, count, sync):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        inv_std = torch.rsqrt(var + eps)
+        scale = weight.abs() + eps
+        z = (x - mean.view(shape)) * (inv_std * scale).view(shape) + bias.view(shape)
+        y = activation_fn(z, activation, param)
+        ctx.save_for_backward(y, inv_std, weight, bias)
+        ctx.conf = (eps, activation, param, batch_stats, count, sync)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        y, inv_std, weight, bias = ctx.saved_tensors
+        eps, activation, param, batch_stats, count, sync = ctx.conf
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        dims = [0] + list(range(2, y.dim()))
+        scale = weight.abs() + eps
+        z, dact = _invert_activation(y, activation, param)
+        dz = grad_y * dact
+        xhat = (z - bias.view(shape)) / scale.view(shape)
+        sum_dz = dz.sum(dim=dims)                 # this process's sums: the parameter gradients
+        sum_dz_xhat = (dz * xhat).sum(dim=dims)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            if batch_stats:
+                sums = torch.stack([sum_dz, sum_dz_xhat])
+                if sync:
+                    sums = sums.clone()
+                    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+                mean_dz, mean_dz_xhat = (sums / count).unbind(0)
+                dz = dz - mean_dz.view(shape) - xhat * mean_dz_xhat.view(shape)
+            grad_x = dz * (scale * inv_std).view(shape)
+        grad_w = sum_dz_xhat * torch.sign(weight) if ctx.needs_input_grad[1] else None
+        grad_b = sum_dz if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
 class ABN(nn.Module):
     """Activated BatchNorm with the release's parameter names and maths.
 
@@ -92,7 +169,7 @@ class ABN(nn.Module):
         momentum: running-statistics momentum.
         activation: ``leaky_relu`` (default), ``elu`` or ``identity``.
         activation_param: negative slope (leaky_relu) or alpha (elu).
-        backend: ``auto``, ``native`` or ``compiled``.
+        backend: ``auto``, ``native``, ``compiled`` or ``memory``.
         sync: all-reduce batch statistics across processes when distributed (default True).
     """
 
@@ -102,11 +179,7 @@ class ABN(nn.Module):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"ABN activation must be one of {_ACTIVATIONS}, got {activation!r}")
-        if backend not in ("auto", "native", "compiled"):
-            raise ValueError(f"ABN backend must be auto, native or compiled, got {backend!r}")
-        if backend == "compiled" and not compiled_abn_available():
-            raise RuntimeError("ABN backend 'compiled' requested but the inplace-abn package does not "
-                               "import; build it with scripts/build_inplace_abn.sh or use 'native'")
+        _check_backend(backend)
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -131,16 +204,36 @@ class ABN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_compiled(x):
             return self._forward_compiled(x)
+        if self.backend == "memory":
+            return self._forward_memory(x)
         return self._forward_native(x)
+
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        with torch.no_grad():
+            unbiased = var * (n / max(n - 1, 1))
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.detach())
+
+    def _forward_memory(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "leaky_relu" and self.activation_param <= 0:
+            raise ValueError("ABN backend 'memory' needs an invertible activation "
+                             f"(leaky_relu slope > 0), got {self.activation_param}")
+        sync = self.training and self.sync and _distributed_world() > 1
+        if self.training:
+            with torch.no_grad():          # the function's backward differentiates the stats
+                mean, var, n = _batch_stats(x.detach(), sync=sync)
+            self._update_running(mean, var, n)
+        else:
+            mean, var, n = self.running_mean, self.running_var, 0
+        return _MemoryABNFunction.apply(x, self.weight, self.bias, mean, var, self.eps,
+                                        self.activation, self.activation_param, self.training,
+                                        n, sync)
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if self.training:
             mean, var, n = _batch_stats(x, sync=self.sync and _distributed_world() > 1)
-            with torch.no_grad():
-                unbiased = var * (n / max(n - 1, 1))
-                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
-                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.detach())
+            self._update_running(mean, var, n)
         else:
             mean, var = self.running_mean, self.running_var
         scale = (self.weight.abs() + self.eps) * torch.rsqrt(var + self.eps)
@@ -166,9 +259,8 @@ class ABN(nn.Module):
 
 def convert_abn_backend(module: nn.Module, backend: str) -> nn.Module:
     """Set the backend of every ABN layer in ``module`` (in place) and return it."""
+    _check_backend(backend)
     for m in module.modules():
         if isinstance(m, ABN):
-            if backend == "compiled" and not compiled_abn_available():
-                raise RuntimeError("inplace-abn is not importable")
             m.backend = backend
     return module

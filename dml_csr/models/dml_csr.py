@@ -71,7 +71,7 @@ class DMLCSR(ParsingModel):
         width_mult: multiplies every channel width (1.0 = the release; < 1 only for the synthetic
             preset). Key names never change, only shapes.
         context: ``ddgcn`` (the paper) or an ablation module name (see ``layers/context.py``).
-        norm_backend: ABN backend (``auto``, ``native``, ``compiled``).
+        norm_backend: ABN backend (``auto``, ``native``, ``compiled``, ``memory``).
 
     Forward (``contract.ParsingModel``): image (N, 3, H, W) -> ``ParsingOutput`` with parsing
     logits (N, K, ceil(H/4), ceil(W/4)), upsampled bilinearly to ``size`` when given, and in the
