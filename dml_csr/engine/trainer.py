@@ -183,9 +183,6 @@ class Trainer:
                    teacher_kind=self.cfg.train.teacher, best=self.best,
                    metrics=self.last_metrics)
 
-    def _save_inference(self, state: Dict[str, torch.Tensor], name: str, **facts) -> None:
-        self._save(name, state, **facts)
-
     def _load_last(self) -> None:
         ckpt = load_training_checkpoint(self.path("last.pth"))
         check_resume_config(ckpt["config"], self.cfg)
@@ -248,9 +245,8 @@ class Trainer:
         self.teacher.train(False)
         agg_state = csr.clone_state(self.teacher.model.state_dict())
         metrics = self._validate(self.teacher.model, kind="aggregated", cycle=k)
-        self._save_inference(agg_state, f"cycle{k}_aggregated.pth", epoch=self.epoch,
-                             stage="csr", cycle=k, metrics=metrics,
-                             score=metrics["headline"]["value"] if metrics else None)
+        self._save(f"cycle{k}_aggregated.pth", agg_state, epoch=self.epoch, stage="csr", cycle=k,
+                   metrics=metrics, score=metrics["headline"]["value"] if metrics else None)
         self._update_best(agg_state, metrics, source=f"cycle {k} aggregated")
         self.snap_sum, self.snap_count = None, 0
 
@@ -286,9 +282,8 @@ class Trainer:
         stage, cycle = self._stage_of(self.epoch - 1)
         self.best = {"model": csr.clone_state(state), "score": score,
                      "metric": metrics["headline"]["name"], "epoch": self.epoch, "source": source}
-        self._save_inference(self.best["model"], "best.pth", epoch=self.epoch, stage=stage,
-                             cycle=cycle, score=score, metric=self.best["metric"], source=source,
-                             metrics=metrics)
+        self._save("best.pth", self.best["model"], epoch=self.epoch, stage=stage, cycle=cycle,
+                   score=score, metric=self.best["metric"], source=source, metrics=metrics)
         logger.info("new best %s %.4f (%s, epoch %d)", self.best["metric"], score, source, self.epoch)
 
     # ---------------------------------------------------------------- training

@@ -16,6 +16,7 @@ takes the classes and the input facts from the file (:class:`ModelSpec`). The au
 state_dicts (possibly with a ``module.`` prefix from DataParallel) load too: the family is
 DML-CSR and the data set comes from the caller or the class count.
 """
+import dataclasses
 import logging
 import os
 import re
@@ -293,9 +294,15 @@ class ModelSpec:
     def with_input(self, crop_size: Optional[Sequence[int]] = None,
                    channel_order: Optional[str] = None) -> "ModelSpec":
         """This spec with the caller's explicit input facts (None keeps the file's)."""
-        import dataclasses as dc
-        return dc.replace(self, crop_size=self.crop_size if crop_size is None else tuple(crop_size),
+        return dataclasses.replace(self, crop_size=self.crop_size if crop_size is None else tuple(crop_size),
                           channel_order=channel_order or self.channel_order)
+
+    def with_dataset(self, dataset: str) -> "ModelSpec":
+        """This spec with the classes of data set ``dataset`` (every other fact kept)."""
+        from ..data.schemas import get_schema
+        schema = get_schema(dataset)
+        return dataclasses.replace(self, dataset=schema.name, class_tokens=list(schema.tokens),
+                                   class_names=list(schema.class_names))
 
     def to_checkpoint(self) -> Dict[str, Any]:
         """The fields this spec writes into a checkpoint dict."""
@@ -308,15 +315,13 @@ class ModelSpec:
 
     def schema(self):
         """The data set's schema (flip pairs, palette) with this file's class names."""
-        import dataclasses as dc
-
         from ..data.schemas import get_schema
         schema = get_schema(self.dataset)
         if tuple(self.class_tokens) != schema.tokens:
             raise CheckpointMismatchError(
                 f"the checkpoint's class tokens {list(self.class_tokens)} are not the "
                 f"{self.dataset!r} schema's {list(schema.tokens)}")
-        return dc.replace(schema, class_names=tuple(self.class_names))
+        return dataclasses.replace(schema, class_names=tuple(self.class_names))
 
 
 def save_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, *,
@@ -398,10 +403,7 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
                     f"{dataset!r} has {expected}: pass the data set it was trained on")
             logger.warning("%s was trained on %s; using the %s schema as asked", source,
                            spec.dataset, dataset)
-            spec = ModelSpec.for_dataset(spec.family, spec.model_kwargs, dataset,
-                                         crop_size=spec.crop_size, channel_order=spec.channel_order,
-                                         center_mode=spec.center_mode, mean=spec.mean, std=spec.std,
-                                         output_scale=spec.output_scale)
+            spec = spec.with_dataset(dataset)
     else:
         state = extract_state_dict(ckpt, source)
         if config is not None:           # a wrong class count fails in load_model_weights, by key
