@@ -1,5 +1,6 @@
 """Contracts of the user API (dml_csr/deploy/parser.py) and tools/infer.py on a tiny DML-CSR and
 tiny photos."""
+import json
 import logging
 import os
 import subprocess
@@ -78,13 +79,15 @@ def test_label_facts_travel_with_the_weights(ckpt):
 def test_whole_image_mode_returns_the_photo_size(ckpt):
     parser = FaceParser.from_checkpoint(ckpt, detector=None)
     photo = _photo(50, 80)
-    res = parser(photo, detect=False)
+    assert parser(photo, detect=False).logits is None                 # logits only when asked
+    res = parser(photo, detect=False, return_logits=True)
     assert len(res) == 1 and res.image_ids.tolist() == [0] and res.no_face == [False]
     assert res.label_maps[0].shape == (50, 80) and res.combined[0].shape == (50, 80)
     assert res.logits[0].shape == (11, 50, 80) and np.isfinite(res.logits[0]).all()
-    assert res.boxes[0].tolist() == [0, 0, 80, 50]
+    assert res.boxes[0].tolist() == [0, 0, 80, 50] and res.regions[0].tolist() == [0, 0, 80, 50]
+    assert res.angles.tolist() == [0.0] and np.isnan(res.landmarks).all()
     np.testing.assert_array_equal(res.combined[0], res.label_maps[0])
-    res = _colour_parser()(photo, detect=False)
+    res = _colour_parser()(photo, detect=False, return_logits=True)
     assert res.label_maps[0].shape == (50, 80) and len(np.unique(res.label_maps[0])) > 3
     # whole photo, one face: the combined map is that face's map; logits argmax agrees
     np.testing.assert_array_equal(res.combined[0], res.label_maps[0])
@@ -93,7 +96,7 @@ def test_whole_image_mode_returns_the_photo_size(ckpt):
     # RGB input with rgb=True equals the BGR input
     res_rgb = _colour_parser()(photo[:, :, ::-1].copy(), detect=False, rgb=True)
     np.testing.assert_array_equal(res_rgb.label_maps[0], res.label_maps[0])
-    probs = _colour_parser()(photo, detect=False, probabilities=True).logits[0]
+    probs = _colour_parser()(photo, detect=False, return_logits=True, probabilities=True).logits[0]
     assert probs.min() >= 0 and probs.max() <= 1 + 1e-6
 
 
@@ -101,11 +104,17 @@ def test_two_faces_get_their_own_maps_and_overlaps_are_resolved():
     boxes = np.array([[10, 10, 50, 50, 0.9], [40, 20, 90, 70, 0.8]], np.float32)
     parser = _colour_parser(detector=lambda img: boxes, margin=0.25)
     photo = _photo(80, 100, seed=1)
-    res = parser(photo)
+    res = parser(photo, return_logits=True)
     assert len(res) == 2 and res.image_ids.tolist() == [0, 0]
     np.testing.assert_allclose(res.boxes, boxes[:, :4])
-    a, b = res.label_maps
+    # each face's maps cover its own region: the box around its square, clipped to the photo
+    # (sides 1.5 x 40 = 60 around (29.5, 29.5) and 1.5 x 50 = 75 around (64.5, 44.5))
+    assert res.regions.tolist() == [[0, 0, 60, 60], [27, 7, 100, 80]]
+    assert res.label_maps[0].shape == (60, 60) and res.label_maps[1].shape == (73, 73)
+    assert res.logits[1].shape == (11, 73, 73)
+    a, b = res.paste(0), res.paste(1)
     assert a.shape == b.shape == (80, 100)
+    np.testing.assert_array_equal(a[:60, :60], res.label_maps[0])
     # each face's map is background outside its own square region (side 1.5 x 40 = 60 around (29.5, 29.5))
     assert (a[:, 65:] == 0).all() and (b[:, :25] == 0).all()
     assert (a[:5, 5:55] > 0).any() and (b[:, 70:] > 0).any()
@@ -117,7 +126,7 @@ def test_two_faces_get_their_own_maps_and_overlaps_are_resolved():
     both = (a > 0) & (b > 0) & (a != b)
     assert both.any()
     # overlap rule: the higher max-probability wins
-    pa = res.logits[0]; pb = res.logits[1]
+    pa, pb = res.paste(0, res.logits[0]), res.paste(1, res.logits[1])
     conf_a = torch.softmax(torch.from_numpy(pa), 0).max(0).values.numpy()
     conf_b = torch.softmax(torch.from_numpy(pb), 0).max(0).values.numpy()
     assert np.isin(comb[both], [0] + list(range(1, 11))).all()
@@ -137,13 +146,15 @@ def test_no_face_gives_an_empty_result_and_a_warning(ckpt):
 
 def test_opencv_cascade_finds_a_drawn_face(ckpt):
     img = cv2.GaussianBlur(_draw_face(np.full((300, 300, 3), 90, np.uint8), 150, 150, 160), (5, 5), 0)
-    parser = FaceParser.from_checkpoint(ckpt)
+    parser = FaceParser.from_checkpoint(ckpt, detector="haar")
     res = parser(img)
     assert len(res) == 1 and res.no_face == [False]
     x1, y1, x2, y2 = res.boxes[0]
     assert x1 < 150 < x2 and y1 < 150 < y2
-    assert res.label_maps[0].shape == (300, 300)
+    assert np.isnan(res.landmarks).all() and res.angles.tolist() == [0.0]   # boxes only: upright
     assert res.scales[0] == pytest.approx(2.0 * max(x2 - x1, y2 - y1))
+    x0, y0, x1, y1 = res.regions[0]
+    assert res.label_maps[0].shape == (y1 - y0, x1 - x0) and res.paste(0).shape == (300, 300)
 
 
 def test_batching_equals_one_by_one(ckpt):
@@ -151,10 +162,10 @@ def test_batching_equals_one_by_one(ckpt):
     photos = [_photo(60, 80, seed=s) for s in range(2)]
     batched = FaceParser.from_checkpoint(ckpt, detector=lambda img: boxes, max_batch=8)
     single = FaceParser.from_checkpoint(ckpt, detector=lambda img: boxes, max_batch=1)
-    many = batched(photos)
+    many = batched(photos, return_logits=True)
     assert many.image_ids.tolist() == [0, 0, 1, 1]
     for j, photo in enumerate(photos):
-        one = single(photo)
+        one = single(photo, return_logits=True)
         for k, i in enumerate(many.faces_of(j)):
             np.testing.assert_allclose(many.logits[i], one.logits[k], atol=1e-4)
         np.testing.assert_array_equal(many.combined[j], one.combined[0])
@@ -212,7 +223,11 @@ def test_infer_cli_on_a_folder_with_an_unreadable_file(ckpt, tmp_path):
     label = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
     assert label.shape == (40, 60) and label.max() < 11
     assert cv2.imread(str(out / "b_overlay.jpg")).shape[0] >= 30
-    assert np.load(out / "a_logits.npy").shape == (1, 11, 40, 60)
+    assert np.load(out / "a_logits.npz")["face0"].shape == (11, 40, 60)
+    np.testing.assert_array_equal(cv2.imread(str(out / "a_face0.png"), cv2.IMREAD_UNCHANGED), label)
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["image_size"] == [40, 60] and meta["dataset"] == "helen"
+    assert len(meta["class_names"]) == 11 and meta["faces"][0]["region"] == [0, 0, 60, 40]
     assert not (out / "broken.png").exists()
     # in-process for the quick refusals: --out equal to an input folder, nothing processable -> 1
     import importlib.util

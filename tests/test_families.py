@@ -86,7 +86,7 @@ def test_parser_api(run):
     _, _, out, _, _ = run
     photo = np.random.default_rng(0).integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
     res = dml_csr.FaceParser.from_checkpoint(str(out / "best.pth"), detector=None)(
-        photo, detect=False)
+        photo, detect=False, return_logits=True)
     assert len(res) == 1 and res.label_maps[0].shape == (40, 50)
     assert res.logits[0].shape == (len(res.class_names), 40, 50)
 

@@ -69,11 +69,11 @@ def test_metadata_round_trip(exported):
 def test_api_onnx_backend_matches_torch(ckpt, exported):
     photo = (np.random.default_rng(0).random((48, 70, 3)) * 255).astype(np.uint8)
     boxes = np.array([[5, 5, 35, 35], [30, 8, 66, 44]], np.float32)
-    ref = FaceParser.from_checkpoint(ckpt, detector=lambda im: boxes)(photo)
+    ref = FaceParser.from_checkpoint(ckpt, detector=lambda im: boxes)(photo, return_logits=True)
     for parser in (FaceParser.from_onnx(exported[1], detector=lambda im: boxes),
                    FaceParser.from_checkpoint(ckpt, detector=lambda im: boxes, backend="onnx")):
         assert parser.backend_name == "onnx" and parser.channel_order == "rgb"
-        res = parser(photo)
+        res = parser(photo, return_logits=True)
         assert res.image_ids.tolist() == ref.image_ids.tolist()
         for a, b in zip(res.logits, ref.logits):
             assert np.abs(a - b).max() < 1e-3

@@ -1,18 +1,30 @@
-"""Face parsing of photos from a checkpoint (or an ONNX file): label PNGs, overlays, logits.
+"""Face parsing of photos from a checkpoint, an official model by name, or an ONNX file.
 
-    python tools/infer.py --checkpoint CKPT INPUT... --out DIR [--dataset NAME] [--no-detect]
-        [--save-logits] [--device cpu] [--batch-size N] [--onnx MODEL.onnx]
+    python tools/infer.py (--checkpoint CKPT | --model NAME [--weights-dir DIR] | --onnx FILE)
+        INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
+        [--save-logits] [--device cpu] [--batch-size N] [--margin M]
 
 INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
-``DIR/NAME.png`` (uint8 class ids at the photo's size, all faces combined by the overlap rule of
-docs/inference.md), ``DIR/NAME_overlay.jpg`` (colours + face boxes + legend) and with
-``--save-logits`` ``DIR/NAME_logits.npy`` (float16 (F, K, h, w), one slice per face). Unreadable
-files and photos with no face are reported and skipped; the exit code is 1 only if no image could
-be processed, 2 for usage errors and for a checkpoint or option that cannot be used (one ``error:``
-line on stderr; ``--debug`` shows the traceback).
+
+- ``DIR/NAME.png``: uint8 class ids at the photo's size, all faces combined by the overlap rule
+  of docs/inference.md;
+- ``DIR/NAME_overlay.jpg``: colours, face boxes and a legend;
+- ``DIR/NAME_faceK.png``: face K's own label map on its region (the region's offset is in the
+  JSON), K = 0, 1, ... largest face first;
+- ``DIR/NAME.json``: photo size, data set, class names and per face its box, score, 5 landmarks,
+  crop square (centre, scale, angle), region and the class ids present;
+- with ``--save-logits``, ``DIR/NAME_logits.npz``: float16 ``faceK`` arrays (K, h, w) on each
+  face's region.
+
+``--model``: dml-csr-lapa, dml-csr-helen or dml-csr-celebamask-hq, the authors' files, read from
+``--weights-dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``); nothing is downloaded.
+Unreadable files and photos with no face are reported and skipped; the exit code is 1 only if no
+image could be processed, 2 for usage errors and for a checkpoint or option that cannot be used
+(one ``error:`` line on stderr; ``--debug`` shows the traceback).
 """
 import argparse
 import glob
+import json
 import logging
 import os
 import sys
@@ -52,22 +64,34 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     ap.add_argument("--checkpoint", help="our checkpoint or a release state_dict")
+    ap.add_argument("--model", metavar="NAME",
+                    help="an official checkpoint by name: dml-csr-lapa, dml-csr-helen, "
+                         "dml-csr-celebamask-hq (instead of --checkpoint)")
+    ap.add_argument("--weights-dir", help="folder holding the official files (with --model; "
+                                          "default $DMLCSR_WEIGHTS, then ./pretrained)")
     ap.add_argument("--onnx", help="an ONNX file from tools/export_onnx.py (instead of --checkpoint)")
     ap.add_argument("--out", required=True, help="output folder (must not be an input folder)")
     ap.add_argument("--dataset", help="label schema: helen or lapa for an 11-class release "
                                       "checkpoint (19 classes: celebamask_hq, found alone)")
+    ap.add_argument("--detector", default="auto", choices=["auto", "yunet", "haar"],
+                    help="face detector (auto: YuNet with landmarks, Haar when yuface is missing)")
     ap.add_argument("--no-detect", action="store_true",
                     help="no face detection: each image is one aligned face crop")
-    ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npy")
+    ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npz")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=8,
                     help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
-    ap.add_argument("--margin", type=float, default=None, help="face region margin (default 0.5)")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="face region margin: side = (1 + 2 margin) x face size (default 0.5)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    if not args.checkpoint and not args.onnx:
-        ap.error("give --checkpoint or --onnx")
+    if sum(bool(x) for x in (args.checkpoint, args.model, args.onnx)) != 1:
+        ap.error("give one of --checkpoint, --model or --onnx")
+    if args.weights_dir and not args.model:
+        ap.error("--weights-dir goes with --model")
+    if args.dataset and args.model:
+        ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     return args
 
 
@@ -93,10 +117,14 @@ def main(argv=None) -> int:
 
     set_inference_threads(args.threads)
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
-    detector = None if args.no_detect else "opencv"
+    detector = None if args.no_detect else args.detector
     if args.onnx:
         parser = FaceParser.from_onnx(args.onnx, detector=detector, margin=margin,
                                       max_batch=args.batch_size)
+    elif args.model:
+        parser = FaceParser.from_pretrained(args.model, args.weights_dir, device=args.device,
+                                            detector=detector, margin=margin,
+                                            max_batch=args.batch_size)
     else:
         parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset, device=args.device,
                                             detector=detector, margin=margin,
@@ -132,9 +160,13 @@ def main(argv=None) -> int:
         overlay = draw_overlay(image, res.combined[0], res.class_names, res.palette,
                                boxes=None if args.no_detect else res.boxes)
         cv2.imwrite(os.path.join(out_dir, f"{stem}_overlay.jpg"), overlay)
+        for k, label in enumerate(res.label_maps):
+            cv2.imwrite(os.path.join(out_dir, f"{stem}_face{k}.png"), label)
+        with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+            json.dump(dict(res.summary(0), image=os.path.abspath(path)), f, indent=1)
         if args.save_logits:
-            np.save(os.path.join(out_dir, f"{stem}_logits.npy"),
-                    np.stack(res.logits).astype(np.float16))
+            np.savez(os.path.join(out_dir, f"{stem}_logits.npz"),
+                     **{f"face{k}": x.astype(np.float16) for k, x in enumerate(res.logits)})
         done += 1
     log.info("parsed %d of %d images into %s (%d unreadable, %d without a face)", done, len(files),
              out_dir, len(unreadable), len(faceless))

@@ -1,26 +1,31 @@
 """The parser API: one line from a local weights path to face parsing of whole photographs.
 
     >>> parser = dml_csr.FaceParser.from_checkpoint("helen_best.pth")          # ours: self-describing
-    >>> parser = dml_csr.FaceParser.from_checkpoint("DML_CSR_helen.pth", dataset="helen")  # release
+    >>> parser = dml_csr.FaceParser.from_pretrained("dml-csr-lapa", weights_dir="weights")  # authors'
     >>> res = parser(["a.jpg", image_bgr])       # paths / BGR arrays (rgb=True for RGB arrays)
-    >>> res.image_ids, res.boxes, res.label_maps[0].shape, res.combined[1].shape
+    >>> res.image_ids, res.boxes, res.regions, res.label_maps[0].shape, res.combined[1].shape
 
 Pipeline per photo (docs/inference.md):
 
-1. faces: the detector's boxes (default OpenCV's Haar cascade, ``dml_csr/deploy/detect.py``), each grown
-   by ``margin`` into a square region; ``detect=False``: the whole photo is one face (aligned crops,
-   the benchmark protocol: longer side fitted, shorter padded);
-2. crop: the training/evaluation affine crop (centre, scale, rotation 0 -> ``get_affine_matrix``)
-   to ``crop_size``, normalised with the checkpoint's channel order;
-3. one forward pass over all faces of all photos (chunks of ``max_batch``); DML-CSR's 1/4-size
-   logits upsampled bilinearly (align_corners=True) to the crop, FP-LIIF asked for the crop size;
-4. argmax in crop space, warped back onto the FULL photo with the inverse affine (nearest, border
-   background), as the evaluation protocol; logits / probabilities warped back bilinearly;
+1. faces: the detector's boxes and 5 landmarks (default YuNet, ``dml_csr/deploy/detect.py``); each
+   face becomes an upright square region ``(center, scale, angle)`` grown by ``margin``
+   (``face_region``); ``detect=False``: the whole photo is one face (aligned crops, the benchmark
+   protocol: longer side fitted, shorter padded);
+2. crop: the training/evaluation affine crop (centre, scale, the face's angle ->
+   ``get_affine_matrix``) to ``crop_size``, normalised with the checkpoint's channel order; parts
+   of the region outside the photo are black (padded crops);
+3. forward passes of ``max_batch`` faces; DML-CSR's 1/4-size logits upsampled bilinearly
+   (align_corners=True) to the crop, FP-LIIF asked for the crop size;
+4. argmax in crop space, warped back (nearest, background outside the crop) onto the face's own
+   REGION of the photo: the pixel box ``regions[i] = x0, y0, x1, y1`` around its turned square,
+   clipped to the photo; logits / probabilities (only when asked) warped back bilinearly onto the
+   same region. Memory grows with the faces, not with the photo;
 5. the combined map of a photo (overlap rule): a pixel is background unless some face claims a
    foreground class there; among the faces claiming foreground the one with the higher max-softmax
    probability at that pixel wins (ties: the larger face region).
 
-Results are flat over faces (facer-style): ``image_ids[i]`` is the photo of face ``i``.
+Results are flat over faces (facer-style): ``image_ids[i]`` is the photo of face ``i``;
+``FaceParsingResult.paste(i)`` puts a face's map onto its whole photo.
 """
 import logging
 import os
@@ -35,9 +40,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.schemas import Schema
-from ..data.transforms import MEAN, STD, crop_params, normalize_image, warp_back, warp_image
+from ..data.transforms import (MEAN, STD, crop_params, get_affine_matrix, normalize_image, warp_back,
+                               warp_image)
 from ..models.checkpoint import ModelSpec, load_inference_model
-from .detect import DEFAULT_MARGIN, HaarFaceDetector, face_region
+from .detect import DEFAULT_MARGIN, as_detections, face_region, make_detector
+from .pretrained import load_pretrained
 from .onnx import ONNX_INPUT, ONNX_OUTPUT, export_onnx, read_onnx_metadata
 
 __all__ = ["FaceParser", "FaceParsingResult", "colorize", "draw_overlay", "read_image",
@@ -61,23 +68,30 @@ class FaceParsingResult:
         image_ids: int64 (F,) index of the photo the face belongs to.
         boxes: float32 (F, 4) detector box x1, y1, x2, y2 in photo pixels (whole photo when
             ``detect=False``); scores: float32 (F,) detector score (1 for whole-photo faces).
-        centers: float64 (F, 2), scales: float64 (F,): the square crop region (rotation 0).
-        label_maps: F arrays uint8 (h, w) of the face's photo: class ids, background outside the
-            crop region.
-        logits: F arrays float32 (K, h, w) (probabilities with ``probabilities=True``) on the photo,
-            or None when not requested.
+        landmarks: float32 (F, 5, 2) the detector's landmarks (x, y; order in
+            ``dml_csr/deploy/detect.py``), NaN when the detector gives none.
+        centers: float64 (F, 2), scales: float64 (F,), angles: float64 (F,) degrees: the square
+            crop region (``get_affine_matrix``'s convention: the angle that turns the face upright).
+        regions: int64 (F, 4) ``x0, y0, x1, y1``: the photo pixels the face's maps cover (the box
+            around its turned square, clipped to the photo); ``(x0, y0)`` is the maps' offset.
+        label_maps: F arrays uint8 (y1 - y0, x1 - x0): class ids on the face's region, background
+            outside its crop square (``paste(i)`` puts one on the whole photo).
+        logits: F arrays float32 (K, y1 - y0, x1 - x0) on the region (probabilities with
+            ``probabilities=True``), or None when not asked for (the default).
     Per photo ``j``:
-        image_sizes: (h, w); no_face: True when the detector found nothing (its maps are all
-        background and it has no faces); combined: uint8 (h, w) label map of all its faces
-        (overlap rule in the module docstring).
+        image_sizes: (h, w); no_face: True when the detector found nothing (it has no faces);
+        combined: uint8 (h, w) label map of all its faces (overlap rule in the module docstring).
     Label facts: dataset, class_names, tokens, palette (RGB per id).
     """
 
     image_ids: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
+    landmarks: np.ndarray
     centers: np.ndarray
     scales: np.ndarray
+    angles: np.ndarray
+    regions: np.ndarray
     label_maps: List[np.ndarray]
     logits: Optional[List[np.ndarray]]
     combined: List[np.ndarray]
@@ -99,6 +113,37 @@ class FaceParsingResult:
     def faces_of(self, image_id: int) -> List[int]:
         """Indices of the faces of photo ``image_id``."""
         return [i for i, j in enumerate(self.image_ids.tolist()) if j == image_id]
+
+    def paste(self, i: int, array: Optional[np.ndarray] = None) -> np.ndarray:
+        """Face ``i``'s label map (or ``array``: a (..., h, w) map on its region) on its whole
+        photo, zero outside the region."""
+        src = self.label_maps[i] if array is None else np.asarray(array)
+        x0, y0, x1, y1 = (int(v) for v in self.regions[i])
+        out = np.zeros(src.shape[:-2] + tuple(self.image_sizes[self.image_ids[i]]), src.dtype)
+        out[..., y0:y1, x0:x1] = src
+        return out
+
+    def summary(self, image_id: int) -> Dict[str, Any]:
+        """JSON-ready facts of photo ``image_id``: size, label facts and per face its box, score,
+        landmarks (None without), crop square, region and class ids present."""
+        faces = []
+        for i in self.faces_of(image_id):
+            marks = self.landmarks[i]
+            faces.append({
+                "box": [round(float(v), 2) for v in self.boxes[i]],
+                "score": round(float(self.scores[i]), 4),
+                "landmarks": None if np.isnan(marks).any()
+                else [[round(float(x), 2), round(float(y), 2)] for x, y in marks],
+                "center": [round(float(v), 2) for v in self.centers[i]],
+                "scale": round(float(self.scales[i]), 2),
+                "angle": round(float(self.angles[i]), 2),
+                "region": [int(v) for v in self.regions[i]],
+                "classes": [int(c) for c in np.unique(self.label_maps[i])],
+            })
+        h, w = self.image_sizes[image_id]
+        return {"image_size": [int(h), int(w)], "dataset": self.dataset,
+                "class_names": list(self.class_names), "no_face": bool(self.no_face[image_id]),
+                "faces": faces}
 
 
 def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
@@ -141,8 +186,9 @@ def draw_overlay(image_bgr: np.ndarray, label_map: np.ndarray, class_names: Sequ
     """Photo blended with the coloured label map, face boxes, and a legend (name + colour of every
     class present) in a panel to the right. Returns uint8 BGR (H, W + legend width, 3)."""
     colour = colorize(label_map, palette)
-    fg = (label_map > 0)[:, :, None]
-    out = np.where(fg, (image_bgr * (1 - alpha) + colour * alpha).astype(np.uint8), image_bgr)
+    out = image_bgr.copy()               # uint8 throughout: a 12 MP photo stays light
+    np.copyto(out, cv2.addWeighted(image_bgr, 1.0 - alpha, colour, alpha, 0.0),
+              where=(label_map > 0)[:, :, None])
     for b in (boxes if boxes is not None else []):
         cv2.rectangle(out, (int(b[0]), int(b[1])), (int(b[2]) - 1, int(b[3]) - 1), (0, 255, 0), 1)
     h = out.shape[0]
@@ -200,8 +246,8 @@ class _OnnxBackend:
 
 # ------------------------------------------------------------------------------------- parser
 class FaceParser:
-    """Face parser for whole photographs (module docstring). Build it with :meth:`from_checkpoint`
-    or :meth:`from_onnx`; call it on images.
+    """Face parser for whole photographs (module docstring). Build it with :meth:`from_checkpoint`,
+    :meth:`from_pretrained` or :meth:`from_onnx`; call it on images.
 
     Args:
         backend: callable ``(N, 3, H, W) normalised crops, crop_size -> (N, K, h, w) logits``.
@@ -209,15 +255,17 @@ class FaceParser:
         crop_size: (h, w) network input. channel_order: ``bgr`` | ``rgb`` of the weights.
         mean, std: the input normalisation of the weights. output_scale: the logits' grid is
             ``round(output_scale x crop_size)`` (FP-LIIF decodes there; others are upsampled).
-        detector: ``"opencv"`` (Haar cascade), None (no detection: whole photo = one face) or a
-            callable ``image_bgr -> (F, 4|5) boxes``.
-        margin: square region side = (1 + 2 * margin) * longer box side.
+        detector: ``"auto"`` (YuNet with landmarks; OpenCV's Haar cascade, with a warning, when the
+            ``yuface`` package is missing), ``"yunet"``, ``"haar"`` (or ``"opencv"``), None (no
+            detection: whole photo = one face) or a callable ``image_bgr -> (F, 4|5|15)`` rows
+            (``dml_csr/deploy/detect.py``).
+        margin: square region side = (1 + 2 * margin) * the face size (``face_region``).
         max_batch: faces per forward pass. center_mode: crop geometry of the whole-photo crop
             (``crop_params``; detected faces use ``face_region``).
     """
 
     def __init__(self, backend: Callable, schema: Schema, crop_size: Tuple[int, int] = (473, 473),
-                 channel_order: str = "bgr", detector: Union[str, Detector, None] = "opencv",
+                 channel_order: str = "bgr", detector: Union[str, Detector, None] = "auto",
                  margin: float = DEFAULT_MARGIN, max_batch: int = 8, center_mode: str = "exact",
                  backend_name: str = "torch", mean: Sequence[float] = MEAN,
                  std: Sequence[float] = STD, output_scale: float = 1.0):
@@ -232,9 +280,7 @@ class FaceParser:
         # the logits' grid over the crop: FP-LIIF decodes there, others are upsampled to it
         self.output_size = tuple(max(1, int(round(v * output_scale))) for v in self.crop_size)
         self.channel_order = channel_order
-        self.detector = HaarFaceDetector() if detector == "opencv" else detector
-        if self.detector is not None and not callable(self.detector):
-            raise ValueError(f"detector must be 'opencv', None or a callable, got {detector!r}")
+        self.detector = make_detector(detector)
         self.margin = float(margin)
         self.max_batch = max(1, int(max_batch))
         self.center_mode = center_mode
@@ -244,7 +290,7 @@ class FaceParser:
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], dataset: Optional[str] = None,
                         device: Union[str, torch.device] = "cpu",
-                        detector: Union[str, Detector, None] = "opencv",
+                        detector: Union[str, Detector, None] = "auto",
                         crop_size: Optional[Sequence[int]] = None,
                         channel_order: Optional[str] = None, margin: float = DEFAULT_MARGIN,
                         fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
@@ -264,7 +310,28 @@ class FaceParser:
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         model, spec = load_inference_model(path, dataset=dataset)
-        spec = spec.with_input(crop_size, channel_order)
+        return cls._from_model(model, spec.with_input(crop_size, channel_order), device=device,
+                               detector=detector, margin=margin, fold_bn=fold_bn, backend=backend,
+                               max_batch=max_batch, output_size=output_size)
+
+    @classmethod
+    def from_pretrained(cls, name: str, weights_dir: Optional[Union[str, os.PathLike]] = None,
+                        **kwargs) -> "FaceParser":
+        """Parser from one of the authors' official checkpoints by name (``dml-csr-lapa``,
+        ``dml-csr-helen``, ``dml-csr-celebamask-hq``; ``dml_csr/deploy/pretrained.py``), read from
+        ``weights_dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``), directly or in the
+        archive's ``DML_CSR/`` folder. Nothing is downloaded: a missing file is an error that says
+        which file to put where and where the authors publish it. ``kwargs``: as
+        :meth:`from_checkpoint` (device, detector, margin, fold_bn, backend, max_batch, ...)."""
+        model, spec = load_pretrained(name, weights_dir)
+        return cls._from_model(model, spec, **kwargs)
+
+    @classmethod
+    def _from_model(cls, model: nn.Module, spec: ModelSpec,
+                    device: Union[str, torch.device] = "cpu",
+                    detector: Union[str, Detector, None] = "auto", margin: float = DEFAULT_MARGIN,
+                    fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
+                    output_size: Optional[Sequence[int]] = None) -> "FaceParser":
         kw = dict(detector=detector, margin=margin, max_batch=max_batch)
         if backend == "onnx":
             import tempfile
@@ -279,7 +346,7 @@ class FaceParser:
         return cls(_TorchBackend(model, device), backend_name="torch", **_input_facts(spec), **kw)
 
     @classmethod
-    def from_onnx(cls, path: Union[str, os.PathLike], detector: Union[str, Detector, None] = "opencv",
+    def from_onnx(cls, path: Union[str, os.PathLike], detector: Union[str, Detector, None] = "auto",
                   margin: float = DEFAULT_MARGIN, max_batch: int = 8,
                   providers: Optional[Sequence[str]] = None, threads: int = 0) -> "FaceParser":
         """Parser running an ONNX file written by :func:`export_onnx` (tools/export_onnx.py) with
@@ -290,109 +357,132 @@ class FaceParser:
 
     # ------------------------------------------------------------------------------- parsing
     def regions(self, image_bgr: np.ndarray, detect: bool = True):
-        """Face boxes (F, 5) and square regions [(center, scale)] of one photo."""
+        """The faces of one photo: detector rows float32 (F, 15) (``detect.py``) and their crop
+        squares ``[(center, scale, angle)]``."""
         h, w = image_bgr.shape[:2]
         if not detect or self.detector is None:
             center, scale = crop_params(h, w, self.center_mode)
-            return np.array([[0, 0, w, h, 1.0]], np.float32), [(center, scale)]
-        boxes = np.asarray(self.detector(image_bgr), np.float32)
-        boxes = boxes.reshape(0, 5) if boxes.size == 0 else boxes.reshape(len(boxes), -1)
-        if boxes.shape[1] == 4:
-            boxes = np.concatenate([boxes, np.ones((len(boxes), 1), np.float32)], axis=1)
-        return boxes[:, :5], [face_region(b, self.margin) for b in boxes]
+            return as_detections([[0, 0, w, h, 1.0]]), [(center, scale, 0.0)]
+        rows = as_detections(self.detector(image_bgr))
+        return rows, [face_region(r, self.margin) for r in rows]
 
     def _logits(self, crops: List[torch.Tensor]) -> torch.Tensor:
-        """(F, 3, H, W) crops -> (F, K, h, w) logits on ``output_size`` over the crop region,
-        ``max_batch`` at a time."""
-        outs = []
-        for s in range(0, len(crops), self.max_batch):
-            out = self.backend(torch.stack(crops[s:s + self.max_batch]), self.output_size)
-            if tuple(out.shape[-2:]) != self.output_size:
-                out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=True)
-            outs.append(out)
-        return torch.cat(outs)
+        """(N, 3, H, W) crops -> (N, K, h, w) logits on ``output_size`` over the crop region."""
+        out = self.backend(torch.stack(crops), self.output_size)
+        if out.shape[1] != self.schema.num_classes:
+            raise RuntimeError(f"the model predicts {out.shape[1]} classes, the {self.schema.name} "
+                               f"schema has {self.schema.num_classes}")
+        if tuple(out.shape[-2:]) != self.output_size:
+            out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=True)
+        return out
 
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput]], *, rgb: bool = False,
-                 detect: bool = True, return_logits: bool = True,
+                 detect: bool = True, return_logits: bool = False,
                  probabilities: bool = False) -> FaceParsingResult:
         """Parse one photo or a list of photos (paths, or uint8 arrays: BGR, RGB with ``rgb=True``).
 
         Args:
             detect: find faces with the detector; False: the whole photo is one face.
-            return_logits: also return per-face (K, h, w) logits on the photo (memory: K floats
-                per photo pixel per face).
+            return_logits: also return per-face (K, h, w) logits on the face's region (K floats
+                per region pixel per face).
             probabilities: return softmax probabilities instead of logits.
         """
         single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray)
                                                             and images.ndim in (2, 3)
                                                             and images.dtype != object)
         photos = [_as_bgr(im, rgb) for im in ([images] if single else list(images))]
-        ids, boxes, regions = [], [], []
         # the checkpoint's crop geometry for the whole-photo crop; detected faces: face_region's
         mode = self.center_mode if not detect or self.detector is None else "exact"
-        crops: List[torch.Tensor] = []
-        no_face = []
+        ids, rows, squares, no_face = [], [], [], []
         for j, photo in enumerate(photos):
-            b, regs = self.regions(photo, detect)
-            no_face.append(len(regs) == 0)
-            if not regs:
+            r, sq = self.regions(photo, detect)
+            no_face.append(len(sq) == 0)
+            if not sq:
                 msg = f"no face found in image {j} ({photo.shape[1]}x{photo.shape[0]})"
                 logger.warning(msg)
                 warnings.warn(msg, NoFaceWarning, stacklevel=2)
-            for box, (center, scale) in zip(b, regs):
-                ids.append(j)
-                boxes.append(box)
-                regions.append((center, scale))
-                crop = warp_image(photo, center, scale, 0.0, self.crop_size, mode)
-                crops.append(normalize_image(crop, self.channel_order, self.mean, self.std))
-        logits = self._logits(crops) if crops else torch.zeros(0, self.schema.num_classes,
-                                                                *self.output_size)
-        if logits.shape[1] != self.schema.num_classes:
-            raise RuntimeError(f"the model predicts {logits.shape[1]} classes, the {self.schema.name} "
-                               f"schema has {self.schema.num_classes}")
-        probs = torch.softmax(logits, dim=1)
-        conf, labels = probs.max(dim=1)                                   # (F, H, W)
-        label_maps, confs, full = [], [], [] if return_logits else None
-        for i, (center, scale) in enumerate(regions):
-            h, w = photos[ids[i]].shape[:2]
-            label_maps.append(warp_back(labels[i].numpy().astype(np.uint8), center, scale, 0.0,
-                                        (h, w), center_mode=mode))
-            confs.append(warp_back(conf[i].numpy(), center, scale, 0.0, (h, w),
-                                   interpolation="nearest", center_mode=mode))
-            if return_logits:
-                src = probs[i] if probabilities else logits[i]
-                full.append(warp_back(src.numpy(), center, scale, 0.0, (h, w), center_mode=mode))
-        combined = [self._combine([label_maps[i] for i in range(len(ids)) if ids[i] == j],
-                                  [confs[i] for i in range(len(ids)) if ids[i] == j],
-                                  [regions[i][1] for i in range(len(ids)) if ids[i] == j],
-                                  photo.shape[:2])
+            ids += [j] * len(sq)
+            rows.append(r)
+            squares += sq
+        rows = np.concatenate(rows) if rows else as_detections([])
+        boxes = [_region_box(c, s, a, photos[ids[i]].shape[:2], self.crop_size, mode)
+                 for i, (c, s, a) in enumerate(squares)]
+        label_maps, confs, logits = [], [], [] if return_logits else None
+        for start in range(0, len(squares), self.max_batch):       # max_batch faces at a time
+            chunk = range(start, min(start + self.max_batch, len(squares)))
+            crops = [normalize_image(warp_image(photos[ids[i]], *squares[i], self.crop_size, mode),
+                                     self.channel_order, self.mean, self.std) for i in chunk]
+            out = self._logits(crops)
+            probs = torch.softmax(out, dim=1)
+            conf, labels = probs.max(dim=1)                                      # (N, h, w)
+            for k, i in enumerate(chunk):
+                center, scale, angle = squares[i]
+                x0, y0, x1, y1 = boxes[i]
+                local = np.asarray(center, np.float64) - (x0, y0)   # the region's own pixels
+                size = (y1 - y0, x1 - x0)
+                if 0 in size:           # a detector's box wholly outside the photo
+                    label_maps.append(np.zeros(size, np.uint8))
+                    confs.append(np.zeros(size, np.float32))
+                    if return_logits:
+                        logits.append(np.zeros((out.shape[1],) + size, np.float32))
+                    continue
+                label_maps.append(warp_back(labels[k].numpy().astype(np.uint8), local, scale,
+                                            angle, size, center_mode=mode))
+                confs.append(warp_back(conf[k].numpy(), local, scale, angle, size,
+                                       interpolation="nearest", center_mode=mode))
+                if return_logits:
+                    src = probs[k] if probabilities else out[k]
+                    logits.append(warp_back(src.numpy(), local, scale, angle, size,
+                                            center_mode=mode))
+            del out, probs, conf, labels
+        regions = np.asarray(boxes, np.int64).reshape(-1, 4)
+        combined = [self._combine(photo.shape[:2], [(label_maps[i], confs[i], regions[i],
+                                                     squares[i][1])
+                                                    for i in range(len(ids)) if ids[i] == j])
                     for j, photo in enumerate(photos)]
         s = self.schema
         return FaceParsingResult(
-            image_ids=np.asarray(ids, np.int64),
-            boxes=np.asarray(boxes, np.float32).reshape(-1, 5)[:, :4],
-            scores=np.asarray(boxes, np.float32).reshape(-1, 5)[:, 4],
-            centers=np.asarray([r[0] for r in regions], np.float64).reshape(-1, 2),
-            scales=np.asarray([r[1] for r in regions], np.float64),
-            label_maps=label_maps, logits=full, combined=combined,
+            image_ids=np.asarray(ids, np.int64), boxes=rows[:, :4].copy(), scores=rows[:, 4].copy(),
+            landmarks=rows[:, 5:].reshape(-1, 5, 2).copy(),
+            centers=np.asarray([q[0] for q in squares], np.float64).reshape(-1, 2),
+            scales=np.asarray([q[1] for q in squares], np.float64),
+            angles=np.asarray([q[2] for q in squares], np.float64), regions=regions,
+            label_maps=label_maps, logits=logits, combined=combined,
             image_sizes=[tuple(p.shape[:2]) for p in photos], no_face=no_face, dataset=s.name,
             class_names=s.class_names, tokens=s.tokens, palette=s.palette,
             probabilities=probabilities)
 
     @staticmethod
-    def _combine(labels: List[np.ndarray], confs: List[np.ndarray], scales: List[float],
-                 size: Tuple[int, int]) -> np.ndarray:
-        """Overlap rule: foreground beats background; among foreground claims the higher max-prob
-        wins; ties go to the larger face region (faces are visited largest first, argmax keeps the
-        first maximum)."""
-        if not labels:
-            return np.zeros(size, np.uint8)
-        order = np.argsort(-np.asarray(scales), kind="stable")
-        lab = np.stack([labels[k] for k in order])                         # (F, h, w)
-        claim = np.where(lab > 0, np.stack([confs[k] for k in order]), -1.0)
-        winner = claim.argmax(axis=0)
-        out = np.take_along_axis(lab, winner[None], axis=0)[0]
-        return out.astype(np.uint8)
+    def _combine(size: Tuple[int, int], faces) -> np.ndarray:
+        """Overlap rule over ``faces`` = [(label map, confidence map, region, scale)] on their
+        regions: foreground beats background; among foreground claims the higher max-prob wins;
+        ties go to the larger face region (faces visited largest first, a later face must be
+        strictly surer)."""
+        out = np.zeros(size, np.uint8)
+        if not faces:
+            return out
+        best = np.full(size, -1.0, np.float32)
+        for lab, conf, (x0, y0, x1, y1), _ in sorted(faces, key=lambda f: -f[3]):
+            claim = np.where(lab > 0, conf, np.float32(-1.0))
+            sub_best, sub_out = best[y0:y1, x0:x1], out[y0:y1, x0:x1]
+            win = claim > sub_best
+            sub_best[win] = claim[win]
+            sub_out[win] = lab[win]
+        return out
+
+
+def _region_box(center, scale: float, angle: float, size: Tuple[int, int],
+                crop_size: Tuple[int, int], center_mode: str) -> Tuple[int, int, int, int]:
+    """``x0, y0, x1, y1``: the photo pixels the crop square touches, clipped to the photo."""
+    h, w = size
+    inv = get_affine_matrix(center, scale, angle, crop_size, inverse=True, center_mode=center_mode)
+    ch, cw = crop_size
+    corners = np.array([[-0.5, -0.5], [cw - 0.5, -0.5], [-0.5, ch - 0.5], [cw - 0.5, ch - 0.5]])
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    x0, y0 = np.floor(pts.min(axis=0) + 0.5).astype(int)
+    x1, y1 = np.ceil(pts.max(axis=0) + 0.5).astype(int)
+    x0, y0 = min(max(x0, 0), w), min(max(y0, 0), h)
+    return x0, y0, max(min(x1, w), x0), max(min(y1, h), y0)
 
 
 # ----------------------------------------------------------------------------- model loading

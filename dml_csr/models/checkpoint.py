@@ -415,9 +415,10 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
                 output_scale=config.eval.output_scale)
         else:
             name = release_dataset(source, state_num_classes(state), dataset)
+            # the release's input facts: 473 crops, BGR, and its crop geometry (whole-photo crops)
             spec = ModelSpec.for_dataset(
                 "dml_csr", {"num_classes": get_schema(name).num_classes, **RELEASE_ARCHITECTURE},
-                name)
+                name, center_mode="released")
     model = build_model(spec.family, spec.model_kwargs, training=training)
     load_model_weights(model, ckpt, source=source)
     return model.to(device).eval(), spec
