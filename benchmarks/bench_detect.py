@@ -44,19 +44,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dml_csr.deploy.detect import HaarFaceDetector, YuNetDetector  # noqa: E402
+from dml_csr.utils.photos import turn_photo  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TURNS = (20, -20, 40, -40)
-
-
-def turn(image: np.ndarray, degrees: float) -> np.ndarray:
-    """``image`` turned counter-clockwise on a black canvas that holds all of it."""
-    h, w = image.shape[:2]
-    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), degrees, 1.0)
-    c, s = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(round(h * s + w * c)), int(round(h * c + w * s))
-    m[:, 2] += ((nw - w) / 2.0, (nh - h) / 2.0)
-    return cv2.warpAffine(image, m, (nw, nh))
 
 
 def tiled(portraits, count: int, size=(886, 1280)) -> np.ndarray:
@@ -90,7 +81,7 @@ def test_photos(args):
         name = os.path.splitext(os.path.basename(path))[0]
         portraits.append(image)
         out.append((name, image, 1))
-        out += [(f"{name} turned {t:+d}", turn(image, t), 1) for t in TURNS]
+        out += [(f"{name} turned {t:+d}", turn_photo(image, t)[0], 1) for t in TURNS]
         box = yunet(image)
         if len(box) == 1:                          # cut through the face's left third
             x = int(box[0, 0] + (box[0, 2] - box[0, 0]) / 3)
@@ -105,7 +96,7 @@ def test_photos(args):
         name = os.path.basename(path)
         out.append((name, image, int(count)))
         if args.turn_extra:
-            out += [(f"{name} turned {t:+d}", turn(image, t), int(count)) for t in TURNS]
+            out += [(f"{name} turned {t:+d}", turn_photo(image, t)[0], int(count)) for t in TURNS]
     return out
 
 

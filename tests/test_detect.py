@@ -11,23 +11,13 @@ import torch
 from dml_csr.data.schemas import get_schema
 from dml_csr.data.synthetic import draw_face
 from dml_csr.deploy import FaceParser
+from dml_csr.utils.photos import turn_photo
 from dml_csr.deploy.detect import (HaarFaceDetector, LandmarkFallbackWarning, YuNetDetector,
                                    as_detections, face_region, make_detector)
 
 PHOTOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "photos")
 NAMES = ("astronaut", "grace_hopper")
 yuface = pytest.importorskip("yuface", reason="the default detector needs yuface (Python 3.9-3.11)")
-
-
-def turn(image, degrees, border=0):
-    """``image`` turned counter-clockwise on a canvas that holds all of it, and the 2x3 matrix
-    from its pixels to the turned copy's."""
-    h, w = image.shape[:2]
-    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), degrees, 1.0)
-    c, s = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(round(h * s + w * c)), int(round(h * c + w * s))
-    m[:, 2] += ((nw - w) / 2.0, (nh - h) / 2.0)
-    return cv2.warpAffine(image, m, (nw, nh), borderValue=(border,) * 3), m
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +33,7 @@ def test_the_default_detector_is_yunet_with_landmarks():
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("degrees", [0, 40, -40])
 def test_one_face_in_each_portrait_upright_and_turned(photos, name, degrees):
-    photo, m = turn(photos[name], degrees)
+    photo, m = turn_photo(photos[name], degrees)
     rows = make_detector("auto")(photo)
     assert rows.shape == (1, 15) and 0.5 <= rows[0, 4] <= 1
     # the landmarks sit inside the box, and the eyes above the mouth once the face is upright
@@ -57,7 +47,7 @@ def test_one_face_in_each_portrait_upright_and_turned(photos, name, degrees):
 def test_without_refinement_the_landmarks_lag_the_turn(photos):
     """Why YuNetDetector looks at each face again: YuNet's own landmarks follow a 40-degree turn
     only partly (this is what the refinement fixes; if a future yuface follows it, drop it)."""
-    photo, _ = turn(photos["astronaut"], 40)
+    photo, _ = turn_photo(photos["astronaut"], 40)
     plain = YuNetDetector(refine=False)(photo)
     upright = face_region(YuNetDetector(refine=False)(photos["astronaut"])[0])[2]
     assert abs(face_region(plain[0])[2] - (upright - 40)) > 15
@@ -141,7 +131,7 @@ def test_a_turned_face_parses_like_an_upright_one():
                            ("boxes only", lambda im: make_detector("auto")(im)[:, :5])):
         parser = _band_parser(detector=detector)
         ref = parser(photo).combined[0]
-        turned, m = turn(photo, 40, border=128)
+        turned, m = turn_photo(photo, 40, value=128)
         res = parser(turned)
         assert len(res) == 1
         back = cv2.warpAffine(res.combined[0], m, photo.shape[1::-1],
