@@ -237,3 +237,18 @@ def test_infer_cli_on_a_folder_with_an_unreadable_file(ckpt, tmp_path):
     assert infer.main(["--checkpoint", ckpt, str(src), "--out", str(src)]) == 2
     assert infer.main(["--checkpoint", ckpt, str(src / "broken.jpg"), "--out", str(tmp_path / "o2")]) == 1
     assert sorted(os.listdir(src)) == ["a.png", "b.jpg", "broken.jpg"]
+
+
+def test_a_large_photo_gives_face_sized_maps():
+    """What the parser returns per face grows with the face, not with the photo: a small face on
+    a 12 MP photo gets maps of its region only, and no logits unless asked for."""
+    photo = np.zeros((3000, 4000, 3), np.uint8)
+    photo[1000:1064, 2000:2064] = _photo(64, 64, seed=4)
+    boxes = np.array([[2016, 1016, 2048, 1048]], np.float32)
+    res = _colour_parser(detector=lambda img: boxes)(photo)
+    x0, y0, x1, y1 = res.regions[0]
+    assert (x0, y0, x1, y1) == (2000, 1000, 2064, 1064) and res.logits is None
+    assert res.label_maps[0].shape == (64, 64) and res.label_maps[0].any()
+    assert res.combined[0].shape == (3000, 4000)
+    np.testing.assert_array_equal(res.combined[0][y0:y1, x0:x1], res.label_maps[0])
+    assert not res.combined[0][:y0].any() and not res.combined[0][:, x1:].any()

@@ -196,3 +196,31 @@ def test_a_file_describing_other_input_facts_is_refused(tmp_path, no_env):
     with pytest.raises(CheckpointMismatchError) as err:
         load_pretrained("dml-csr-helen", tmp_path)
     assert path in str(err.value) and "(64, 64)" in str(err.value) and "(473, 473)" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the user's entry points
+def test_the_parser_and_the_cli_by_name(official_dir, tmp_path, no_env):
+    """FaceParser.from_pretrained parses with the official file's facts; tools/infer.py --model
+    names the missing file in one error line (exit 2)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from dml_csr.deploy import FaceParser
+    root, _ = official_dir
+    parser = FaceParser.from_pretrained("dml-csr-lapa", weights_dir=root, detector=None,
+                                        fold_bn=False)
+    assert parser.crop_size == (473, 473) and parser.channel_order == "bgr"
+    assert parser.center_mode == "released" and parser.schema.name == "lapa"
+    res = parser(np.zeros((40, 30, 3), np.uint8), detect=False)
+    assert res.dataset == "lapa" and res.label_maps[0].shape == (40, 30)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"")
+    run = subprocess.run([sys.executable, os.path.join(repo, "tools", "infer.py"), "--model",
+                          "dml-csr-helen", "--weights-dir", str(root), str(photo), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "dml_csr_helen.pth" in lines[0] and str(root) in lines[0]

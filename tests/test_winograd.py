@@ -102,3 +102,14 @@ def test_auto_rule_converts_large_convolutions_on_cpu_only_when_asked():
     x = torch.randn(1, big, 9, 10)
     with torch.no_grad():
         assert (fast(x) - net(x)).abs().max().item() < 1e-4
+
+
+def test_auto_rule_leaves_layers_with_large_transformed_filters_direct():
+    """The cap keeps the parser's memory bounded: DML-CSR's context conva / bottleneck (2048+ input
+    channels) stay direct; None lifts it."""
+    from dml_csr.deploy.fold import WINOGRAD_MAX_FILTER_BYTES
+    big = nn.Conv2d(2048, 512, 3, padding=1, bias=False)
+    mid = nn.Conv2d(512, 512, 3, padding=1, bias=False)
+    assert 36 * 2048 * 512 * 4 > WINOGRAD_MAX_FILTER_BYTES >= 36 * 512 * 512 * 4
+    assert winograd_tile(big) is None and winograd_tile(mid) == WINOGRAD_AUTO_TILE
+    assert winograd_tile(big, max_filter_bytes=None) == WINOGRAD_AUTO_TILE

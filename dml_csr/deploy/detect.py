@@ -78,12 +78,12 @@ class YuNetDetector:
     YuNet finds faces turned by up to about 40 degrees, but its landmarks follow the turn only
     partly (on portraits turned by 40 degrees the eye line comes out 10 to 30 degrees too flat), so
     every face found is looked at again (``refine``): a square around its box is cut out turned by
-    each of ``refine_angles``, YuNet scores the face in each cut, and the face's angle is the
-    centre of the angles that score within ``plateau`` of the best (its score is flat over about
-    +-15 degrees around upright and falls off beyond). The landmarks returned are those YuNet finds
-    in the cut at that angle, where the face stands upright, mapped back onto the photo. Measured
-    on the project's portraits turned by -40..40 degrees: the angle is within 7 degrees
-    (docs/inference.md).
+    each of ``refine_angles`` (the cuts tiled into one mosaic: one YuNet call), YuNet scores the
+    face in each cut, and the face's angle is the centre of the angles that score within
+    ``plateau`` of the best (its score is flat over about +-15 degrees around upright and falls
+    off beyond). The landmarks returned are those YuNet finds in the cut at that angle, where the
+    face stands upright, mapped back onto the photo. Measured on the project's portraits turned by
+    -40..40 degrees: the angle is within 5 degrees (docs/inference.md).
 
     Args:
         conf: smallest score kept, in [0, 1].

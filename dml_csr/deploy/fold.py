@@ -173,30 +173,46 @@ def inplace_activations(model: nn.Module) -> List[str]:
 # docs/inference.md.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
 WINOGRAD_AUTO_TILE = 4
+# The transformed filters of F(4x4) are 4x the weights. Above this size a layer stays direct: in
+# DML-CSR the context module's conva and bottleneck (151 and 189 MB of filters, and the largest
+# transient inputs), which would take the parser's peak on a 12 MP photo with 6 faces from about
+# 1.3 GB to 1.65 GB for 0.4 s less per face (docs/inference.md).
+WINOGRAD_MAX_FILTER_BYTES = 64 * 2 ** 20
 
 
-def winograd_tile(conv: nn.Module) -> Optional[int]:
+def winograd_tile(conv: nn.Module,
+                  max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES) -> Optional[int]:
     """The Winograd tile ``optimize_for_inference(winograd="auto")`` uses for ``conv``:
     ``WINOGRAD_AUTO_TILE`` for an eligible 3x3 convolution with ``C_in * C_out >=
-    WINOGRAD_MIN_CHANNEL_PRODUCT``, else None (direct convolution)."""
+    WINOGRAD_MIN_CHANNEL_PRODUCT`` whose transformed filters fit ``max_filter_bytes`` (None: any
+    size), else None (direct convolution)."""
     if not winograd_eligible(conv):
         return None
-    large = conv.in_channels * conv.out_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT
+    pairs = conv.in_channels * conv.out_channels
+    filters = (WINOGRAD_AUTO_TILE + 2) ** 2 * pairs * conv.weight.element_size()
+    large = pairs >= WINOGRAD_MIN_CHANNEL_PRODUCT and (max_filter_bytes is None
+                                                       or filters <= max_filter_bytes)
     return WINOGRAD_AUTO_TILE if large else None
 
 
-def apply_winograd(model: nn.Module, tile: Union[str, int] = "auto") -> List[str]:
+def apply_winograd(model: nn.Module, tile: Union[str, int] = "auto",
+                   max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES) -> List[str]:
     """Replace 3x3 convolutions of ``model`` by :class:`WinogradConv2d` in place (after folding,
-    so folded biases travel along). ``tile="auto"``: :func:`winograd_tile` per convolution;
-    ``2`` or ``4``: every eligible convolution with that tile. Returns the replaced names."""
-    replaced: List[str] = []
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            m = winograd_tile(child) if tile == "auto" else (int(tile) if winograd_eligible(child) else None)
+    so folded biases travel along). ``tile="auto"``: :func:`winograd_tile` per convolution (with
+    ``max_filter_bytes``); ``2`` or ``4``: every eligible convolution with that tile. Returns the
+    replaced names."""
+    targets = []
+    for name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            m = (winograd_tile(child, max_filter_bytes) if tile == "auto"
+                 else (int(tile) if winograd_eligible(child) else None))
             if m is not None:
-                setattr(module, child_name, WinogradConv2d(child, m))
-                replaced.append(f"{name}.{child_name}" if name else child_name)
-    return replaced
+                targets.append((module, child_name, m, f"{name}.{child_name}" if name else child_name))
+    for module, child_name, m, _ in targets:
+        # one convolution at a time, no reference kept: each original is freed once replaced (the
+        # transformed filters are 4x the weights; holding both for every layer doubled the peak)
+        setattr(module, child_name, WinogradConv2d(getattr(module, child_name), m))
+    return [t[3] for t in targets]
 
 
 class InferenceModule(nn.Module):
@@ -246,14 +262,18 @@ class InferenceModule(nn.Module):
 def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: bool = True,
                            inplace: bool = False,
                            winograd: Union[str, int, None] = "auto",
-                           micro_batch: Union[str, int, None] = "auto") -> InferenceModule:
+                           micro_batch: Union[str, int, None] = "auto",
+                           max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES
+                           ) -> InferenceModule:
     """An eval-only copy of ``model`` with norms folded (module docstring); outputs equal the plain
     eval-mode module's to float rounding (~1e-5). ``inplace=True`` reuses ``model``'s weights.
 
     ``winograd``: ``"auto"`` (default) applies :func:`apply_winograd` when the model is on the CPU
     (on CUDA, cuDNN chooses its own algorithms); ``2`` / ``4`` force that tile on every eligible
     convolution; ``None`` keeps the direct convolutions. ``micro_batch``: ``"auto"`` = 1 on the
-    CPU and None (whole batches) on CUDA; an int or None sets it."""
+    CPU and None (whole batches) on CUDA; an int or None sets it. ``max_filter_bytes``: the
+    ``"auto"`` rule's cap on one layer's transformed filters (:func:`winograd_tile`; None: no cap,
+    faster and about 250 MB larger for DML-CSR)."""
     if winograd not in ("auto", 2, 4, None):
         raise ValueError(f"winograd must be 'auto', 2, 4 or None, got {winograd!r}")
     if isinstance(model, InferenceModule):
@@ -266,7 +286,7 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: b
     on_cpu = all(p.device.type == "cpu" for p in m.parameters())
     replaced = []
     if winograd is not None and (winograd != "auto" or on_cpu):
-        replaced = apply_winograd(m, winograd)
+        replaced = apply_winograd(m, winograd, max_filter_bytes)
     inplace_activations(m)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)

@@ -342,7 +342,8 @@ class FaceParser:
         model = model.to(device).eval()
         if fold_bn:
             from .fold import optimize_for_inference
-            model = optimize_for_inference(model, channels_last=device.type == "cpu")
+            # in place: the loaded model is ours alone, and a copy would double the load's peak
+            model = optimize_for_inference(model, channels_last=device.type == "cpu", inplace=True)
         return cls(_TorchBackend(model, device), backend_name="torch", **_input_facts(spec), **kw)
 
     @classmethod

@@ -91,10 +91,14 @@ class WinogradConv2d(nn.Module):
         self.m, self.alpha = m, m + 2
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.dilation = conv.dilation[0]
-        w = conv.weight.detach().double()                                   # (Co, Ci, 3, 3)
-        u = torch.einsum("ai,ocij,bj->abco", g, w, g)                        # (a, a, Ci, Co)
-        dt = conv.weight.dtype
-        self.register_buffer("u", u.reshape(self.alpha ** 2, self.in_channels, self.out_channels).to(dt))
+        w = conv.weight.detach()                                            # (Co, Ci, 3, 3)
+        u = torch.empty(self.alpha ** 2, self.in_channels, self.out_channels, dtype=w.dtype,
+                        device=w.device)
+        step = 64   # float64 a few output channels at a time: a whole large layer took ~1 GB
+        for o in range(0, self.out_channels, step):
+            part = torch.einsum("ai,ocij,bj->abco", g, w[o:o + step].double(), g)  # (a, a, Ci, co)
+            u[:, :, o:o + step] = part.reshape(self.alpha ** 2, self.in_channels, -1).to(w.dtype)
+        self.register_buffer("u", u)
         self._bt = _coefficients(bt)
         self._at = _coefficients(at)
         bias = None if conv.bias is None else conv.bias.detach().clone()
