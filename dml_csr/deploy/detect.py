@@ -34,6 +34,8 @@ from typing import Callable, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ..data.transforms import get_affine_matrix, warp_image
+
 __all__ = ["YuNetDetector", "HaarFaceDetector", "make_detector", "as_detections", "face_region",
            "DEFAULT_MARGIN", "NUM_COLUMNS", "LandmarkFallbackWarning"]
 
@@ -142,7 +144,6 @@ class YuNetDetector:
     def _upright_landmarks(self, img: np.ndarray, row: np.ndarray) -> np.ndarray:
         """The landmarks of the face ``row`` as YuNet finds them in a cut where it stands upright
         (the class docstring), in ``img`` pixels; ``row``'s own when no cut finds the face."""
-        from ..data.transforms import get_affine_matrix, warp_image
         center, side, _ = face_region(row[:5], margin=0.5)
         n = self.refine_size
         # one YuNet call over a mosaic of all the turned cuts (a call per cut costs more)

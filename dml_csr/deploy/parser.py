@@ -357,7 +357,7 @@ class FaceParser:
                    max_batch=max_batch, backend_name="onnx", **_input_facts(spec))
 
     # ------------------------------------------------------------------------------- parsing
-    def regions(self, image_bgr: np.ndarray, detect: bool = True):
+    def faces(self, image_bgr: np.ndarray, detect: bool = True):
         """The faces of one photo: detector rows float32 (F, 15) (``detect.py``) and their crop
         squares ``[(center, scale, angle)]``."""
         h, w = image_bgr.shape[:2]
@@ -396,7 +396,7 @@ class FaceParser:
         mode = self.center_mode if not detect or self.detector is None else "exact"
         ids, rows, squares, no_face = [], [], [], []
         for j, photo in enumerate(photos):
-            r, sq = self.regions(photo, detect)
+            r, sq = self.faces(photo, detect)
             no_face.append(len(sq) == 0)
             if not sq:
                 msg = f"no face found in image {j} ({photo.shape[1]}x{photo.shape[0]})"
