@@ -12,6 +12,8 @@ Variants (same weights, same input):
   transformed filters fit 64 MiB (the context module's conva and bottleneck stay direct);
 - ``optimised-nocap``: the same without that cap (``max_filter_bytes=None``): all 29 such
   convolutions in Winograd, about 250 MB more memory;
+- ``bf16``: ``optimize_for_inference(model, precision="bf16")``: folded, then cast to bfloat16
+  (weights and activations, oneDNN's bf16 convolutions; not exact: see its parity columns);
 - ``onnxruntime``: the folded model exported by ``dml_csr.deploy.export_onnx`` (TorchScript exporter,
   dynamic batch), run by onnxruntime's CPU provider with the same thread count.
 
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
     folded = optimize_for_inference(plain, winograd=None)
     fast = optimize_for_inference(plain)
     nocap = optimize_for_inference(plain, max_filter_bytes=None)
+    bf16 = optimize_for_inference(plain, precision="bf16")
     print(f"Winograd on {len(fast.winograd)} convolutions: {', '.join(fast.winograd[:3])}, ...", flush=True)
     x1 = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
     xb = torch.randn(args.batch, 3, h, w, generator=torch.Generator().manual_seed(2))
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
 
     run_plain = logits_of(plain)
     variants = {"plain": run_plain, "folded": logits_of(folded), "optimised": logits_of(fast),
-                "optimised-nocap": logits_of(nocap)}
+                "optimised-nocap": logits_of(nocap), "bf16": logits_of(bf16)}
     if not args.no_onnx:
         import onnxruntime as ort
 

@@ -2,7 +2,7 @@
 
     python tools/infer.py (--checkpoint CKPT | --model NAME [--weights-dir DIR] | --onnx FILE)
         INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
-        [--save-logits] [--device cpu] [--batch-size N] [--margin M]
+        [--save-logits] [--device cpu] [--precision fp32|bf16] [--batch-size N] [--margin M]
 
 INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
 
@@ -79,6 +79,9 @@ def parse_args(argv=None):
                     help="no face detection: each image is one aligned face crop")
     ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npz")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: bfloat16 on the CPU, autocast on CUDA (faster, not exact; "
+                         "docs/inference.md)")
     ap.add_argument("--batch-size", type=int, default=8,
                     help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
     ap.add_argument("--margin", type=float, default=None,
@@ -90,6 +93,8 @@ def parse_args(argv=None):
         ap.error("give one of --checkpoint, --model or --onnx")
     if args.weights_dir and not args.model:
         ap.error("--weights-dir goes with --model")
+    if args.onnx and args.precision != "fp32":
+        ap.error("--precision goes with --checkpoint or --model: an ONNX file runs in float32")
     if args.dataset and args.model:
         ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     return args
@@ -124,11 +129,11 @@ def main(argv=None) -> int:
     elif args.model:
         parser = FaceParser.from_pretrained(args.model, args.weights_dir, device=args.device,
                                             detector=detector, margin=margin,
-                                            max_batch=args.batch_size)
+                                            max_batch=args.batch_size, precision=args.precision)
     else:
         parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset, device=args.device,
                                             detector=detector, margin=margin,
-                                            max_batch=args.batch_size)
+                                            max_batch=args.batch_size, precision=args.precision)
     os.makedirs(out_dir, exist_ok=True)
     warnings.simplefilter("ignore", NoFaceWarning)  # reported below, once per file
 

@@ -43,6 +43,9 @@ def main(argv=None) -> int:
                         help="flip test-time augmentation (default: eval.flip)")
     parser.add_argument("--scales", type=float, nargs="+", default=None,
                         help="multi-scale test-time augmentation factors (default: eval.scales)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="score the model run in this precision (bf16: bfloat16 on the CPU, "
+                             "autocast on CUDA; docs/inference.md)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--workers", type=int, default=None, help="default: eval.workers")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -62,7 +65,8 @@ def main(argv=None) -> int:
                       batch_size=args.batch_size, workers=args.workers,
                       flip=args.flip, scales=args.scales, pred_dir=args.save_pred,
                       overlay_dir=args.save_overlay, save_logits=args.save_logits,
-                      progress=args.progress, meta=parse_meta(args.meta))
+                      progress=args.progress, meta=parse_meta(args.meta),
+                      precision=args.precision)
     print(format_result_table(result))
     name, value = result["headline"]["name"], result["headline"]["value"]
     value = "n/a" if value is None else f"{value:.2f}"

@@ -37,6 +37,11 @@ rounding (a test checks 1e-4 against the plain eval-mode module):
    multiplies per output and channel pair instead of 9; see :func:`winograd_tile`): the only way
    to a lower batch-1 latency where the direct convolutions already run at the CPU's peak. Its
    rounding error is of the order of the folding's own (docs/inference.md).
+6. **Precision** (``precision``): ``"fp32"`` (everything above); ``"bf16"``: on the CPU the
+   folded module is cast to bfloat16 (weights and activations; oneDNN's bf16 convolutions, no
+   Winograd: its transforms lose too much in 8 mantissa bits), inputs are cast on the way in and
+   outputs come back float32; on CUDA the float32 module runs under bf16 autocast. Not exact: its
+   agreement with float32 is measured, not assumed (docs/inference.md).
 
 Thread settings are the caller's (:func:`set_inference_threads`).
 """
@@ -50,7 +55,9 @@ from ..layers.abn import ABN
 from ..models.contract import ParsingOutput
 from .winograd import WinogradConv2d, winograd_eligible
 
-__all__ = ["optimize_for_inference", "fold_norms", "fold_conv_norm", "InferenceModule",
+PRECISIONS = ("fp32", "bf16")
+
+__all__ = ["optimize_for_inference", "fold_norms", "fold_conv_norm", "InferenceModule", "PRECISIONS",
            "set_inference_threads", "FOLD_ATTRIBUTE_PAIRS", "apply_winograd", "winograd_tile",
            "inplace_activations", "INPLACE_ACTIVATIONS"]
 
@@ -222,9 +229,13 @@ class InferenceModule(nn.Module):
     """
 
     def __init__(self, model: nn.Module, channels_last: bool = True, folded: Iterable[str] = (),
-                 winograd: Iterable[str] = (), micro_batch: Optional[int] = None):
+                 winograd: Iterable[str] = (), micro_batch: Optional[int] = None,
+                 precision: str = "fp32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = model.eval()
+        self.precision = precision
         self.channels_last = channels_last
         self.folded = tuple(folded)
         self.winograd = tuple(winograd)
@@ -239,9 +250,18 @@ class InferenceModule(nn.Module):
 
     @staticmethod
     def _contiguous(out: Union[ParsingOutput, torch.Tensor]):
+        """Contiguous float32 outputs (a bf16 module's come back as float32)."""
         if isinstance(out, torch.Tensor):        # a plain module (folding works on any network)
-            return out.contiguous()
-        return ParsingOutput(*(None if t is None else t.contiguous() for t in out))
+            return out.float().contiguous()
+        return ParsingOutput(*(None if t is None else t.float().contiguous() for t in out))
+
+    def _run(self, x: torch.Tensor, *args, **kwargs):
+        if self.precision == "fp32":
+            return self._contiguous(self.model(x, *args, **kwargs))
+        if x.device.type == "cuda":              # float32 weights under autocast
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self._contiguous(self.model(x, *args, **kwargs))
+        return self._contiguous(self.model(x.to(torch.bfloat16), *args, **kwargs))
 
     @staticmethod
     def _cat(outs: List[Union[ParsingOutput, torch.Tensor]]):
@@ -254,17 +274,16 @@ class InferenceModule(nn.Module):
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.micro_batch is None or x.shape[0] <= self.micro_batch:
-                return self._contiguous(self.model(x, *args, **kwargs))
-            outs = [self._contiguous(self.model(part, *args, **kwargs)) for part in x.split(self.micro_batch)]
-            return self._cat(outs)
+                return self._run(x, *args, **kwargs)
+            return self._cat([self._run(part, *args, **kwargs) for part in x.split(self.micro_batch)])
 
 
 def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: bool = True,
                            inplace: bool = False,
                            winograd: Union[str, int, None] = "auto",
                            micro_batch: Union[str, int, None] = "auto",
-                           max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES
-                           ) -> InferenceModule:
+                           max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES,
+                           precision: str = "fp32") -> InferenceModule:
     """An eval-only copy of ``model`` with norms folded (module docstring); outputs equal the plain
     eval-mode module's to float rounding (~1e-5). ``inplace=True`` reuses ``model``'s weights.
 
@@ -273,9 +292,12 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: b
     convolution; ``None`` keeps the direct convolutions. ``micro_batch``: ``"auto"`` = 1 on the
     CPU and None (whole batches) on CUDA; an int or None sets it. ``max_filter_bytes``: the
     ``"auto"`` rule's cap on one layer's transformed filters (:func:`winograd_tile`; None: no cap,
-    faster and about 250 MB larger for DML-CSR)."""
+    faster and about 250 MB larger for DML-CSR). ``precision``: ``"fp32"`` or ``"bf16"`` (module
+    docstring; on the CPU ``"bf16"`` implies no Winograd)."""
     if winograd not in ("auto", 2, 4, None):
         raise ValueError(f"winograd must be 'auto', 2, 4 or None, got {winograd!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if isinstance(model, InferenceModule):
         return model
     m = model if inplace else copy.deepcopy(model)
@@ -284,16 +306,19 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: b
         p.requires_grad_(False)
     folded = fold_norms(m) if fold else []
     on_cpu = all(p.device.type == "cpu" for p in m.parameters())
+    cast = precision == "bf16" and on_cpu
     replaced = []
-    if winograd is not None and (winograd != "auto" or on_cpu):
+    if winograd is not None and (winograd != "auto" or on_cpu) and not cast:
         replaced = apply_winograd(m, winograd, max_filter_bytes)
     inplace_activations(m)
+    if cast:
+        m = m.to(torch.bfloat16)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
     if micro_batch == "auto":
         micro_batch = 1 if on_cpu else None
     return InferenceModule(m, channels_last=channels_last, folded=folded, winograd=replaced,
-                           micro_batch=micro_batch)
+                           micro_batch=micro_batch, precision=precision)
 
 
 def set_inference_threads(num_threads: Optional[int] = None, interop: Optional[int] = None) -> int:

@@ -44,6 +44,7 @@ from ..data.transforms import (MEAN, STD, crop_params, get_affine_matrix, normal
                                warp_image)
 from ..models.checkpoint import ModelSpec, load_inference_model
 from .detect import DEFAULT_MARGIN, as_detections, face_region, make_detector
+from .fold import PRECISIONS, optimize_for_inference
 from .pretrained import load_pretrained
 from .onnx import ONNX_INPUT, ONNX_OUTPUT, export_onnx, read_onnx_metadata
 
@@ -294,7 +295,8 @@ class FaceParser:
                         crop_size: Optional[Sequence[int]] = None,
                         channel_order: Optional[str] = None, margin: float = DEFAULT_MARGIN,
                         fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
-                        output_size: Optional[Sequence[int]] = None) -> "FaceParser":
+                        output_size: Optional[Sequence[int]] = None,
+                        precision: str = "fp32") -> "FaceParser":
         """Parser from a local checkpoint: ours (self-describing: model, dataset, crop size and
         channel order come from the file) or the release's bare state_dict (DML-CSR, crop 473 x 473,
         bgr; the data set from its class count when that decides it, 19: celebamask_hq; 11-class
@@ -302,6 +304,8 @@ class FaceParser:
         values; a ``dataset`` with another class count than the weights is an error.
 
         ``fold_bn``: run :func:`dml_csr.deploy.fold.optimize_for_inference` (same outputs, faster).
+        ``precision``: ``"fp32"`` or ``"bf16"`` (bfloat16 weights and activations on the CPU,
+        autocast on CUDA; faster, not exact: docs/inference.md). The torch backend only.
         ``backend="onnx"``: export the inference form to a temporary ONNX file (dynamic batch) and
         run it with onnxruntime; a ``.onnx`` path is handed to :meth:`from_onnx`.
         """
@@ -312,7 +316,7 @@ class FaceParser:
         model, spec = load_inference_model(path, dataset=dataset)
         return cls._from_model(model, spec.with_input(crop_size, channel_order), device=device,
                                detector=detector, margin=margin, fold_bn=fold_bn, backend=backend,
-                               max_batch=max_batch, output_size=output_size)
+                               max_batch=max_batch, output_size=output_size, precision=precision)
 
     @classmethod
     def from_pretrained(cls, name: str, weights_dir: Optional[Union[str, os.PathLike]] = None,
@@ -331,8 +335,14 @@ class FaceParser:
                     device: Union[str, torch.device] = "cpu",
                     detector: Union[str, Detector, None] = "auto", margin: float = DEFAULT_MARGIN,
                     fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
-                    output_size: Optional[Sequence[int]] = None) -> "FaceParser":
+                    output_size: Optional[Sequence[int]] = None,
+                    precision: str = "fp32") -> "FaceParser":
         kw = dict(detector=detector, margin=margin, max_batch=max_batch)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if backend == "onnx" and precision != "fp32":
+            raise ValueError(f"precision {precision!r} runs on the torch backend only; the ONNX "
+                             f"backend is float32")
         if backend == "onnx":
             import tempfile
             tmp = os.path.join(tempfile.mkdtemp(prefix="dml_csr_onnx_"), "model.onnx")
@@ -340,10 +350,10 @@ class FaceParser:
             return cls.from_onnx(tmp, **kw)
         device = torch.device(device)
         model = model.to(device).eval()
-        if fold_bn:
-            from .fold import optimize_for_inference
+        if fold_bn or precision != "fp32":
             # in place: the loaded model is ours alone, and a copy would double the load's peak
-            model = optimize_for_inference(model, channels_last=device.type == "cpu", inplace=True)
+            model = optimize_for_inference(model, fold=fold_bn, channels_last=device.type == "cpu",
+                                           inplace=True, precision=precision)
         return cls(_TorchBackend(model, device), backend_name="torch", **_input_facts(spec), **kw)
 
     @classmethod

@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
+from dml_csr.deploy.fold import optimize_for_inference
 from dml_csr.models.checkpoint import load_inference_model
 from dml_csr.models.registry import model_kwargs_from_config
 
@@ -43,7 +44,7 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
              scales: Optional[Sequence[float]] = None, pred_dir=None,
              overlay_dir=None, save_logits: bool = False, progress: bool = False,
              meta: Optional[Mapping[str, object]] = None,
-             output_scale: Optional[float] = None) -> dict:
+             output_scale: Optional[float] = None, precision: str = "fp32") -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
     ``meta`` and ``protocol.inference``. ``batch_size``, ``workers``, ``flip``, ``scales`` and
@@ -55,9 +56,16 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
 
     Under torch.distributed EVERY process must call it (``evaluate_model`` all-reduces the
     histograms of the per-rank shards); each returns the same numbers and writes only its own
-    shard's files into ``pred_dir`` / ``overlay_dir``."""
+    shard's files into ``pred_dir`` / ``overlay_dir``.
+
+    ``precision="bf16"`` scores the model as the parser runs it in bfloat16
+    (``optimize_for_inference(precision="bf16")``: norms folded, bf16 weights and activations on
+    the CPU, autocast on CUDA); ``meta.precision`` records it."""
     model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset, config=cfg,
                                        device=device)
+    if precision != "fp32":
+        model = optimize_for_inference(model, inplace=True, winograd=None, micro_batch=None,
+                                       precision=precision)
     asked = model_kwargs_from_config(cfg.model, spec.num_classes)
     if (spec.family, spec.model_kwargs) != (cfg.model.name, asked):
         logger.info("%s holds %s %s; the config names %s %s: the checkpoint's model is used",
@@ -82,7 +90,7 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
             "data_root": str(dataset.root),
             "crop_size": list(dataset.crop_size), "flip": bool(flip),
             "scales": [float(s) for s in scales], "output_scale": output_scale,
-            "seconds": round(seconds, 3)}
+            "precision": precision, "seconds": round(seconds, 3)}
     if pred_dir is not None:
         info["pred_dir"] = str(pred_dir)
     info.update(meta or {})
