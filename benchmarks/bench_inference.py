@@ -1,7 +1,7 @@
 """Inference speed of the DML-CSR inference form on this CPU: plain eval vs optimised vs ONNX Runtime.
 
     python benchmarks/bench_inference.py [--size 473 473] [--runs 5] [--batch 8] [--batch-runs 2]
-        [--threads N] [--no-onnx] [--json OUT.json]
+        [--threads N] [--no-onnx] [--int8] [--json OUT.json]
 
 Variants (same weights, same input):
 - ``plain``: ``model.eval()`` under ``torch.inference_mode`` (the reference);
@@ -15,7 +15,10 @@ Variants (same weights, same input):
 - ``bf16``: ``optimize_for_inference(model, precision="bf16")``: folded, then cast to bfloat16
   (weights and activations, oneDNN's bf16 convolutions; not exact: see its parity columns);
 - ``onnxruntime``: the folded model exported by ``dml_csr.deploy.export_onnx`` (TorchScript exporter,
-  dynamic batch), run by onnxruntime's CPU provider with the same thread count.
+  dynamic batch), run by onnxruntime's CPU provider with the same thread count;
+- ``onnxruntime-int8`` (``--int8``): that file quantized by ``dml_csr.deploy.quantize_onnx``
+  (static QDQ, per-channel int8 weights, uint8 activations calibrated on 4 random images: a speed
+  measurement; its parity on random weights says nothing about a trained model's).
 
 Weights: random, every norm randomised and then calibrated on two random images
 (``dml_csr.utils.random_weights``) so that each layer sees unit-scale activations as in a trained
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--batch-runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--int8", action="store_true", help="also time the int8 ONNX file")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="skip the norm calibration (weak parity check)")
@@ -115,6 +119,17 @@ def main(argv=None) -> int:
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         variants["onnxruntime"] = lambda x: torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+        if args.int8:
+            from dml_csr.deploy.quantize import quantize_onnx
+            qpath = path.replace("model.onnx", "model_int8.onnx")
+            crops = [torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(20 + i)).numpy()
+                     for i in range(4)]
+            t = time.perf_counter()
+            quantize_onnx(path, qpath, crops)
+            print(f"quantized to int8 in {time.perf_counter() - t:.1f} s", flush=True)
+            qsess = ort.InferenceSession(qpath, opts, providers=["CPUExecutionProvider"])
+            variants["onnxruntime-int8"] = lambda x: torch.from_numpy(
+                qsess.run(None, {"image": x.numpy()})[0])
 
     results = {"size": [h, w], "threads": threads, "batch": args.batch, "runs": args.runs,
                "batch_runs": args.batch_runs, "torch": torch.__version__, "variants": {}}

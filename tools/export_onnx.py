@@ -3,6 +3,7 @@
     python tools/export_onnx.py --checkpoint CKPT --out model.onnx [--dataset NAME]
         [--size 473 473] [--dynamic-batch] [--opset 17] [--output-size H W]
         [--exporter auto|torchscript|dynamo] [--no-fold]
+        [--int8 --calibrate DIR [--calibrate-count 32]]
 
 The output is the parsing logits at ``--output-size`` (fixed); without it, each family's own grid:
 DML-CSR's (N, K, H/4, W/4) (no edge branch), FP-LIIF's crop size. Norms are folded into the convolutions
@@ -10,6 +11,12 @@ first (``--no-fold`` keeps them). The file carries the label facts as metadata (
 tokens and names, palette, channel order, crop size), so ``FaceParser.from_onnx(path)`` and
 ``tools/infer.py --onnx`` need nothing else. The max abs difference to PyTorch on a random input is
 printed; the exit code is 1 when it exceeds ``--tol``.
+
+``--int8``: the float32 file is quantized (onnxruntime static QDQ: per-channel int8 weights, uint8
+activations calibrated on ``--calibrate-count`` images of ``--calibrate DIR``, a prepared data
+root or a folder of images; ``dml_csr/deploy/quantize.py``) and ``--out`` is the int8 file; the
+share of output pixels whose label agrees with PyTorch's float32 on the calibration crops is
+printed instead of the tolerance check (int8 is not exact; docs/inference.md).
 """
 import argparse
 import os
@@ -34,8 +41,14 @@ def main(argv=None) -> int:
     ap.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"))
     ap.add_argument("--no-fold", action="store_true", help="export the norms unfolded")
     ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--int8", action="store_true", help="write an int8 (QDQ) file, calibrated")
+    ap.add_argument("--calibrate", metavar="DIR", help="calibration images for --int8: a data "
+                                                     "root (train_list.txt) or an image folder")
+    ap.add_argument("--calibrate-count", type=int, default=32, help="images used (default 32)")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
+    if args.int8 != bool(args.calibrate):
+        ap.error("--int8 and --calibrate DIR go together")
 
     import numpy as np
     import onnxruntime as ort
@@ -46,8 +59,29 @@ def main(argv=None) -> int:
 
     model, spec = load_inference_model(args.checkpoint, dataset=args.dataset)
     spec = spec.with_input(args.size, args.channel_order)
-    used = export_onnx(model, args.out, spec, dynamic_batch=args.dynamic_batch, opset=args.opset,
+    float_path = args.out
+    if args.int8:
+        import tempfile
+        from dml_csr.deploy.quantize import calibration_crops, calibration_images, quantize_onnx
+        crops = calibration_crops(calibration_images(args.calibrate, args.calibrate_count), spec)
+        float_path = os.path.join(tempfile.mkdtemp(prefix="dml_csr_int8_"), "float32.onnx")
+    used = export_onnx(model, float_path, spec, dynamic_batch=args.dynamic_batch, opset=args.opset,
                        output_size=args.output_size, fold_bn=not args.no_fold, exporter=args.exporter)
+    if args.int8:
+        quantize_onnx(float_path, args.out, crops)
+        sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
+        agree = []
+        for x in crops:
+            with torch.no_grad():
+                ref = model.eval().export_logits(torch.from_numpy(x), args.output_size).numpy()
+            agree.append((sess.run(None, {ONNX_INPUT: x})[0].argmax(1) == ref.argmax(1)).mean())
+        meta = read_onnx_metadata(args.out)
+        print(f"exported {args.out}: int8 (QDQ), calibrated on {len(crops)} images of "
+              f"{args.calibrate}; {meta.dataset}, {meta.num_classes} classes, crop "
+              f"{list(meta.crop_size)}")
+        print(f"labels agreeing with PyTorch float32 on the calibration crops: "
+              f"{100 * float(np.mean(agree)):.2f} %")
+        return 0
     crop = spec.crop_size
     x = torch.randn(2 if args.dynamic_batch else 1, 3, *crop, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -37,11 +37,9 @@ import numpy as np  # noqa: E402
 
 from dml_csr.cli import add_debug_argument, run  # noqa: E402
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def collect_inputs(items):
     """Expand files, folders and globs into a sorted, de-duplicated list of file paths."""
+    from dml_csr.deploy.parser import IMAGE_EXTS
     files = []
     for item in items:
         if os.path.isdir(item):

@@ -8,9 +8,10 @@
 - ``pretrained.py``: the authors' official checkpoints by name (:func:`find_pretrained`,
   :func:`load_pretrained`), read from a folder the user fills by hand;
 - ``onnx.py``: :func:`export_onnx` and :func:`read_onnx_metadata` (the file's metadata carries the
-  model's facts);
+  model's facts); ``quantize.py``: int8 ONNX files by onnxruntime's static quantization,
+  calibrated on the user's images;
 - ``fold.py``: :func:`optimize_for_inference` (norms folded into convolutions, channels_last,
-  in-place activations, Winograd), :func:`set_inference_threads`;
+  in-place activations, Winograd, bf16), :func:`set_inference_threads`;
 - ``winograd.py``: :class:`WinogradConv2d`, the F(m x m, 3 x 3) convolution ``fold.py`` uses.
 """
 from .detect import (DEFAULT_MARGIN, HaarFaceDetector, LandmarkFallbackWarning, YuNetDetector,

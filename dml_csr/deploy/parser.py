@@ -49,7 +49,7 @@ from .pretrained import load_pretrained
 from .onnx import ONNX_INPUT, ONNX_OUTPUT, export_onnx, read_onnx_metadata
 
 __all__ = ["FaceParser", "FaceParsingResult", "colorize", "draw_overlay", "read_image",
-           "NoFaceWarning"]
+           "NoFaceWarning", "IMAGE_EXTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,9 @@ class FaceParsingResult:
         return {"image_size": [int(h), int(w)], "dataset": self.dataset,
                 "class_names": list(self.class_names), "no_face": bool(self.no_face[image_id]),
                 "faces": faces}
+
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what folders offer
 
 
 def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
