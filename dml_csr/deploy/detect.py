@@ -146,6 +146,11 @@ class YuNetDetector:
         (the class docstring), in ``img`` pixels; ``row``'s own when no cut finds the face."""
         center, side, _ = face_region(row[:5], margin=0.5)
         n = self.refine_size
+
+        def to_img(points: np.ndarray, angle: float) -> np.ndarray:  # a cut's pixels -> img's
+            back = get_affine_matrix(center, side, angle, (n, n), inverse=True)
+            return (points.reshape(5, 2).astype(np.float64) @ back[:, :2].T + back[:, 2]).ravel()
+
         # one YuNet call over a mosaic of all the turned cuts (a call per cut costs more)
         cols = int(np.ceil(np.sqrt(len(self.refine_angles))))
         rows = int(np.ceil(len(self.refine_angles) / cols))
@@ -163,9 +168,8 @@ class YuNetDetector:
         for i in np.argsort(off):                          # the face nearest each cut's centre
             k = tile[i, 1] * cols + tile[i, 0]
             if k < len(scores) and marks[k] is None and off[i] < n / 4:
-                back = get_affine_matrix(center, side, self.refine_angles[k], (n, n), inverse=True)
-                pts = found[i, 5:].reshape(5, 2).astype(np.float64) - tile[i] * n
-                scores[k], marks[k] = found[i, 4], (pts @ back[:, :2].T + back[:, 2]).reshape(10)
+                pts = found[i, 5:].reshape(5, 2) - tile[i] * n
+                scores[k], marks[k] = found[i, 4], to_img(pts, self.refine_angles[k])
         if scores.max() <= 0:
             return row[5:]
         weight = np.clip(scores - (scores.max() - self.plateau), 0.0, None)
@@ -176,9 +180,7 @@ class YuNetDetector:
             return marks[int(np.argmax(scores))].astype(np.float32)
         mid = (found[:, 0:2] + found[:, 2:4]) / 2.0 - (n - 1) / 2.0
         best = found[np.argmin(np.hypot(mid[:, 0], mid[:, 1]))]
-        back = get_affine_matrix(center, side, angle, (n, n), inverse=True)
-        pts = best[5:].reshape(5, 2).astype(np.float64)
-        return (pts @ back[:, :2].T + back[:, 2]).reshape(10).astype(np.float32)
+        return to_img(best[5:], angle).astype(np.float32)
 
 
 class HaarFaceDetector:

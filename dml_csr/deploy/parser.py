@@ -419,8 +419,8 @@ class FaceParser:
             rows.append(r)
             squares += sq
         rows = np.concatenate(rows) if rows else as_detections([])
-        boxes = [_region_box(c, s, a, photos[ids[i]].shape[:2], self.crop_size, mode)
-                 for i, (c, s, a) in enumerate(squares)]
+        region_boxes = [_region_box(c, s, a, photos[ids[i]].shape[:2], self.crop_size, mode)
+                        for i, (c, s, a) in enumerate(squares)]
         label_maps, confs, logits = [], [], [] if return_logits else None
         for start in range(0, len(squares), self.max_batch):       # max_batch faces at a time
             chunk = range(start, min(start + self.max_batch, len(squares)))
@@ -431,7 +431,7 @@ class FaceParser:
             conf, labels = probs.max(dim=1)                                      # (N, h, w)
             for k, i in enumerate(chunk):
                 center, scale, angle = squares[i]
-                x0, y0, x1, y1 = boxes[i]
+                x0, y0, x1, y1 = region_boxes[i]
                 local = np.asarray(center, np.float64) - (x0, y0)   # the region's own pixels
                 size = (y1 - y0, x1 - x0)
                 if 0 in size:           # a detector's box wholly outside the photo
@@ -449,7 +449,7 @@ class FaceParser:
                     logits.append(warp_back(src.numpy(), local, scale, angle, size,
                                             center_mode=mode))
             del out, probs, conf, labels
-        regions = np.asarray(boxes, np.int64).reshape(-1, 4)
+        regions = np.asarray(region_boxes, np.int64).reshape(-1, 4)
         combined = [self._combine(photo.shape[:2], [(label_maps[i], confs[i], regions[i],
                                                      squares[i][1])
                                                     for i in range(len(ids)) if ids[i] == j])
