@@ -63,20 +63,12 @@ PORTRAITS = (("astronaut.jpg", (32, 0, 192, 160)), ("grace_hopper.jpg", None))
 MIB = float(1 << 20)
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process now (VmRSS)."""
+def status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` in bytes: ``VmRSS`` (resident now) or ``VmHWM``
+    (the peak since the start or the last reset); 0 where it is missing."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def hwm_bytes() -> int:
-    """Peak resident memory of this process (VmHWM), since the start or the last reset."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -183,27 +175,27 @@ def prepare(job) -> dict:
 
 def api_case(job) -> dict:
     """One API parse in this (fresh) process; memory and time facts."""
-    r = {"rss_start": rss_bytes()}
+    r = {"rss_start": status_bytes("VmRSS")}
     sys.path.insert(0, ROOT)
     import numpy as np
     import torch  # noqa: F401
     import dml_csr  # noqa: F401
     from dml_csr.deploy import FaceParser, read_image, set_inference_threads
-    r["rss_import"] = rss_bytes()
+    r["rss_import"] = status_bytes("VmRSS")
     r["threads"] = set_inference_threads(job["threads"])
     parser = FaceParser.from_checkpoint(job["checkpoint"], dataset=job["dataset"])
-    r["rss_model"] = rss_bytes()
+    r["rss_model"] = status_bytes("VmRSS")
     module = getattr(parser.backend, "model", None)
     r["model_tensor_bytes"] = None if module is None else int(sum(
         t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers())))
     photo = read_image(job["photo"])
-    r["rss_ready"], r["maxrss_ready"] = rss_bytes(), maxrss_bytes()
+    r["rss_ready"], r["maxrss_ready"] = status_bytes("VmRSS"), maxrss_bytes()
     r["hwm_reset"] = reset_hwm()        # so that the parse's own peak shows
-    r["rss_before_parse"] = rss_bytes()
+    r["rss_before_parse"] = status_bytes("VmRSS")
     t = time.perf_counter()
     res = parser(photo, return_logits=job["return_logits"])
     r["parse_s"] = time.perf_counter() - t
-    r["hwm_parse"] = hwm_bytes()        # the parse's own peak (load's too without the reset)
+    r["hwm_parse"] = status_bytes("VmHWM")     # the parse's own peak (with the load's if no reset)
     r["faces"] = len(res)
     r["face_heights"] = [float(b[3] - b[1]) for b in res.boxes]
     r["region_sizes"] = [[int(x1 - x0), int(y1 - y0)] for x0, y0, x1, y1 in res.regions]
@@ -217,7 +209,7 @@ def api_case(job) -> dict:
     r["detector_s"] = time.perf_counter() - t
     r["detector_faces"] = len(found)
     r["maxrss_end"] = maxrss_bytes()
-    r["rss_end"] = rss_bytes()
+    r["rss_end"] = status_bytes("VmRSS")
     r["peak"] = max(r["maxrss_ready"], r["maxrss_end"])    # the whole process's
     return r
 
