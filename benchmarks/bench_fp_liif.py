@@ -1,11 +1,14 @@
 """FP-LIIF vs DML-CSR: parameters, FLOPs, CPU latency (batch 1) and throughput ratio.
 
     python benchmarks/bench_fp_liif.py [--classes 19] [--runs 3] [--threads N] [--json OUT.json]
-        [--skip-2x] [--dml-size 473]
+        [--skip-2x] [--dml-size 473] [--low-precision]
 
 Rows (random weights), each in two forms: ``plain`` (eval mode under ``torch.inference_mode``)
 and ``opt`` (``optimize_for_inference``, what ``FaceParser`` runs on the CPU: norms folded,
-Winograd for the large 3x3 convolutions, in-place activations, channels_last):
+Winograd for the large 3x3 convolutions, in-place activations, channels_last); with
+``--low-precision`` also ``bf16`` (``optimize_for_inference(precision="bf16")``) and ``int8``
+(the ONNX file of ``precision="int8"``, ``deploy/quantize.py``, calibrated on two random inputs,
+run by onnxruntime):
 
 - ``dml_csr@473``: the DML-CSR inference form (no edge branch; full ResNet-101 + DDGCN) at its
   473 x 473 input, output the 1/4-size logits (the protocol's upsampling is not counted);
@@ -14,7 +17,8 @@ Winograd for the large 3x3 convolutions, in-place activations, channels_last):
 - ``fp_liif_s2@256``: FPLIIF with ``stem_stride=2`` (every encoder group at half the size, Z at
   1/8; same parameters).
 
-The speed ratio of a row is against the DML-CSR row of the same form (plain vs plain, opt vs opt).
+The speed ratio of a row is against the DML-CSR row of the same form (plain vs plain, opt vs opt),
+and, in the last column, against DML-CSR's plain float32 row.
 
 Parameters and FLOPs from ``dml_csr.utils.complexity`` (FlopCounterMode; a multiply-add = 2
 FLOPs; element-wise ops, grid_sample and interpolation not counted). Latency: median of ``--runs``
@@ -39,7 +43,26 @@ from dml_csr.utils.complexity import count_flops, count_parameters  # noqa: E402
 from dml_csr.deploy.fold import optimize_for_inference  # noqa: E402
 
 
-def rows(classes: int, dml_size: int, skip_2x: bool):
+def int8_form(model, family: str, classes: int, size, kw):
+    """``model`` as ``precision="int8"`` runs it: its int8 ONNX file (random calibration inputs)
+    in the models' contract (``OnnxParsingModel``)."""
+    import tempfile
+
+    from dml_csr.deploy.onnx import OnnxParsingModel, export_onnx
+    from dml_csr.deploy.quantize import quantize_onnx
+    from dml_csr.models import ModelSpec
+    tmp = tempfile.mkdtemp(prefix="bench_int8_")
+    spec = ModelSpec.for_dataset(family, {"num_classes": classes},
+                                 "celebamask_hq" if classes == 19 else "helen", crop_size=size[-2:])
+    export_onnx(model, os.path.join(tmp, "f.onnx"), spec, dynamic_batch=True,
+                output_size=kw.get("size"))
+    crops = [torch.randn(*size, generator=torch.Generator().manual_seed(7 + i)).numpy()
+             for i in range(2)]
+    quantize_onnx(os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx"), crops)
+    return OnnxParsingModel(os.path.join(tmp, "q.onnx"))
+
+
+def rows(classes: int, dml_size: int, skip_2x: bool, low_precision: bool = False):
     """(name, form, model, plain model, input (N, C, H, W), forward kwargs)."""
     dml = build_model("dml_csr", {"num_classes": classes}).eval()
     fp = build_model("fp_liif", {"num_classes": classes}).eval()
@@ -51,10 +74,16 @@ def rows(classes: int, dml_size: int, skip_2x: bool):
         base.append(("fp_liif@256->512", fp, (1, 3, 256, 256), {"size": (512, 512)}))
     base.append(("fp_liif_s2@256", fp2, (1, 3, 256, 256), {"size": (256, 256)}))
     optimised = {id(m): optimize_for_inference(m) for m in (dml, fp, fp2)}
+    bf16 = {id(m): optimize_for_inference(m, precision="bf16") for m in (dml, fp, fp2)} \
+        if low_precision else {}
     out = []
     for name, model, size, kw in base:
         out.append((name, "plain", model, model, size, kw))
         out.append((name, "opt", optimised[id(model)], model, size, kw))
+        if low_precision:
+            out.append((name, "bf16", bf16[id(model)], model, size, kw))
+            family = "dml_csr" if model is dml else "fp_liif"
+            out.append((name, "int8", int8_form(model, family, classes, size, kw), model, size, kw))
     return out
 
 
@@ -65,12 +94,13 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--skip-2x", action="store_true", help="leave out the 256 -> 512 row")
+    ap.add_argument("--low-precision", action="store_true", help="add the bf16 and int8 forms")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    table = rows(args.classes, args.dml_size, args.skip_2x)
+    table = rows(args.classes, args.dml_size, args.skip_2x, args.low_precision)
     report = {"classes": args.classes, "threads": torch.get_num_threads(),
               "load_before": os.getloadavg(), "rows": {}}
     inputs = {}
@@ -103,17 +133,18 @@ def main(argv=None) -> int:
         r["params_ratio"] = base["params"] / r["params"]
         r["flops_ratio"] = base["gflops"] / r["gflops"]
         r["throughput_ratio"] = r["images_per_s"] / base["images_per_s"]
+        r["vs_dml_plain"] = r["images_per_s"] / report["rows"][f"{dml_name} plain"]["images_per_s"]
 
     print(f"{args.classes} classes, {report['threads']} threads, load average "
           f"{report['load_before'][0]:.1f} -> {report['load_after'][0]:.1f}, {args.runs} runs (batch 1)")
     print("| model | form | in | out | params | GFLOPs | ms (median) | ms (min) | img/s | DML-CSR / x params "
-          "| x / DML-CSR speed (same form) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| x / DML-CSR speed (same form) | x / DML-CSR plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["rows"].values():
         print(f"| {r['model']} | {r['form']} | {'x'.join(map(str, r['input']))} | "
               f"{'x'.join(map(str, r['output']))} | {r['params']:,d} | {r['gflops']:.1f} | "
               f"{r['latency_ms']:.0f} | {r['latency_min_ms']:.0f} | {r['images_per_s']:.2f} | "
-              f"{r['params_ratio']:.1f} | {r['throughput_ratio']:.1f}x |")
+              f"{r['params_ratio']:.1f} | {r['throughput_ratio']:.1f}x | {r['vs_dml_plain']:.1f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

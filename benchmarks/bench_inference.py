@@ -1,7 +1,7 @@
 """Inference speed of the DML-CSR inference form on this CPU: plain eval vs optimised vs ONNX Runtime.
 
     python benchmarks/bench_inference.py [--size 473 473] [--runs 5] [--batch 8] [--batch-runs 2]
-        [--threads N] [--no-onnx] [--int8] [--json OUT.json]
+        [--threads N] [--no-onnx] [--int8] [--pt2e] [--parser] [--json OUT.json]
 
 Variants (same weights, same input):
 - ``plain``: ``model.eval()`` under ``torch.inference_mode`` (the reference);
@@ -17,8 +17,21 @@ Variants (same weights, same input):
 - ``onnxruntime``: the folded model exported by ``dml_csr.deploy.export_onnx`` (TorchScript exporter,
   dynamic batch), run by onnxruntime's CPU provider with the same thread count;
 - ``onnxruntime-int8`` (``--int8``): that file quantized by ``dml_csr.deploy.quantize_onnx``
-  (static QDQ, per-channel int8 weights, uint8 activations calibrated on 4 random images: a speed
-  measurement; its parity on random weights says nothing about a trained model's).
+  (static QDQ, per-channel int8 weights, uint8 activations calibrated on 4 random inputs, the
+  first stem convolution and the decoder left float32: what ``precision="int8"`` runs; its parity
+  on random weights says little about a trained model's).
+
+``--pt2e``: the int8 backend not chosen, for comparison (needs ``pip install torchao`` and a C++
+compiler): PT2E quantization (``torch.export``, torchao's ``X86InductorQuantizer``: per-channel
+int8 weights, uint8 activations from histogram observers, the same 4 random calibration inputs),
+then ``torch.compile`` with inductor freezing; the compile time is printed.
+
+``--parser``: the whole ``FaceParser`` call, ``parser(image, detect=False)`` on a 473 x 473 photo
+(the astronaut of ``tests/data/photos`` resized: crop, normalisation, forward, upsampling, argmax,
+warp back), for ``FaceParser.from_checkpoint(CKPT, precision=...)`` with fp32 (the default
+optimised module), bf16 and int8 (calibrated on ``tests/data/photos``, cached in a temporary
+folder), CKPT being these random weights saved as a checkpoint; each against the plain module's
+forward timed in the same round (``speed-up`` = plain forward / parser call).
 
 Weights: random, every norm randomised and then calibrated on two random images
 (``dml_csr.utils.random_weights``) so that each layer sees unit-scale activations as in a trained
@@ -70,6 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--int8", action="store_true", help="also time the int8 ONNX file")
+    ap.add_argument("--pt2e", action="store_true", help="also time torchao PT2E int8 + torch.compile")
+    ap.add_argument("--parser", action="store_true",
+                    help="also time the whole parser call per precision against the plain forward")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="skip the norm calibration (weak parity check)")
@@ -117,6 +133,7 @@ def main(argv=None) -> int:
         print(f"exported ONNX ({exporter}) in {time.perf_counter() - t:.1f} s", flush=True)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")   # as OnnxSession
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         variants["onnxruntime"] = lambda x: torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
         if args.int8:
@@ -130,6 +147,10 @@ def main(argv=None) -> int:
             qsess = ort.InferenceSession(qpath, opts, providers=["CPUExecutionProvider"])
             variants["onnxruntime-int8"] = lambda x: torch.from_numpy(
                 qsess.run(None, {"image": x.numpy()})[0])
+
+    if args.pt2e:
+        variants["pt2e-int8-compiled"] = pt2e_int8(plain, x1, [
+            torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(20 + i)) for i in range(4)])
 
     results = {"size": [h, w], "threads": threads, "batch": args.batch, "runs": args.runs,
                "batch_runs": args.batch_runs, "torch": torch.__version__, "variants": {}}
@@ -164,10 +185,83 @@ def main(argv=None) -> int:
               f"{tp if tp is None else round(tp, 3)} | {r.get('throughput_speedup', float('nan')):.2f}x | "
               f"{r['max_abs_diff_vs_plain']:.1e} ({r['max_abs_diff_vs_plain'] / scale:.1e}) | "
               f"{100 * r['argmax_agreement']:.3f}% |")
+    if args.parser:
+        results["parser"] = time_parsers(plain, (h, w), run_plain, x1, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+def pt2e_int8(plain, x1, calibration):
+    """The PT2E int8 form of ``plain`` (module docstring), compiled; returns its logits function."""
+    import torch._inductor.config as inductor_config
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x).parsing
+
+    t = time.perf_counter()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(torch.export.export(Logits(plain).eval(), (x1,)).module(), quantizer)
+    with torch.no_grad():
+        for x in calibration:
+            prepared(x)
+    inductor_config.freezing = True
+    compiled = torch.compile(convert_pt2e(prepared))
+    with torch.no_grad():
+        compiled(x1)
+    print(f"PT2E int8 prepared, calibrated, converted and compiled in "
+          f"{time.perf_counter() - t:.1f} s", flush=True)
+
+    def run(x):
+        with torch.no_grad():
+            return compiled(x)
+    return run
+
+
+def time_parsers(plain, size, run_plain, x1, args) -> dict:
+    """The whole ``parser(image, detect=False)`` per precision against ``run_plain(x1)``, timed
+    alternately (module docstring); prints a table and returns its numbers."""
+    import cv2
+
+    from dml_csr.deploy import FaceParser, read_image
+    from dml_csr.models import ModelSpec
+    from dml_csr.models.checkpoint import save_checkpoint
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    photos = os.path.join(repo, "tests", "data", "photos")
+    image = cv2.resize(read_image(os.path.join(photos, "astronaut.jpg")), size[::-1])
+    tmp = tempfile.mkdtemp(prefix="bench_parser_")
+    os.environ["DMLCSR_CACHE"] = os.path.join(tmp, "cache")
+    ckpt = os.path.join(tmp, "random.pth")
+    kwargs = {"num_classes": args.classes, "layers": list(args.layers), "width_mult": args.width_mult}
+    save_checkpoint(ckpt, plain.state_dict(), ModelSpec.for_dataset(
+        "dml_csr", kwargs, "helen" if args.classes == 11 else "celebamask_hq", crop_size=size))
+    out = {}
+    print("\n| parser call, detect=False, %dx%d photo | parser (ms) | plain forward (ms) | "
+          "speed-up |" % size[::-1])
+    print("|---|---|---|---|")
+    for precision in ("fp32", "bf16", "int8"):
+        extra = {"calibrate": photos} if precision == "int8" else {}
+        parser = FaceParser.from_checkpoint(ckpt, detector=None, precision=precision, **extra)
+        parser(image, detect=False)                                        # warm-up
+        tp, tm = [], []
+        for _ in range(args.runs):
+            tm += timed(run_plain, x1, 1)
+            tp += timed(lambda im: parser(im, detect=False), image, 1)
+        r = {"parser_ms": 1000 * statistics.median(tp), "plain_forward_ms": 1000 * statistics.median(tm)}
+        r["speedup"] = r["plain_forward_ms"] / r["parser_ms"]
+        out[precision] = r
+        print(f"| {precision} | {r['parser_ms']:.0f} | {r['plain_forward_ms']:.0f} | "
+              f"{r['speedup']:.2f}x |", flush=True)
+    return out
 
 
 if __name__ == "__main__":

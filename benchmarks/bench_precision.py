@@ -1,13 +1,14 @@
 """The parser in float32, bf16 and int8 on a test split: label agreement, mean F1, time per image.
 
     python benchmarks/bench_precision.py --checkpoint runs/quickstart/best.pth
-        [--int8 MODEL_INT8.onnx] [--data data/synthetic] [--split test] [--limit N]
+        [--calibrate DIR] [--data data/synthetic] [--split test] [--limit N]
         [--threads 2] [--json OUT.json]
 
 Every image of the split is parsed whole (``detect=False``: the benchmark protocol's crop) by
 ``FaceParser.from_checkpoint(ckpt)`` (float32, the default optimised module), the same with
-``precision="bf16"``, and, with ``--int8``, ``FaceParser.from_onnx`` of an int8 file written by
-``tools/export_onnx.py --int8 --calibrate DIR``. Reported per precision: the share of pixels whose
+``precision="bf16"`` and with ``precision="int8"`` (calibrated on 32 images of ``--calibrate``,
+default the data root ``--data``, whose training list is sampled; the int8 file is cached as the
+parser does: ``deploy/quantize.py``). Reported per precision: the share of pixels whose
 label equals float32's, the mean F1 against the split's labels (one histogram pooled over the
 images, the 10 face classes), and the median time of one parser call (one image, after a
 warm-up). Times are wall clock, noisy on a shared machine.
@@ -32,7 +33,7 @@ from dml_csr.eval.metrics import compute_metrics, confusion_histogram  # noqa: E
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--int8", help="an int8 ONNX file of the same checkpoint")
+    ap.add_argument("--calibrate", help="int8 calibration images (default: --data)")
     ap.add_argument("--data", default="data/synthetic")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None)
@@ -45,9 +46,8 @@ def main(argv=None) -> int:
     parsers = {"fp32": FaceParser.from_checkpoint(args.checkpoint, detector=None),
                "bf16": FaceParser.from_checkpoint(args.checkpoint, detector=None,
                                                   precision="bf16")}
-    if args.int8:
-        parsers["int8 (onnxruntime)"] = FaceParser.from_onnx(args.int8, detector=None,
-                                                             threads=args.threads)
+    parsers["int8"] = FaceParser.from_checkpoint(args.checkpoint, detector=None, precision="int8",
+                                                 calibrate=args.calibrate or args.data)
     tokens = list(parsers["fp32"].schema.tokens)
     k = len(tokens)
     hist = {n: np.zeros((k, k), np.int64) for n in parsers}

@@ -21,7 +21,7 @@ import traceback
 from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["run", "strip_debug", "debug_enabled", "format_error", "add_debug_argument",
-           "ERROR_STATUS", "DEBUG_FLAG", "DEBUG_ENV"]
+           "add_precision_arguments", "check_precision_arguments", "ERROR_STATUS", "DEBUG_FLAG", "DEBUG_ENV"]
 
 ERROR_STATUS = 2
 DEBUG_FLAG = "--debug"
@@ -98,3 +98,23 @@ def run(main: Callable[[Optional[List[str]]], object], argv: Optional[Sequence[s
             _write_line(format_error(exc))
         return ERROR_STATUS
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def add_precision_arguments(parser) -> None:
+    """``--precision fp32|bf16|int8``, ``--calibrate DIR`` and ``--calibrate-count N`` (the
+    parser's ``precision``, ``calibrate`` and ``calibrate_count``; docs/inference.md); a
+    ``--calibrate`` without ``--precision int8`` is checked by :func:`check_precision_arguments`."""
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="bf16: bfloat16 on the CPU, autocast on CUDA; int8: an int8 ONNX "
+                             "file run by onnxruntime on the CPU, calibrated once (faster, not "
+                             "exact; docs/inference.md)")
+    parser.add_argument("--calibrate", metavar="DIR",
+                        help="int8 calibration images: a data root or an image folder (needed "
+                             "the first time for a model; the calibrated file is cached)")
+    parser.add_argument("--calibrate-count", type=int, default=32,
+                        help="int8: calibration images used (default 32)")
+
+
+def check_precision_arguments(parser, args) -> None:
+    if args.calibrate and args.precision != "int8":
+        parser.error("--calibrate goes with --precision int8")

@@ -252,3 +252,31 @@ def test_a_large_photo_gives_face_sized_maps():
     assert res.combined[0].shape == (3000, 4000)
     np.testing.assert_array_equal(res.combined[0][y0:y1, x0:x1], res.label_maps[0])
     assert not res.combined[0][:y0].any() and not res.combined[0][:, x1:].any()
+
+
+def test_infer_cli_int8_needs_calibration_once(ckpt, tmp_path, monkeypatch):
+    """tools/infer.py --precision int8: the first run without --calibrate is one error line
+    (exit 2) naming what to pass; with --calibrate it writes the outputs and caches the int8
+    file, which the next run without --calibrate uses; --calibrate alone is a usage error."""
+    from dml_csr.cli import run as run_tool
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"p{i}.png"), _photo(40, 60, seed=10 + i))
+    monkeypatch.setenv("DMLCSR_CACHE", str(tmp_path / "cache"))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("infer_tool", os.path.join(REPO, "tools", "infer.py"))
+    infer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer)
+    base = ["--checkpoint", ckpt, str(src / "p0.png"), "--no-detect", "--precision", "int8"]
+    assert run_tool(infer.main, base + ["--out", str(tmp_path / "o1")]) == 2
+    assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
+    assert infer.main(base + ["--out", str(tmp_path / "o2"), "--calibrate", str(src)]) == 0
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    assert infer.main(base + ["--out", str(tmp_path / "o3")]) == 0
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o2" / "p0.png"), cv2.IMREAD_UNCHANGED),
+                                  cv2.imread(str(tmp_path / "o3" / "p0.png"), cv2.IMREAD_UNCHANGED))
+    with pytest.raises(SystemExit):
+        infer.main(["--checkpoint", ckpt, str(src), "--out", str(tmp_path / "o4"),
+                    "--calibrate", str(src)])
+    assert sorted(os.listdir(src)) == ["p0.png", "p1.png", "p2.png"]

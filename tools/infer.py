@@ -2,7 +2,8 @@
 
     python tools/infer.py (--checkpoint CKPT | --model NAME [--weights-dir DIR] | --onnx FILE)
         INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
-        [--save-logits] [--device cpu] [--precision fp32|bf16] [--batch-size N] [--margin M]
+        [--save-logits] [--device cpu] [--precision fp32|bf16|int8 [--calibrate DIR]]
+        [--batch-size N] [--margin M]
 
 INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
 
@@ -15,6 +16,11 @@ INPUT: image files, folders (their images, not recursive) or glob patterns. Per 
   crop square (centre, scale, angle), region and the class ids present;
 - with ``--save-logits``, ``DIR/NAME_logits.npz``: float16 ``faceK`` arrays (K, h, w) on each
   face's region.
+
+``--precision int8`` runs an int8 ONNX file of the model (onnxruntime, CPU): the first run for a
+checkpoint needs ``--calibrate DIR`` (a prepared data root or a folder of face photos; 32 images,
+``--calibrate-count``), later runs find the calibrated file in the cache (``$DMLCSR_CACHE``, else
+``~/.cache/dml_csr``; docs/inference.md).
 
 ``--model``: dml-csr-lapa, dml-csr-helen or dml-csr-celebamask-hq, the authors' files, read from
 ``--weights-dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``); nothing is downloaded.
@@ -35,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dml_csr.cli import add_debug_argument, run  # noqa: E402
+from dml_csr.cli import (add_debug_argument, add_precision_arguments,  # noqa: E402
+                         check_precision_arguments, run)
 
 def collect_inputs(items):
     """Expand files, folders and globs into a sorted, de-duplicated list of file paths."""
@@ -77,9 +84,7 @@ def parse_args(argv=None):
                     help="no face detection: each image is one aligned face crop")
     ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npz")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                    help="bf16: bfloat16 on the CPU, autocast on CUDA (faster, not exact; "
-                         "docs/inference.md)")
+    add_precision_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=8,
                     help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
     ap.add_argument("--margin", type=float, default=None,
@@ -92,7 +97,9 @@ def parse_args(argv=None):
     if args.weights_dir and not args.model:
         ap.error("--weights-dir goes with --model")
     if args.onnx and args.precision != "fp32":
-        ap.error("--precision goes with --checkpoint or --model: an ONNX file runs in float32")
+        ap.error("--precision goes with --checkpoint or --model: an ONNX file runs as it was "
+                 "exported (tools/export_onnx.py --int8 writes an int8 one)")
+    check_precision_arguments(ap, args)
     if args.dataset and args.model:
         ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     return args
@@ -121,17 +128,20 @@ def main(argv=None) -> int:
     set_inference_threads(args.threads)
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
     detector = None if args.no_detect else args.detector
+    precision = dict(precision=args.precision)
+    if args.precision == "int8":
+        precision.update(calibrate=args.calibrate, calibrate_count=args.calibrate_count)
     if args.onnx:
         parser = FaceParser.from_onnx(args.onnx, detector=detector, margin=margin,
                                       max_batch=args.batch_size)
     elif args.model:
         parser = FaceParser.from_pretrained(args.model, args.weights_dir, device=args.device,
                                             detector=detector, margin=margin,
-                                            max_batch=args.batch_size, precision=args.precision)
+                                            max_batch=args.batch_size, **precision)
     else:
         parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset, device=args.device,
                                             detector=detector, margin=margin,
-                                            max_batch=args.batch_size, precision=args.precision)
+                                            max_batch=args.batch_size, **precision)
     os.makedirs(out_dir, exist_ok=True)
     warnings.simplefilter("ignore", NoFaceWarning)  # reported below, once per file
 

@@ -3,7 +3,8 @@
     python tools/test.py lapa --checkpoint runs/lapa/best.pth --split test \
         [--data-root data/lapa] [--out runs/lapa/metrics_test.json] [--save-pred DIR] \
         [--save-overlay DIR] [--flip | --no-flip] [--scales 0.75 1.0 1.25] [--batch-size 8] \
-        [--workers 2] [--device cuda] [--meta row=dml-csr] [section.key=value ...]
+        [--workers 2] [--device cuda] [--precision fp32|bf16|int8 [--calibrate DIR]] \
+        [--meta row=dml-csr] [section.key=value ...]
 
 CONFIG is a name in configs/ or a YAML path; the model is built from it in its inference form (no
 edge branch) and CHECKPOINT may be one of ours or the release's bare state_dict. Flags left out
@@ -20,7 +21,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dml_csr.cli import add_debug_argument, run
+from dml_csr.cli import (add_debug_argument, add_precision_arguments,
+                         check_precision_arguments, run)
 from dml_csr.config import load_config
 from dml_csr.eval.evaluate import parse_meta, write_result
 from dml_csr.eval.runner import run_test
@@ -43,9 +45,7 @@ def main(argv=None) -> int:
                         help="flip test-time augmentation (default: eval.flip)")
     parser.add_argument("--scales", type=float, nargs="+", default=None,
                         help="multi-scale test-time augmentation factors (default: eval.scales)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="score the model run in this precision (bf16: bfloat16 on the CPU, "
-                             "autocast on CUDA; docs/inference.md)")
+    add_precision_arguments(parser)          # the model is scored as it runs in that precision
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--workers", type=int, default=None, help="default: eval.workers")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -55,18 +55,21 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     add_debug_argument(parser)
     args = parser.parse_intermixed_args(argv)
+    check_precision_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import torch
 
     cfg = load_config(args.config, args.overrides)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and args.precision != "int8"
+                             else "cpu")
     result = run_test(cfg, args.checkpoint, args.split, data_root=args.data_root, device=device,
                       batch_size=args.batch_size, workers=args.workers,
                       flip=args.flip, scales=args.scales, pred_dir=args.save_pred,
                       overlay_dir=args.save_overlay, save_logits=args.save_logits,
                       progress=args.progress, meta=parse_meta(args.meta),
-                      precision=args.precision)
+                      precision=args.precision, calibrate=args.calibrate,
+                      calibrate_count=args.calibrate_count)
     print(format_result_table(result))
     name, value = result["headline"]["name"], result["headline"]["value"]
     value = "n/a" if value is None else f"{value:.2f}"

@@ -8,8 +8,9 @@
 - ``pretrained.py``: the authors' official checkpoints by name (:func:`find_pretrained`,
   :func:`load_pretrained`), read from a folder the user fills by hand;
 - ``onnx.py``: :func:`export_onnx` and :func:`read_onnx_metadata` (the file's metadata carries the
-  model's facts); ``quantize.py``: int8 ONNX files by onnxruntime's static quantization,
-  calibrated on the user's images;
+  model's facts), ``OnnxSession`` (onnxruntime) and ``OnnxParsingModel`` (a file in the models'
+  contract, for the evaluation protocol); ``quantize.py``: int8 ONNX files by onnxruntime's static
+  quantization, calibrated once on the user's images and cached (``precision="int8"``);
 - ``fold.py``: :func:`optimize_for_inference` (norms folded into convolutions, channels_last,
   in-place activations, Winograd, bf16), :func:`set_inference_threads`;
 - ``winograd.py``: :class:`WinogradConv2d`, the F(m x m, 3 x 3) convolution ``fold.py`` uses.

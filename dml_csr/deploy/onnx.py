@@ -3,19 +3,25 @@ facts (``dml_csr.*`` keys: family, label schema, palette, input crop, channel or
 so that :meth:`dml_csr.deploy.FaceParser.from_onnx` and ``tools/infer.py --onnx`` need nothing else.
 
 :func:`export_onnx` writes it (tools/export_onnx.py), :func:`read_onnx_metadata` reads the facts
-back as a ``ModelSpec``. ``onnx`` is imported only inside them.
+back as a ``ModelSpec``. :class:`OnnxSession` runs a file with onnxruntime (the parser's ONNX
+backend); :class:`OnnxParsingModel` wraps one in the models' contract (``model(x, size=...)
+.parsing``), so that the evaluation protocol scores an ONNX file, e.g. an int8 one, like a module.
+``onnx`` and ``onnxruntime`` are imported only inside them.
 """
 import json
 import logging
 import os
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..models.checkpoint import CHECKPOINT_FORMAT, ModelSpec
+from ..models.contract import ParsingOutput, resize_logits_to
 
-__all__ = ["export_onnx", "read_onnx_metadata", "ONNX_INPUT", "ONNX_OUTPUT"]
+__all__ = ["export_onnx", "read_onnx_metadata", "OnnxSession", "OnnxParsingModel",
+           "ONNX_INPUT", "ONNX_OUTPUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +118,53 @@ def read_onnx_metadata(path: Union[str, os.PathLike]) -> ModelSpec:
                                      channel_order=meta.get("channel_order", "bgr"),
                                      center_mode=meta.get("center_mode", "exact"))
     raise ValueError(f"{path} lacks the dml_csr metadata; export it with tools/export_onnx.py")
+
+
+class OnnxSession:
+    """An ONNX file of :func:`export_onnx` under onnxruntime: ``session(batch)`` maps (N, 3, H, W)
+    float32 crops to the file's logits, in chunks of a fixed-batch file's batch (the last one
+    padded). ``threads``: onnxruntime's intra-op threads (0: its default)."""
+
+    def __init__(self, path: str, providers: Optional[Sequence[str]] = None, threads: int = 0):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        # no busy-waiting between runs: the parser's own steps (and torch) get the cores back
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), opts,
+                                            providers=list(providers or ["CPUExecutionProvider"]))
+        shape = self.session.get_inputs()[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.fixed_hw = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
+
+    def __call__(self, batch: torch.Tensor, crop_size: Optional[Tuple[int, int]] = None
+                 ) -> torch.Tensor:
+        x = batch.numpy().astype(np.float32, copy=False)
+        if self.fixed_hw is not None and tuple(x.shape[2:]) != self.fixed_hw:
+            raise ValueError(f"the ONNX model takes {self.fixed_hw} crops, got {tuple(x.shape[2:])}")
+        step = self.fixed_batch or len(x)
+        outs = []
+        for s in range(0, len(x), step):
+            chunk = x[s:s + step]
+            n = len(chunk)
+            if self.fixed_batch and n < step:  # pad a fixed-batch model's last chunk
+                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: chunk})[0][:n])
+        return torch.from_numpy(np.concatenate(outs))
+
+
+class OnnxParsingModel(nn.Module):
+    """An ONNX file in the models' contract: ``forward(x, size=None)`` -> ``ParsingOutput`` whose
+    parsing logits are the file's, resized bilinearly (align_corners=True) to ``size``. It has no
+    parameters and runs on the CPU; ``spec`` is the file's ``ModelSpec``."""
+
+    def __init__(self, path: Union[str, os.PathLike], threads: int = 0):
+        super().__init__()
+        self.path = str(path)
+        self.spec = read_onnx_metadata(path)
+        self.session = OnnxSession(path, threads=threads)
+
+    def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> ParsingOutput:
+        return ParsingOutput(resize_logits_to(self.session(x.detach().float().cpu()),
+                                              None if size is None else tuple(size)))

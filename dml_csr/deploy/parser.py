@@ -46,10 +46,13 @@ from ..models.checkpoint import ModelSpec, load_inference_model
 from .detect import DEFAULT_MARGIN, as_detections, face_region, make_detector
 from .fold import PRECISIONS, optimize_for_inference
 from .pretrained import load_pretrained
-from .onnx import ONNX_INPUT, ONNX_OUTPUT, export_onnx, read_onnx_metadata
+from .onnx import OnnxSession, export_onnx, read_onnx_metadata
 
 __all__ = ["FaceParser", "FaceParsingResult", "colorize", "draw_overlay", "read_image",
-           "NoFaceWarning", "IMAGE_EXTS"]
+           "NoFaceWarning", "IMAGE_EXTS", "PARSER_PRECISIONS"]
+
+# what the parser runs: the torch module's precisions (fold.py) and int8 through onnxruntime
+PARSER_PRECISIONS = PRECISIONS + ("int8",)
 
 logger = logging.getLogger(__name__)
 
@@ -221,33 +224,6 @@ class _TorchBackend:
             return self.model(batch.to(self.device), size=crop_size).parsing.float().cpu()
 
 
-class _OnnxBackend:
-    def __init__(self, path: str, providers: Optional[Sequence[str]] = None, threads: int = 0):
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts,
-                                            providers=list(providers or ["CPUExecutionProvider"]))
-        shape = self.session.get_inputs()[0].shape
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.fixed_hw = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
-
-    def __call__(self, batch: torch.Tensor, crop_size: Tuple[int, int]) -> torch.Tensor:
-        x = batch.numpy().astype(np.float32, copy=False)
-        if self.fixed_hw is not None and tuple(x.shape[2:]) != self.fixed_hw:
-            raise ValueError(f"the ONNX model takes {self.fixed_hw} crops, got {tuple(x.shape[2:])}")
-        step = self.fixed_batch or len(x)
-        outs = []
-        for s in range(0, len(x), step):
-            chunk = x[s:s + step]
-            n = len(chunk)
-            if self.fixed_batch and n < step:  # pad a fixed-batch model's last chunk
-                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
-            outs.append(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: chunk})[0][:n])
-        return torch.from_numpy(np.concatenate(outs))
-
-
 # ------------------------------------------------------------------------------------- parser
 class FaceParser:
     """Face parser for whole photographs (module docstring). Build it with :meth:`from_checkpoint`,
@@ -299,7 +275,9 @@ class FaceParser:
                         channel_order: Optional[str] = None, margin: float = DEFAULT_MARGIN,
                         fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
                         output_size: Optional[Sequence[int]] = None,
-                        precision: str = "fp32") -> "FaceParser":
+                        precision: str = "fp32",
+                        calibrate: Optional[Union[str, os.PathLike]] = None,
+                        calibrate_count: int = 32) -> "FaceParser":
         """Parser from a local checkpoint: ours (self-describing: model, dataset, crop size and
         channel order come from the file) or the release's bare state_dict (DML-CSR, crop 473 x 473,
         bgr; the data set from its class count when that decides it, 19: celebamask_hq; 11-class
@@ -307,8 +285,11 @@ class FaceParser:
         values; a ``dataset`` with another class count than the weights is an error.
 
         ``fold_bn``: run :func:`dml_csr.deploy.fold.optimize_for_inference` (same outputs, faster).
-        ``precision``: ``"fp32"`` or ``"bf16"`` (bfloat16 weights and activations on the CPU,
-        autocast on CUDA; faster, not exact: docs/inference.md). The torch backend only.
+        ``precision``: ``"fp32"``, ``"bf16"`` (bfloat16 weights and activations on the CPU,
+        autocast on CUDA) or ``"int8"`` (CPU: an int8 ONNX file run by onnxruntime, calibrated
+        once on ``calibrate_count`` images of ``calibrate``, a data root or an image folder, and
+        cached: ``dml_csr/deploy/quantize.py``, ``int8_model``); faster, not exact:
+        docs/inference.md.
         ``backend="onnx"``: export the inference form to a temporary ONNX file (dynamic batch) and
         run it with onnxruntime; a ``.onnx`` path is handed to :meth:`from_onnx`.
         """
@@ -319,7 +300,8 @@ class FaceParser:
         model, spec = load_inference_model(path, dataset=dataset)
         return cls._from_model(model, spec.with_input(crop_size, channel_order), device=device,
                                detector=detector, margin=margin, fold_bn=fold_bn, backend=backend,
-                               max_batch=max_batch, output_size=output_size, precision=precision)
+                               max_batch=max_batch, output_size=output_size, precision=precision,
+                               calibrate=calibrate, calibrate_count=calibrate_count)
 
     @classmethod
     def from_pretrained(cls, name: str, weights_dir: Optional[Union[str, os.PathLike]] = None,
@@ -339,13 +321,23 @@ class FaceParser:
                     detector: Union[str, Detector, None] = "auto", margin: float = DEFAULT_MARGIN,
                     fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
                     output_size: Optional[Sequence[int]] = None,
-                    precision: str = "fp32") -> "FaceParser":
+                    precision: str = "fp32",
+                    calibrate: Optional[Union[str, os.PathLike]] = None,
+                    calibrate_count: int = 32) -> "FaceParser":
         kw = dict(detector=detector, margin=margin, max_batch=max_batch)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in PARSER_PRECISIONS:
+            raise ValueError(f"precision must be one of {PARSER_PRECISIONS}, got {precision!r}")
+        if precision != "int8" and calibrate is not None:
+            raise ValueError(f"calibrate={calibrate!r} goes with precision='int8'")
+        if precision == "int8":
+            if torch.device(device).type != "cpu":
+                raise ValueError(f"precision 'int8' runs on the CPU (onnxruntime), not {device}")
+            from .quantize import int8_model
+            return cls.from_onnx(int8_model(model, spec, calibrate, calibrate_count,
+                                            output_size), **kw)
         if backend == "onnx" and precision != "fp32":
-            raise ValueError(f"precision {precision!r} runs on the torch backend only; the ONNX "
-                             f"backend is float32")
+            raise ValueError(f"precision {precision!r} runs on the torch backend; the ONNX "
+                             f"backend is float32 or int8")
         if backend == "onnx":
             import tempfile
             tmp = os.path.join(tempfile.mkdtemp(prefix="dml_csr_onnx_"), "model.onnx")
@@ -366,7 +358,7 @@ class FaceParser:
         """Parser running an ONNX file written by :func:`export_onnx` (tools/export_onnx.py) with
         onnxruntime; label names, dataset, channel order and crop size come from its metadata."""
         spec = read_onnx_metadata(path)
-        return cls(_OnnxBackend(path, providers, threads), detector=detector, margin=margin,
+        return cls(OnnxSession(path, providers, threads), detector=detector, margin=margin,
                    max_batch=max_batch, backend_name="onnx", **_input_facts(spec))
 
     # ------------------------------------------------------------------------------- parsing

@@ -44,7 +44,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
              scales: Optional[Sequence[float]] = None, pred_dir=None,
              overlay_dir=None, save_logits: bool = False, progress: bool = False,
              meta: Optional[Mapping[str, object]] = None,
-             output_scale: Optional[float] = None, precision: str = "fp32") -> dict:
+             output_scale: Optional[float] = None, precision: str = "fp32",
+             calibrate: Optional[str] = None, calibrate_count: int = 32) -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
     ``meta`` and ``protocol.inference``. ``batch_size``, ``workers``, ``flip``, ``scales`` and
@@ -60,10 +61,17 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
 
     ``precision="bf16"`` scores the model as the parser runs it in bfloat16
     (``optimize_for_inference(precision="bf16")``: norms folded, bf16 weights and activations on
-    the CPU, autocast on CUDA); ``meta.precision`` records it."""
+    the CPU, autocast on CUDA); ``precision="int8"`` scores the int8 ONNX file the parser runs
+    (``deploy.quantize.int8_model``: calibrated once on ``calibrate_count`` images of
+    ``calibrate``, then cached; CPU, one scale). ``meta.precision`` records it."""
     model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset, config=cfg,
                                        device=device)
-    if precision != "fp32":
+    e = cfg.eval
+    output_scale = float(e.output_scale if output_scale is None else output_scale)
+    scales = e.scales if scales is None else scales
+    if precision == "int8":
+        model = _int8_model(model, spec, device, scales, output_scale, calibrate, calibrate_count)
+    elif precision != "fp32":
         model = optimize_for_inference(model, inplace=True, winograd=None, micro_batch=None,
                                        precision=precision)
     asked = model_kwargs_from_config(cfg.model, spec.num_classes)
@@ -71,10 +79,7 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
         logger.info("%s holds %s %s; the config names %s %s: the checkpoint's model is used",
                     checkpoint, spec.family, spec.model_kwargs, cfg.model.name, asked)
     dataset = build_eval_dataset(cfg, split, data_root)
-    e = cfg.eval
-    output_scale = float(e.output_scale if output_scale is None else output_scale)
     flip = e.flip if flip is None else flip
-    scales = e.scales if scales is None else scales
     batch_size = e.batch_size if batch_size is None else batch_size
     workers = e.workers if workers is None else workers
     start = time.perf_counter()
@@ -98,3 +103,19 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
                           split=split, num_images=metrics["num_images"], meta=info)
     result["protocol"]["inference"] = dict(INFERENCE_PROTOCOL)
     return result
+
+
+def _int8_model(model, spec, device, scales, output_scale: float, calibrate, count: int):
+    """The int8 ONNX file of ``model`` (cached, ``int8_model``) as a module for ``evaluate_model``;
+    with ``output_scale`` != 1 the file computes the logits at that size (FP-LIIF decodes there)."""
+    from ..deploy.onnx import OnnxParsingModel
+    from ..deploy.quantize import int8_model
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"precision 'int8' runs on the CPU (onnxruntime), not {device}")
+    if [float(s) for s in scales] != [1.0]:
+        raise ValueError(f"precision 'int8' scores one scale (the file's crop size); got scales "
+                         f"{list(scales)}: pass --scales 1.0")
+    size = None
+    if output_scale != 1.0:
+        size = [max(1, int(round(v * output_scale))) for v in spec.crop_size]
+    return OnnxParsingModel(int8_model(model, spec, calibrate, count, size))
