@@ -56,32 +56,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from dml_csr.utils.memory import reset_hwm, status_bytes  # noqa: E402  (light: no torch)
 # the portraits and the part of each that is tiled (x0, y0, x1, y1; None: all of it): the
 # astronaut's face fills less of her photo, so her head and shoulders are cut out to bring her face
 # to about 400 px in a 4000 x 3000 photo (the whole 256-px photo gave about 250 px)
 PORTRAITS = (("astronaut.jpg", (32, 0, 192, 160)), ("grace_hopper.jpg", None))
 MIB = float(1 << 20)
-
-
-def status_bytes(field: str) -> int:
-    """A memory field of ``/proc/self/status`` in bytes: ``VmRSS`` (resident now) or ``VmHWM``
-    (the peak since the start or the last reset); 0 where it is missing."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def reset_hwm() -> bool:
-    """Reset the peak (VmHWM, and ru_maxrss with it) to the current RSS: Linux's
-    ``/proc/self/clear_refs`` value 5; False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def maxrss_bytes(who=resource.RUSAGE_SELF) -> int:
@@ -133,6 +115,7 @@ def prepare(job) -> dict:
     """Write the test photo and (unless given) the random-weight checkpoint."""
     import cv2
     sys.path.insert(0, ROOT)
+
     out = {}
     if job["photo"]:
         from dml_csr.deploy import read_image

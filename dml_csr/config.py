@@ -103,7 +103,13 @@ class TrainConfig:
     bn_reestimate_batches: int = 0        # 0 = the whole training set
     seed: int = 0
     deterministic: bool = False
-    amp: bool = False                     # mixed precision (CUDA only)
+    precision: str = "fp32"               # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (autocast and a
+                                          # grad scaler, CUDA only); losses and CSR stay float32
+    amp: bool = False                     # old switch: true = precision fp16
+    checkpoint_backbone: bool = False     # recompute the backbone stages in the backward pass
+    cpu_malloc_mmap_kb: int = 0           # glibc, CPU training: mmap tensors from this size, so
+                                          # freed activations return to the system (0: off;
+                                          # 128: the least memory, slower: docs/training.md)
     log_interval: int = 10                # iterations between log lines
     image_log_interval: int = 1           # epochs between TensorBoard image grids (0 = never)
     val_interval: int = 1                 # epochs between validations
@@ -294,6 +300,7 @@ def validate(cfg: Config) -> None:
         "train.poly_horizon": (cfg.train.poly_horizon, ("multitask", "total")),
         "train.teacher": (cfg.train.teacher, ("eq6", "released")),
         "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw")),
+        "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -245,3 +245,52 @@ def test_memory_backend_two_process_gloo(tmp_path):
     for m in mem:                                     # global running statistics on every rank
         assert torch.allclose(m[4], native.running_mean, atol=1e-12, rtol=0)
         assert torch.allclose(m[5], native.running_var, atol=1e-12, rtol=0)
+
+
+def test_auto_backend_is_the_memory_one_for_training():
+    """``auto`` (the default) trains with the memory-saving function; eval, no-grad passes and a
+    non-invertible activation (slope 0) use the native layer, with the same numbers."""
+    layer = _layer(5)
+    layer.backend = "auto"
+    x = torch.randn(2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    layer = layer.double().train()
+    assert type(layer(x).grad_fn).__name__ == "_MemoryABNFunctionBackward"
+    with torch.no_grad():
+        assert not layer._use_memory()
+    assert not layer.eval()._use_memory()
+    relu = ABN(5, activation_param=0.0).train()
+    assert not relu._use_memory()
+
+
+def test_running_stats_frozen_still_normalises_with_the_batch():
+    from dml_csr.layers.abn import running_stats_frozen
+    layer = _layer(3).train()
+    before = (layer.running_mean.clone(), layer.running_var.clone())
+    x = torch.randn(4, 3, 5, 5)
+    with running_stats_frozen():
+        y = layer(x)
+    assert torch.equal(layer.running_mean, before[0]) and torch.equal(layer.running_var, before[1])
+    torch.testing.assert_close(y, _layer(3).train()(x))        # batch statistics all the same
+    layer(x)
+    assert not torch.equal(layer.running_mean, before[0])
+
+
+@pytest.mark.parametrize("backend", ["native", "memory"])
+def test_bf16_input_is_normalised_in_float32(backend):
+    """Under autocast the ABN input is bfloat16: statistics and normalisation in float32, the
+    output and the input gradient in bfloat16, both close to the float32 layer's."""
+    ref = _layer(6).train()
+    low = _layer(6).train()
+    low.backend = backend
+    x = torch.randn(3, 6, 8, 8) * 3 + 1
+    xr = x.clone().requires_grad_(True)
+    xl = x.to(torch.bfloat16).requires_grad_(True)
+    yr, yl = ref(xr), low(xl)
+    assert yl.dtype == torch.bfloat16
+    torch.testing.assert_close(yl.float(), yr, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(low.running_var, ref.running_var, atol=1e-2, rtol=1e-2)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yl.backward(g.to(torch.bfloat16))
+    assert xl.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(xl.grad.float(), xr.grad, atol=0.05, rtol=0.05)

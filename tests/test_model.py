@@ -1,4 +1,6 @@
 """DML-CSR: names and shapes equal the release's, forward contracts, gradients, parameter counts."""
+import copy
+
 import pytest
 import torch
 
@@ -75,3 +77,47 @@ def test_width_and_depth_keep_names(tiny_dmlcsr_kwargs):
     full_names = set(read_reference("train"))
     assert set(small.state_dict()) <= full_names
     assert "layer3.0.conv1.weight" in small.state_dict() and "layer3.1.conv1.weight" not in small.state_dict()
+
+
+def test_checkpointed_backbone_gives_the_same_step():
+    """train.checkpoint_backbone: the same loss, gradients and running statistics as the plain
+    backbone (the recomputation does not update the ABN statistics a second time)."""
+    torch.manual_seed(0)
+    plain = DMLCSR(11, layers=[1, 1, 1, 1], width_mult=0.125).double().train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.checkpoint_backbone = True
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    grads = []
+    for model in (plain, ckpt):
+        out = model(x)
+        (out.parsing.square().mean() + out.binary_edge.mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "conv1.weight" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-9, atol=1e-12)
+    for (n, a), (_, b) in zip(plain.named_buffers(), ckpt.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=n)
+
+
+def test_default_training_norm_equals_the_native_one():
+    """The default backend (``auto``: the memory-saving ABN in training, with bn3 of every
+    bottleneck recomputed in the backward pass) gives the native layer's step: outputs, gradients
+    and running statistics equal in float64 (to 1e-10)."""
+    from dml_csr.layers.abn import convert_abn_backend
+    torch.manual_seed(0)
+    auto = DMLCSR(11, layers=[1, 2, 1, 1], width_mult=0.125).double().train()
+    native = convert_abn_backend(copy.deepcopy(auto), "native")
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    results = []
+    for model in (auto, native):
+        out = model(x)
+        (out.parsing.square().mean() + out.binary_edge.mean() + out.category_edge.abs().mean()).backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (out_a, grad_a), (out_n, grad_n) = results
+    for a, b in zip(out_a, out_n):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert grad_a.keys() == grad_n.keys()
+    for name in grad_a:
+        torch.testing.assert_close(grad_a[name], grad_n[name], rtol=1e-10, atol=1e-10, msg=name)
+    for (n, a), (_, b) in zip(auto.named_buffers(), native.named_buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=n)

@@ -2,12 +2,13 @@
 DML-CSR): both presets run 2 + 1 x 1 epochs, resume equals an uninterrupted run, a foreign run
 folder is refused, a NaN loss stops the run and keeps the last checkpoint, best.pth rebuilds."""
 import json
+import math
 import os
 
 import pytest
 import torch
 
-from dml_csr.config import load_config
+from dml_csr.config import ConfigError, load_config
 from dml_csr.engine.rundir import RunDirError
 from dml_csr.engine.trainer import NonFiniteLossError, Trainer
 
@@ -130,3 +131,45 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypat
     assert after["epoch"] == 1
     for key in before["model"]:
         assert torch.equal(before["model"][key], after["model"][key])
+
+
+def test_bf16_training_runs_and_fp16_needs_cuda(data_root, tmp_path, caplog):
+    """train.precision=bf16 trains on the CPU (autocast forward, float32 losses: the stages hand
+    the losses float32 outputs); fp16 (and the old train.amp) fall back to fp32 off CUDA with a
+    warning."""
+    from dml_csr.engine.trainer import resolve_precision
+    summary = Trainer(_cfg(data_root, "paper", "train.precision=bf16", "train.epochs=2"),
+                      output_dir=str(tmp_path / "bf16")).fit()
+    assert summary["epochs_done"] == 2
+    assert all(math.isfinite(l["headline"]["value"]) for l in _lines(str(tmp_path / "bf16")))
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING"):
+        assert resolve_precision("fp16", False, cpu) == "fp32"
+    assert "needs CUDA" in caplog.text
+    assert resolve_precision("fp32", True, torch.device("cuda")) == "fp16"
+    assert resolve_precision("bf16", False, cpu) == "bf16"
+    with pytest.raises(ConfigError, match="train.precision"):
+        _cfg(data_root, "paper", "train.precision=int8")
+
+
+def test_stages_give_the_losses_float32_and_the_teacher_plain_tensors():
+    """Under bf16 autocast the student's outputs reach the loss as float32; the frozen teacher
+    runs under inference_mode yet returns ordinary tensors (usable in the student's graph)."""
+    from dml_csr.engine.stages import DistillStage, FrozenTeacher, MultiTaskStage, precision_context
+    from dml_csr.models import DMLCSR
+    seen = {}
+
+    def loss(outputs, batch, soft=None, cycle=None):
+        seen["out"], seen["soft"] = outputs, soft
+        return {"loss": outputs.parsing.float().mean() + (0 if soft is None else soft.parsing.mean())}
+    model = DMLCSR(11, layers=[1, 1, 1, 1], width_mult=0.125).train()
+    teacher = FrozenTeacher(DMLCSR(11, layers=[1, 1, 1, 1], width_mult=0.125))
+    batch = {"image": torch.randn(2, 3, 32, 32), "label": torch.zeros(2, 32, 32, dtype=torch.long)}
+    autocast = precision_context(torch.device("cpu"), "bf16")
+    losses, _ = MultiTaskStage(loss)(model, batch, autocast)
+    assert all(t.dtype == torch.float32 for t in seen["out"])
+    losses, _ = DistillStage(loss, teacher, cycle=1)(model, batch, autocast)
+    assert all(t.dtype == torch.float32 and not t.is_inference() and not t.requires_grad
+               for t in seen["soft"])
+    losses["loss"].backward()
+    assert model.conv1.weight.grad is not None

@@ -1,4 +1,7 @@
-"""The training stages: each maps ``(model, batch)`` to ``(loss dict, outputs)``.
+"""The training stages: each maps ``(model, batch, autocast)`` to ``(loss dict, outputs)``.
+
+``autocast`` (``precision_context``) wraps the forward passes only (``train.precision``: bf16 or
+fp16); the losses, and the outputs they receive, are float32.
 
 - :class:`MultiTaskStage`: eq. 5, the multi-task stage.
 - :class:`DistillStage`: eq. 7, CSR cycle k against a :class:`FrozenTeacher`.
@@ -8,7 +11,8 @@ The loss receives the model's outputs as they come (the DML-CSR tuple, or FP-LII
 crop size). Which stage runs when, and which teacher it gets, is the trainer's schedule
 (``dml_csr/engine/trainer.py``).
 """
-from typing import Dict, Optional, Tuple
+import contextlib
+from typing import Callable, ContextManager, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,7 +20,32 @@ import torch.nn as nn
 from ..losses import MultiTaskLoss, SelfDistillationLoss
 from ..models import ParsingOutput
 
-__all__ = ["SAMPLED_KEYS", "sample_queries", "FrozenTeacher", "MultiTaskStage", "DistillStage"]
+__all__ = ["SAMPLED_KEYS", "sample_queries", "FrozenTeacher", "MultiTaskStage", "DistillStage",
+           "precision_context", "PRECISION_DTYPES"]
+
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+Autocast = Callable[[], ContextManager]
+
+
+def precision_context(device: torch.device, precision: str) -> Autocast:
+    """A factory of the forward passes' autocast context for ``precision`` on ``device``
+    (``fp32``: no autocast)."""
+    dtype = PRECISION_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _map_outputs(outputs, fn):
+    """``fn`` applied to a model's output tensor, or to each tensor of its ``ParsingOutput``."""
+    if isinstance(outputs, torch.Tensor):
+        return fn(outputs)
+    return type(outputs)(*(None if o is None else fn(o) for o in outputs))
+
+
+def _as_float(outputs):
+    """The model's outputs in float32 (a low-precision forward's), for the losses."""
+    return _map_outputs(outputs, torch.Tensor.float)
 
 SAMPLED_KEYS = ("label", "edge", "cat_edge")
 
@@ -43,7 +72,9 @@ def sample_queries(batch: Dict[str, torch.Tensor],
 
 
 class FrozenTeacher(nn.Module):
-    """A frozen copy of a model: eval mode forever, no gradients, forward under no_grad."""
+    """A frozen copy of a model: eval mode forever, no gradients; its forward runs under
+    ``inference_mode`` (no activation kept) and returns ordinary tensors (clones), which the
+    student's loss may use."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -55,9 +86,10 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)
 
-    @torch.no_grad()
     def forward(self, images: torch.Tensor, coord: Optional[torch.Tensor] = None) -> ParsingOutput:
-        return self.model(images, coord=coord)
+        with torch.inference_mode():
+            out = self.model(images, coord=coord)
+        return _map_outputs(out, torch.Tensor.clone)
 
 
 class MultiTaskStage:
@@ -67,9 +99,12 @@ class MultiTaskStage:
     def __init__(self, loss: MultiTaskLoss, query_samples: int = 0):
         self.loss, self.query_samples = loss, query_samples
 
-    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
+    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor],
+                 autocast: Autocast = contextlib.nullcontext):
         batch, coord = sample_queries(batch, self.query_samples)
-        outputs = model(batch["image"], coord=coord)
+        with autocast():
+            outputs = model(batch["image"], coord=coord)
+        outputs = _as_float(outputs)
         return self.loss(outputs, batch), outputs
 
 
@@ -82,8 +117,11 @@ class DistillStage:
         self.loss, self.teacher, self.cycle = loss, teacher, cycle
         self.query_samples = query_samples
 
-    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor]):
+    def __call__(self, model: nn.Module, batch: Dict[str, torch.Tensor],
+                 autocast: Autocast = contextlib.nullcontext):
         batch, coord = sample_queries(batch, self.query_samples)
-        outputs = model(batch["image"], coord=coord)
-        soft = self.teacher(batch["image"], coord)
+        with autocast():
+            outputs = model(batch["image"], coord=coord)
+            soft = self.teacher(batch["image"], coord)       # in the training precision
+        outputs, soft = _as_float(outputs), _as_float(soft)
         return self.loss(outputs, batch, soft, cycle=self.cycle), outputs

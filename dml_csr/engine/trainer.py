@@ -36,24 +36,38 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config, config_to_dict, save_config
+from ..config import Config, ConfigError, config_to_dict, save_config
 from ..losses import build_losses
 from ..models import build_model, model_kwargs_from_config
 from ..models.checkpoint import ModelSpec, save_checkpoint
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from . import csr, tb
 from .. import distributed as du
-from .build import build_data, build_optimizer, build_student, check_run_data, wrap_ddp
+from .build import (build_data, build_optimizer, build_student, check_run_data, tune_cpu_malloc,
+                    wrap_ddp)
 from .rundir import (check_resume_config, load_training_checkpoint, prepare_run_dir, rng_state,
                      set_rng_state, trim_metrics)
 from .schedule import LRSchedule
-from .stages import DistillStage, FrozenTeacher, MultiTaskStage
+from .stages import DistillStage, FrozenTeacher, MultiTaskStage, precision_context
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
 logger = logging.getLogger("dml_csr.train")
 
 REESTIMATE_EPOCH_OFFSET = 1_000_000   # augmentation epoch ids of the BN re-estimation passes
+
+
+def resolve_precision(precision: str, amp: bool, device: torch.device) -> str:
+    """The training precision that runs on ``device``: ``train.precision`` (``train.amp: true``,
+    the old switch, means fp16); fp16 needs CUDA and falls back to fp32 elsewhere, with a
+    warning."""
+    if amp and precision == "fp32":
+        precision = "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        logger.warning("train.precision fp16 is ignored on %s (fp16 with a grad scaler needs CUDA; "
+                       "bf16 runs on the CPU)", device)
+        return "fp32"
+    return precision
 
 
 class NonFiniteLossError(RuntimeError):
@@ -141,15 +155,21 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        if self.device.type == "cpu":
+            tune_cpu_malloc(t.cpu_malloc_mmap_kb)
         self.model_kwargs = model_kwargs_from_config(cfg.model, self.schema.num_classes)
         self.model = build_student(cfg, self.model_name, self.model_kwargs, self.info)
         self.ddp = wrap_ddp(self.model, cfg, self.info)
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = LRSchedule.from_config(cfg, self.iters_per_epoch)
-        self.use_amp = bool(t.amp and self.device.type == "cuda")
-        if t.amp and not self.use_amp:
-            logger.warning("train.amp is ignored on %s (mixed precision needs CUDA)", self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.precision = resolve_precision(t.precision, t.amp, self.device)
+        self.autocast = precision_context(self.device, self.precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        if t.checkpoint_backbone:
+            if not hasattr(self.model, "checkpoint_backbone"):
+                raise ConfigError(f"train.checkpoint_backbone: the {self.model_name} family has no "
+                                  f"checkpointed backbone (DML-CSR has)")
+            self.model.checkpoint_backbone = True
 
     # ---------------------------------------------------------------- checkpoints
     def _spec(self) -> ModelSpec:
@@ -316,8 +336,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             batch = _to_device(batch, self.device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-                losses, outputs = stage(self.ddp, batch)
+            losses, outputs = stage(self.ddp, batch, self.autocast)
             loss = losses["loss"]
             if du.any_true(not bool(torch.isfinite(loss.detach()).all())):
                 parts = {k: float(v) for k, v in losses.items()}

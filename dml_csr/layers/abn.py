@@ -23,9 +23,13 @@ Backends:
   the forward statistics and the backward's per-channel sums (``sum dz``, ``sum dz * xhat``) are
   all-reduced, so outputs and gradients equal ``native``'s. The output is a new tensor (the input
   is not overwritten); eval mode uses the same function with the running statistics.
-- ``auto`` (default): ``compiled`` for CUDA tensors when the package imports (where its in-place
-  memory saving matters), else ``native``.
+- ``auto`` (default): ``compiled`` for CUDA tensors when the package imports; else, in training
+  mode, ``memory`` (less than half the activation memory of ``native``, the same outputs and
+  gradients; docs/training.md), and ``native`` in eval mode and for a non-invertible activation.
 """
+import contextlib
+import threading
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -38,7 +42,7 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken build raising OSErr
     _inplace_abn = None
     _iabn_functions = None
 
-__all__ = ["ABN", "ABN_BACKENDS", "compiled_abn_available", "activation_fn"]
+__all__ = ["ABN", "ABN_BACKENDS", "compiled_abn_available", "activation_fn", "running_stats_frozen"]
 
 _ACTIVATIONS = ("leaky_relu", "elu", "identity")
 ABN_BACKENDS = ("auto", "native", "compiled", "memory")
@@ -54,6 +58,26 @@ def activation_fn(x: torch.Tensor, activation: str, activation_param: float) -> 
     if activation == "elu":
         return F.elu(x, alpha=activation_param)
     return x
+
+
+class _Frozen(threading.local):
+    active = False
+
+
+_RUNNING_STATS_FROZEN = _Frozen()
+
+
+@contextlib.contextmanager
+def running_stats_frozen():
+    """ABN layers run in this context do not update their running statistics (the batch
+    statistics are still used in training mode): for recomputing a checkpointed forward pass,
+    which must not count the batch twice."""
+    before = _RUNNING_STATS_FROZEN.active
+    _RUNNING_STATS_FROZEN.active = True
+    try:
+        yield
+    finally:
+        _RUNNING_STATS_FROZEN.active = before
 
 
 def _distributed_world() -> int:
@@ -127,8 +151,9 @@ class _MemoryABNFunction(torch.autograd.Function):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         inv_std = torch.rsqrt(var + eps)
         scale = weight.abs() + eps
-        z = (x - mean.view(shape)) * (inv_std * scale).view(shape) + bias.view(shape)
-        y = activation_fn(z, activation, param)
+        # low-precision inputs (autocast) are normalised in float32; the output keeps their dtype
+        z = (x.to(mean.dtype) - mean.view(shape)) * (inv_std * scale).view(shape) + bias.view(shape)
+        y = activation_fn(z, activation, param).to(x.dtype)
         ctx.save_for_backward(y, inv_std, weight, bias)
         ctx.conf = (eps, activation, param, batch_stats, count, sync)
         return y
@@ -137,6 +162,8 @@ class _MemoryABNFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         y, inv_std, weight, bias = ctx.saved_tensors
         eps, activation, param, batch_stats, count, sync = ctx.conf
+        in_dtype = y.dtype
+        y, grad_y = y.to(weight.dtype), grad_y.to(weight.dtype)
         shape = (1, -1) + (1,) * (y.dim() - 2)
         dims = [0] + list(range(2, y.dim()))
         scale = weight.abs() + eps
@@ -154,7 +181,7 @@ class _MemoryABNFunction(torch.autograd.Function):
                     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
                 mean_dz, mean_dz_xhat = (sums / count).unbind(0)
                 dz = dz - mean_dz.view(shape) - xhat * mean_dz_xhat.view(shape)
-            grad_x = dz * (scale * inv_std).view(shape)
+            grad_x = (dz * (scale * inv_std).view(shape)).to(in_dtype)
         grad_w = sum_dz_xhat * torch.sign(weight) if ctx.needs_input_grad[1] else None
         grad_b = sum_dz if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
@@ -201,14 +228,23 @@ class ABN(nn.Module):
             return True
         return self.backend == "auto" and x.is_cuda and compiled_abn_available()
 
+    def _use_memory(self) -> bool:
+        if self.backend == "memory":
+            return True
+        invertible = self.activation != "leaky_relu" or self.activation_param > 0
+        return (self.backend == "auto" and self.training and invertible
+                and torch.is_grad_enabled())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_compiled(x):
             return self._forward_compiled(x)
-        if self.backend == "memory":
+        if self._use_memory():
             return self._forward_memory(x)
         return self._forward_native(x)
 
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        if _RUNNING_STATS_FROZEN.active:       # a checkpointed stage's recomputation
+            return
         with torch.no_grad():
             unbiased = var * (n / max(n - 1, 1))
             self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
@@ -221,7 +257,7 @@ class ABN(nn.Module):
         sync = self.training and self.sync and _distributed_world() > 1
         if self.training:
             with torch.no_grad():          # the function's backward differentiates the stats
-                mean, var, n = _batch_stats(x.detach(), sync=sync)
+                mean, var, n = _batch_stats(x.detach().to(self.weight.dtype), sync=sync)
             self._update_running(mean, var, n)
         else:
             mean, var, n = self.running_mean, self.running_var, 0
@@ -230,6 +266,8 @@ class ABN(nn.Module):
                                         n, sync)
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.weight.dtype:   # autocast: normalise in float32, answer in x's dtype
+            return self._forward_native(x.to(self.weight.dtype)).to(x.dtype)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if self.training:
             mean, var, n = _batch_stats(x, sync=self.sync and _distributed_world() > 1)

@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .abn import ABN
+from torch.utils.checkpoint import checkpoint
+
+from .abn import ABN, running_stats_frozen
 
 __all__ = ["NormLayer", "upsample", "conv_abn", "Bottleneck"]
 
@@ -34,6 +36,20 @@ def conv_abn(cin: int, cout: int, kernel: int, norm: NormLayer, stride: int = 1,
         norm(cout))
 
 
+def checkpoint_stage(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` with activation checkpointing: only ``x`` is kept, and the forward pass runs
+    again in the backward pass, without updating the ABN running statistics a second time."""
+    calls = []
+
+    def run(inp):
+        if calls:                                   # the recomputation
+            with running_stats_frozen():
+                return layer(inp)
+        calls.append(1)
+        return layer(inp)
+    return checkpoint(run, x, use_reentrant=False)
+
+
 class Bottleneck(nn.Module):
     """ResNet bottleneck; every ABN (including ``bn3``, before the residual add) applies
     leaky_relu(0.01) as in the release, followed by ReLU where the release applies one."""
@@ -53,9 +69,17 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.downsample = downsample
 
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.conv3(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        if self.training and torch.is_grad_enabled() and getattr(self.bn3, "_use_memory", bool)():
+            # memory-saving training: bn3's output (4x the channels, used only by the add) is
+            # recomputed from conv3's input in the backward pass instead of kept
+            out = checkpoint_stage(self._expand, out)
+        else:
+            out = self._expand(out)
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(out + shortcut)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.abn import ABN
-from ..layers.blocks import Bottleneck, NormLayer, conv_abn, upsample
+from ..layers.blocks import Bottleneck, NormLayer, checkpoint_stage, conv_abn, upsample
 from ..layers.context import build_context
 from .contract import ParsingModel, ParsingOutput, resize_logits_to
 
@@ -137,15 +137,24 @@ class DMLCSR(ParsingModel):
         mods += [Bottleneck(self.inplanes, planes, 1, dilation, None, norm) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
 
+    # train.checkpoint_backbone: recompute layer1-layer4 in the backward pass instead of keeping
+    # their activations (set by the trainer; a training setting, not part of the checkpoint)
+    checkpoint_backbone = False
+
+    def _stage(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_backbone and self.training and torch.is_grad_enabled():
+            return checkpoint_stage(layer, x)
+        return layer(x)
+
     def forward_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Backbone: returns (C2, C3, C4, C5) at strides 4, 8, 8, 8."""
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))
         x = self.relu3(self.bn3(self.conv3(x)))
-        c2 = self.layer1(self.maxpool(x))
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
+        c2 = self._stage(self.layer1, self.maxpool(x))
+        c3 = self._stage(self.layer2, c2)
+        c4 = self._stage(self.layer3, c3)
+        c5 = self._stage(self.layer4, c4)
         return c2, c3, c4, c5
 
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None,
