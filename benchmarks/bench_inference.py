@@ -121,9 +121,8 @@ def main(argv=None) -> int:
     variants = {"plain": run_plain, "folded": logits_of(folded), "optimised": logits_of(fast),
                 "optimised-nocap": logits_of(nocap), "bf16": logits_of(bf16)}
     if not args.no_onnx:
-        import onnxruntime as ort
-
         from dml_csr.deploy import export_onnx
+        from dml_csr.deploy.onnx import OnnxSession
         from dml_csr.models import ModelSpec
         path = os.path.join(tempfile.mkdtemp(prefix="bench_onnx_"), "model.onnx")
         t = time.perf_counter()
@@ -131,11 +130,7 @@ def main(argv=None) -> int:
             "dml_csr", {}, "helen" if args.classes == 11 else "celebamask_hq", crop_size=(h, w)),
             dynamic_batch=True)
         print(f"exported ONNX ({exporter}) in {time.perf_counter() - t:.1f} s", flush=True)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")   # as OnnxSession
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        variants["onnxruntime"] = lambda x: torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+        variants["onnxruntime"] = OnnxSession(path, threads=threads)     # the parser's runner
         if args.int8:
             from dml_csr.deploy.quantize import quantize_onnx
             qpath = path.replace("model.onnx", "model_int8.onnx")
@@ -144,9 +139,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             quantize_onnx(path, qpath, crops)
             print(f"quantized to int8 in {time.perf_counter() - t:.1f} s", flush=True)
-            qsess = ort.InferenceSession(qpath, opts, providers=["CPUExecutionProvider"])
-            variants["onnxruntime-int8"] = lambda x: torch.from_numpy(
-                qsess.run(None, {"image": x.numpy()})[0])
+            variants["onnxruntime-int8"] = OnnxSession(qpath, threads=threads)
 
     if args.pt2e:
         variants["pt2e-int8-compiled"] = pt2e_int8(plain, x1, [
