@@ -21,7 +21,8 @@ import traceback
 from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["run", "strip_debug", "debug_enabled", "format_error", "add_debug_argument",
-           "add_precision_arguments", "check_precision_arguments", "ERROR_STATUS", "DEBUG_FLAG", "DEBUG_ENV"]
+           "add_precision_arguments", "check_precision_arguments", "add_trust_argument",
+           "add_max_pixels_argument", "ERROR_STATUS", "DEBUG_FLAG", "DEBUG_ENV"]
 
 ERROR_STATUS = 2
 DEBUG_FLAG = "--debug"
@@ -118,3 +119,19 @@ def add_precision_arguments(parser) -> None:
 def check_precision_arguments(parser, args) -> None:
     if args.calibrate and args.precision != "int8":
         parser.error("--calibrate goes with --precision int8")
+
+
+def add_trust_argument(parser) -> None:
+    """``--trust-checkpoint`` (``args.trust_checkpoint``): unpickle a checkpoint that
+    ``torch.load(weights_only=True)`` refuses (``dml_csr/models/checkpoint.py``)."""
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a checkpoint that needs full unpickling (an older file of "
+                             "ours): this runs any code the file holds, so only for files whose "
+                             "source you trust (also: DMLCSR_TRUST_CHECKPOINT=1)")
+
+
+def add_max_pixels_argument(parser) -> None:
+    """``--max-pixels N`` (``args.max_pixels``): the image pixel limit (``dml_csr/files.py``)."""
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help="refuse images whose header declares more pixels (default "
+                             "178956970, or DMLCSR_MAX_PIXELS): decompression bombs")

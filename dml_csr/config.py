@@ -327,5 +327,6 @@ def validate(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    """Write the resolved config as YAML, atomically (``files.write_text``)."""
+    from .files import write_text
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

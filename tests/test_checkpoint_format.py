@@ -11,7 +11,8 @@ import torch
 import dml_csr
 from dml_csr.models import DMLCSR, FPLIIF, load_inference_model
 from dml_csr.models.checkpoint import (CHECKPOINT_FORMAT, CheckpointMismatchError, ModelSpec,
-                                       load_checkpoint_file, save_atomic, save_checkpoint)
+                                       load_checkpoint_file, save_checkpoint)
+from dml_csr.files import save_torch
 from dml_csr.utils.random_weights import randomise_norms
 
 KW = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
@@ -43,7 +44,7 @@ def _edited(saved, tmp_path, edit):
     ckpt = load_checkpoint_file(str(saved))
     edit(ckpt)
     path = tmp_path / "edited.pth"
-    save_atomic(ckpt, str(path))
+    save_torch(ckpt, str(path))
     return str(path)
 
 
@@ -117,7 +118,7 @@ def test_the_family_and_its_arguments_come_from_the_file(tmp_path, photo):
     assert {k: v.shape for k, v in model.state_dict().items()} == shapes
     ckpt = load_checkpoint_file(str(path))
     ckpt["model_kwargs"]["width"] = 16                        # arguments that do not fit
-    save_atomic(ckpt, str(path))
+    save_torch(ckpt, str(path))
     with pytest.raises(CheckpointMismatchError):
         load_inference_model(str(path))
 

@@ -73,12 +73,12 @@ def test_every_problem_is_reported_at_once(clean_root, tmp_path):
     root = _broken_copy(clean_root, tmp_path / "broken")
     report = check_data(str(root), ["train", "valid"], schema=get_schema("synthetic"), workers=2)
     assert len(report.problems) == 7 and report.num_pairs == 10
-    expected = [("train/images/train_00001.jpg", "cannot be decoded"),
+    expected = [("train/images/train_00001.jpg", "cannot be read as an image"),
                 ("train/images/train_00002.jpg", "not found"),
                 ("train/labels/train_00003.png", "[11]"),
                 ("train/labels/train_00004.png", "size"),
                 ("train/labels/train_00005.png", "colour"),
-                ("train/labels/train_00006.png", "cannot be decoded"),
+                ("train/labels/train_00006.png", "cannot be read as a label"),
                 ("valid/labels/valid_00001.png", "not found")]
     for problem, (name, what) in zip(report.problems, expected):
         assert name in problem and what in problem, problem
@@ -122,7 +122,7 @@ def test_trainer_stops_before_the_first_epoch_and_writes_nothing(clean_root, tmp
     # data.check=false: the trainer is built (the corrupt file would stop it at its batch)
     trainer = Trainer(_cfg(root, "data.check=false"), output_dir=str(out), device="cpu")
     assert len(trainer.train_set) == 8 and out.is_dir()
-    with pytest.raises(ValueError, match="cannot decode image .*train_00003.jpg"):
+    with pytest.raises(ValueError, match="train_00003.jpg: cannot read its size"):
         trainer.train_set[3]
 
 

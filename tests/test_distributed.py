@@ -154,7 +154,7 @@ def test_torchrun_resume_and_test(tmp_path):
     assert [(l["epoch"], l["model"]) for l in lines] == [(1, "student"), (2, "student"),
                                                          (3, "student"), (3, "aggregated")]
     assert lines[0] == first[0]                        # epoch 1 was not trained again
-    last = torch.load(out / "last.pth", map_location="cpu", weights_only=False)
+    last = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
     assert last["epoch"] == 3 and last["stage"] == "csr" and last["teacher"] is not None
     assert last["best"]["score"] == max(l["headline"]["value"] for l in lines)
     assert (out / "cycle1_aggregated.pth").exists()

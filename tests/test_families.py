@@ -74,7 +74,7 @@ def test_checkpoint_round_trip(run):
     model, spec = load_inference_model(str(out / "best.pth"))
     assert spec.family == cfg.model.name and spec.dataset == cfg.data.dataset
     assert spec.crop_size == (CROP, CROP)
-    saved = torch.load(out / "best.pth", map_location="cpu", weights_only=False)["model"]
+    saved = torch.load(out / "best.pth", map_location="cpu", weights_only=True)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key
     with torch.no_grad():

@@ -147,10 +147,10 @@ def test_trainer_best_checkpoint_rebuilds_and_scores(run, tmp_path):
     out, summary = run
     assert summary["epochs_done"] == 2
     assert not os.path.exists(os.path.join(out, "cycle1_aggregated.pth"))   # no CSR cycles
-    last = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=False)
+    last = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=True)
     assert "betas" in last["optimizer"]["param_groups"][0]                  # AdamW, not SGD
     assert last["stage"] == "multitask" and last["teacher"] is None
-    ckpt = torch.load(os.path.join(out, "best.pth"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(out, "best.pth"), map_location="cpu", weights_only=True)
     assert ckpt["model_kwargs"]["width"] == 16 and ckpt["model_kwargs"]["num_classes"] == 11
     # the checkpoint round trip and the parser API of every family: tests/test_families.py
 

@@ -52,7 +52,7 @@ def test_paper_run_end_to_end(paper_run):
     assert [(l["epoch"], l["model"]) for l in lines] == [(1, "student"), (2, "student"),
                                                          (3, "student"), (3, "aggregated")]
     assert all(l["split"] == "valid" for l in lines)
-    last = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=False)
+    last = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=True)
     assert last["epoch"] == 3 and last["stage"] == "csr" and last["cycle"] == 1
     for key in ("model", "optimizer", "scheduler", "rng", "snapshots", "teacher", "best", "config",
                 "model_name", "model_kwargs", "dataset", "class_tokens"):
@@ -75,8 +75,8 @@ def test_resume_equals_uninterrupted(paper_run, data_root, tmp_path):
     summary = Trainer(_cfg(data_root), output_dir=out, resume=True).fit()
     assert summary["best"]["score"] == ref_summary["best"]["score"]
     assert [l["headline"] for l in _lines(out)] == [l["headline"] for l in _lines(ref_out)]
-    a = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=False)
-    b = torch.load(os.path.join(ref_out, "last.pth"), map_location="cpu", weights_only=False)
+    a = torch.load(os.path.join(out, "last.pth"), map_location="cpu", weights_only=True)
+    b = torch.load(os.path.join(ref_out, "last.pth"), map_location="cpu", weights_only=True)
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in b["teacher"]:
@@ -90,7 +90,7 @@ def test_resume_of_a_run_saved_before_the_poly_horizon(paper_run, data_root, tmp
     for total_scale, resumes in ((1.0, True), (4.0, False)):
         out = tmp_path / f"scale{total_scale}"
         shutil.copytree(paper_run[0], out)
-        last = torch.load(out / "last.pth", map_location="cpu", weights_only=False)
+        last = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
         last["config"]["loss"]["total_scale"] = total_scale
         del last["config"]["train"]["poly_horizon"]
         torch.save(last, out / "last.pth")
@@ -115,7 +115,7 @@ def test_overwrite_only_touches_run_files(data_root, tmp_path):
 def test_nan_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
     trainer = Trainer(_cfg(data_root), output_dir=str(tmp_path))
     trainer.fit(stop_after_epoch=1)
-    before = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=False)
+    before = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
     loss = trainer.multitask_loss
     original = loss.forward
 
@@ -127,7 +127,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypat
     monkeypatch.setattr(loss, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, iteration 1"):
         trainer.fit()
-    after = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=False)
+    after = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
     assert after["epoch"] == 1
     for key in before["model"]:
         assert torch.equal(before["model"][key], after["model"][key])

@@ -7,7 +7,6 @@ Examples:
     python tools/complexity.py --checkpoint runs/x/best.pth
 """
 import argparse
-import json
 import os
 import sys
 
@@ -15,9 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from dml_csr.cli import add_debug_argument, run  # noqa: E402
+from dml_csr.cli import add_debug_argument, add_trust_argument, run  # noqa: E402
 from dml_csr.config import load_config  # noqa: E402
 from dml_csr.data.schemas import get_schema  # noqa: E402
+from dml_csr.files import write_json  # noqa: E402
 from dml_csr.models import (FAMILIES, build_model, load_inference_model,  # noqa: E402
                             model_kwargs_from_config)
 from dml_csr.utils.complexity import complexity_report  # noqa: E402
@@ -40,6 +40,7 @@ def main(argv=None):
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--json", help="also write the reports here")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    add_trust_argument(p)
     add_debug_argument(p)
     args = p.parse_args(argv)
     if args.threads:
@@ -50,7 +51,8 @@ def main(argv=None):
 
     builds = []
     if args.checkpoint:
-        model, spec = load_inference_model(args.checkpoint)
+        model, spec = load_inference_model(args.checkpoint,
+                                           trust_checkpoint=args.trust_checkpoint)
         builds.append((f"{spec.family} (checkpoint)", model))
     else:
         if args.config:
@@ -76,8 +78,7 @@ def main(argv=None):
             line += f"  CPU latency median {r['median_ms']:.1f} ms ({r['threads']} threads)"
         print(line)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(reports, f, indent=2)
+        write_json(args.json, reports, indent=2)
     return reports
 
 

@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dml_csr.cli import add_debug_argument, run  # noqa: E402
+from dml_csr.cli import add_debug_argument, add_trust_argument, run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calibrate", metavar="DIR", help="calibration images for --int8: a data "
                                                      "root (train_list.txt) or an image folder")
     ap.add_argument("--calibrate-count", type=int, default=32, help="images used (default 32)")
+    add_trust_argument(ap)
     add_debug_argument(ap)
     args = ap.parse_args(argv)
     if args.int8 != bool(args.calibrate):
@@ -57,36 +58,18 @@ def main(argv=None) -> int:
     import torch
 
     from dml_csr.deploy.onnx import ONNX_INPUT, export_onnx, read_onnx_metadata
+    from dml_csr.files import check_not_input
     from dml_csr.models import load_inference_model
 
-    model, spec = load_inference_model(args.checkpoint, dataset=args.dataset)
+    check_not_input(args.out, [args.checkpoint], "--out")
+    model, spec = load_inference_model(args.checkpoint, dataset=args.dataset,
+                                       trust_checkpoint=args.trust_checkpoint)
     spec = spec.with_input(args.size, args.channel_order)
-    float_path = args.out
     if args.int8:
-        import tempfile
-        from dml_csr.deploy.quantize import calibration_crops, calibration_images, quantize_onnx
-        crops = calibration_crops(calibration_images(args.calibrate, args.calibrate_count), spec)
-        float_path = os.path.join(tempfile.mkdtemp(prefix="dml_csr_int8_"), "float32.onnx")
-    used = export_onnx(model, float_path, spec, dynamic_batch=args.dynamic_batch or args.int8,
-                       opset=args.opset,
-                       output_size=args.output_size, fold_bn=not args.no_fold, exporter=args.exporter)
-    if args.int8:
-        quantize_onnx(float_path, args.out, crops,
-                      calibration={"source": os.path.abspath(args.calibrate),
-                                   "count": args.calibrate_count})
-        sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
-        agree = []
-        for x in crops:
-            with torch.no_grad():
-                ref = model.eval().export_logits(torch.from_numpy(x), args.output_size).numpy()
-            agree.append((sess.run(None, {ONNX_INPUT: x})[0].argmax(1) == ref.argmax(1)).mean())
-        meta = read_onnx_metadata(args.out)
-        print(f"exported {args.out}: int8 (QDQ), calibrated on {len(crops)} images of "
-              f"{args.calibrate}; {meta.dataset}, {meta.num_classes} classes, crop "
-              f"{list(meta.crop_size)}")
-        print(f"labels agreeing with PyTorch float32 on the calibration crops: "
-              f"{100 * float(np.mean(agree)):.2f} %")
-        return 0
+        return export_int8(args, model, spec)
+    used = export_onnx(model, args.out, spec, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                       output_size=args.output_size, fold_bn=not args.no_fold,
+                       exporter=args.exporter)
     crop = spec.crop_size
     x = torch.randn(2 if args.dynamic_batch else 1, 3, *crop, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -101,6 +84,45 @@ def main(argv=None) -> int:
           f"channel_order={meta.channel_order} crop_size={list(meta.crop_size)}")
     print(f"output {tuple(out.shape)}; max abs difference to PyTorch: {diff:.3e}")
     return 0 if diff <= args.tol else 1
+
+
+def export_int8(args, model, spec) -> int:
+    """``--int8``: the float32 graph exported into a temporary folder, quantized into ``--out``,
+    and the labels' agreement with PyTorch float32 on the calibration crops printed."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from dml_csr.deploy.onnx import ONNX_INPUT, export_onnx, read_onnx_metadata
+    from dml_csr.deploy.quantize import calibration_crops, calibration_images, quantize_onnx
+    from dml_csr.files import check_not_input
+
+    paths = calibration_images(args.calibrate, args.calibrate_count)
+    check_not_input(args.out, paths, "--out")
+    crops = calibration_crops(paths, spec)
+    with tempfile.TemporaryDirectory(prefix="dml_csr_int8_") as folder:
+        float_path = os.path.join(folder, "float32.onnx")
+        export_onnx(model, float_path, spec, dynamic_batch=True, opset=args.opset,
+                    output_size=args.output_size, fold_bn=not args.no_fold,
+                    exporter=args.exporter)
+        quantize_onnx(float_path, args.out, crops,
+                      calibration={"source": os.path.abspath(args.calibrate),
+                                   "count": args.calibrate_count})
+    sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
+    agree = []
+    for x in crops:
+        with torch.no_grad():
+            ref = model.eval().export_logits(torch.from_numpy(x), args.output_size).numpy()
+        agree.append((sess.run(None, {ONNX_INPUT: x})[0].argmax(1) == ref.argmax(1)).mean())
+    meta = read_onnx_metadata(args.out)
+    print(f"exported {args.out}: int8 (QDQ), calibrated on {len(crops)} images of "
+          f"{args.calibrate}; {meta.dataset}, {meta.num_classes} classes, crop "
+          f"{list(meta.crop_size)}")
+    print(f"labels agreeing with PyTorch float32 on the calibration crops: "
+          f"{100 * float(np.mean(agree)):.2f} %")
+    return 0
 
 
 if __name__ == "__main__":

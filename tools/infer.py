@@ -3,7 +3,7 @@
     python tools/infer.py (--checkpoint CKPT | --model NAME [--weights-dir DIR] | --onnx FILE)
         INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
         [--save-logits] [--device cpu] [--precision fp32|bf16|int8 [--calibrate DIR]]
-        [--batch-size N] [--margin M]
+        [--batch-size N] [--margin M] [--max-pixels N] [--trust-checkpoint]
 
 INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
 
@@ -24,13 +24,22 @@ checkpoint needs ``--calibrate DIR`` (a prepared data root or a folder of face p
 
 ``--model``: dml-csr-lapa, dml-csr-helen or dml-csr-celebamask-hq, the authors' files, read from
 ``--weights-dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``); nothing is downloaded.
-Unreadable files and photos with no face are reported and skipped; the exit code is 1 only if no
-image could be processed, 2 for usage errors and for a checkpoint or option that cannot be used
-(one ``error:`` line on stderr; ``--debug`` shows the traceback).
+Photos are read by ``dml_csr.files.read_image``: the size comes from the header first and an
+image over ``--max-pixels`` (default 178,956,970, or ``$DMLCSR_MAX_PIXELS``) is refused before
+decoding, as are truncated and undecodable files. A photo that fails is named and skipped, the
+others are parsed, and the run exits with status 1 and the count of failures at the end; photos
+with no face are reported and skipped (status 0). Every output is written to a temporary name
+and renamed, so a failed write (full disk) leaves no empty or torn file: it stops the run with
+status 2 and one ``error:`` line naming the file. Status 2 also for usage errors, an output
+folder that is (by real path) an input folder, and a checkpoint or option that cannot be used
+(``--debug`` shows the traceback). Inputs that share a file name (``a.png`` in two folders) keep
+both results: the later ones as ``a_2``, ``a_3``, ...
+
+``--trust-checkpoint``: load a checkpoint that ``torch.load(weights_only=True)`` refuses (an older
+file of ours); it runs any code the file holds (docs/inference.md, "Files you did not make").
 """
 import argparse
 import glob
-import json
 import logging
 import os
 import sys
@@ -41,11 +50,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dml_csr.cli import (add_debug_argument, add_precision_arguments,  # noqa: E402
-                         check_precision_arguments, run)
+from dml_csr.cli import (add_debug_argument, add_max_pixels_argument,  # noqa: E402
+                         add_precision_arguments, add_trust_argument, check_precision_arguments,
+                         run)
 
 def collect_inputs(items):
-    """Expand files, folders and globs into a sorted, de-duplicated list of file paths."""
+    """Expand files, folders and globs into a sorted list of file paths, each file once (by real
+    path: a symbolic link and its target are one file)."""
     from dml_csr.deploy.parser import IMAGE_EXTS
     files = []
     for item in items:
@@ -58,10 +69,26 @@ def collect_inputs(items):
             files.append(item)  # missing files are reported when read
     seen, out = set(), []
     for f in files:
-        key = os.path.abspath(f)
+        key = os.path.realpath(f)
         if key not in seen:
             seen.add(key)
             out.append(f)
+    return out
+
+
+def output_stems(files):
+    """One output name per input file: its stem, or, when two inputs share a stem (``a.png`` in
+    two folders, ``a.jpg`` beside ``a.png``), ``stem_2``, ``stem_3``, ... for the later ones,
+    never a name another input has (every file's results are kept)."""
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    reserved, used, out = set(stems), set(), []
+    for stem in stems:
+        name, k = stem, 1
+        while name in used or (name != stem and name in reserved):   # reserved: another input's
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        out.append(name)
     return out
 
 
@@ -90,6 +117,8 @@ def parse_args(argv=None):
     ap.add_argument("--margin", type=float, default=None,
                     help="face region margin: side = (1 + 2 margin) x face size (default 0.5)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_max_pixels_argument(ap)
+    add_trust_argument(ap)
     add_debug_argument(ap)
     args = ap.parse_args(argv)
     if sum(bool(x) for x in (args.checkpoint, args.model, args.onnx)) != 1:
@@ -109,21 +138,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     log = logging.getLogger("infer")
-    out_dir = os.path.abspath(args.out)
-    for item in args.inputs:
-        if os.path.isdir(item) and os.path.abspath(item) == out_dir:
-            log.error("--out %s is an input folder: refusing to write beside the inputs", args.out)
-            return 2
+    from dml_csr.files import ImageReadError, WriteError, check_output_folder, max_pixels
+
+    limit = max_pixels(args.max_pixels)
+    out_dir = args.out
+    for item in args.inputs:    # compared by real path: --out may be a link to an input folder
+        if os.path.isdir(item) and os.path.realpath(item) == os.path.realpath(out_dir):
+            raise ValueError(f"--out {out_dir} is the input folder {item} (symbolic links "
+                             f"resolved): its outputs could replace the photos; choose another "
+                             f"folder")
     files = collect_inputs(args.inputs)
     if not files:
         log.error("no input images found in %s", args.inputs)
         return 1
-    if any(os.path.abspath(os.path.dirname(f)) == out_dir for f in files):
-        log.error("--out %s holds input images: choose another folder", args.out)
-        return 2
+    check_output_folder(out_dir, files, "--out")
 
-    from dml_csr.deploy import (DEFAULT_MARGIN, FaceParser, NoFaceWarning, draw_overlay, read_image,
-                                set_inference_threads)
+    from dml_csr.deploy import DEFAULT_MARGIN, FaceParser, NoFaceWarning, set_inference_threads
 
     set_inference_threads(args.threads)
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
@@ -131,59 +161,81 @@ def main(argv=None) -> int:
     precision = dict(precision=args.precision)
     if args.precision == "int8":
         precision.update(calibrate=args.calibrate, calibrate_count=args.calibrate_count)
+    common = dict(detector=detector, margin=margin, max_batch=args.batch_size)
     if args.onnx:
-        parser = FaceParser.from_onnx(args.onnx, detector=detector, margin=margin,
-                                      max_batch=args.batch_size)
+        parser = FaceParser.from_onnx(args.onnx, **common)
     elif args.model:
         parser = FaceParser.from_pretrained(args.model, args.weights_dir, device=args.device,
-                                            detector=detector, margin=margin,
-                                            max_batch=args.batch_size, **precision)
+                                            trust_checkpoint=args.trust_checkpoint, **common,
+                                            **precision)
     else:
-        parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset, device=args.device,
-                                            detector=detector, margin=margin,
-                                            max_batch=args.batch_size, **precision)
+        parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset,
+                                            device=args.device,
+                                            trust_checkpoint=args.trust_checkpoint, **common,
+                                            **precision)
     os.makedirs(out_dir, exist_ok=True)
     warnings.simplefilter("ignore", NoFaceWarning)  # reported below, once per file
 
-    iterator = files
+    stems = output_stems(files)
+    for path, stem in zip(files, stems):
+        if stem != os.path.splitext(os.path.basename(path))[0]:
+            log.info("%s shares its name with another input: its results are named %s.*", path,
+                     stem)
+    iterator = zip(files, stems)
     if len(files) > 1:
         try:
             from tqdm import tqdm
-            iterator = tqdm(files, unit="img", desc="parsing")
+            iterator = tqdm(iterator, total=len(files), unit="img", desc="parsing")
         except ImportError:
             pass
-    done, unreadable, faceless, stems = 0, [], [], set()
-    for path in iterator:
+    done, failed, faceless = 0, [], []
+    for path, stem in iterator:
         try:
-            image = read_image(path)
-        except ValueError as exc:
-            log.warning("skipped: %s", exc)
-            unreadable.append(path)
+            found = parse_one(parser, path, stem, out_dir, args, limit)
+        except WriteError:
+            raise                  # a full disk or a read-only folder: no point going on
+        except (ImageReadError, ValueError, OSError, MemoryError, cv2.error) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.warning("failed: %s%s", "" if path in reason else f"{path}: ", reason)
+            failed.append(path)
             continue
-        res = parser(image, detect=not args.no_detect, return_logits=args.save_logits)
-        if res.no_face[0]:
-            log.warning("skipped: no face found in %s (try --no-detect for aligned crops)", path)
+        if found:
+            done += 1
+        else:
+            log.warning("no face found in %s (try --no-detect for aligned crops)", path)
             faceless.append(path)
-            continue
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in stems:  # same name in two input folders: keep both
-            stem = f"{stem}_{len(stems)}"
-        stems.add(stem)
-        cv2.imwrite(os.path.join(out_dir, f"{stem}.png"), res.combined[0])
-        overlay = draw_overlay(image, res.combined[0], res.class_names, res.palette,
-                               boxes=None if args.no_detect else res.boxes)
-        cv2.imwrite(os.path.join(out_dir, f"{stem}_overlay.jpg"), overlay)
-        for k, label in enumerate(res.label_maps):
-            cv2.imwrite(os.path.join(out_dir, f"{stem}_face{k}.png"), label)
-        with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-            json.dump(dict(res.summary(0), image=os.path.abspath(path)), f, indent=1)
-        if args.save_logits:
-            np.savez(os.path.join(out_dir, f"{stem}_logits.npz"),
-                     **{f"face{k}": x.astype(np.float16) for k, x in enumerate(res.logits)})
-        done += 1
-    log.info("parsed %d of %d images into %s (%d unreadable, %d without a face)", done, len(files),
-             out_dir, len(unreadable), len(faceless))
-    return 0 if done else 1
+    log.info("parsed %d of %d images into %s (%d without a face, %d failed)", done, len(files),
+             out_dir, len(faceless), len(failed))
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        sys.stderr.write(f"error: {len(failed)} of {len(files)} images failed (each named "
+                         f"above): {shown}\n")
+        return 1
+    return 0
+
+
+def parse_one(parser, path, stem, out_dir, args, limit) -> bool:
+    """Parse the photo ``path`` and write its outputs as ``out_dir/stem*`` (atomically); False
+    when it has no face (nothing written)."""
+    from dml_csr.deploy import draw_overlay
+    from dml_csr.files import read_image, write_image, write_json, write_npz
+
+    image = read_image(path, limit=limit)
+    res = parser(image, detect=not args.no_detect, return_logits=args.save_logits)
+    if res.no_face[0]:
+        return False
+    out = lambda suffix: os.path.join(out_dir, stem + suffix)  # noqa: E731
+    write_image(out(".png"), res.combined[0])
+    overlay = draw_overlay(image, res.combined[0], res.class_names, res.palette,
+                           boxes=None if args.no_detect else res.boxes)
+    write_image(out("_overlay.jpg"), overlay)
+    for k, label in enumerate(res.label_maps):
+        write_image(out(f"_face{k}.png"), label)
+    if args.save_logits:
+        write_npz(out("_logits.npz"),
+                  **{f"face{k}": x.astype(np.float16) for k, x in enumerate(res.logits)})
+    write_json(out(".json"), dict(res.summary(0), image=os.path.abspath(path)))
+    return True
 
 
 if __name__ == "__main__":

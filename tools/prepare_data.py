@@ -5,11 +5,16 @@
                                                                [--holdout N] [--link ...]
     python tools/prepare_data.py celebamask_hq RAW_DIR OUT_DIR [--partition FILE]
     python tools/prepare_data.py check         ROOT [--splits train valid ...] [--dataset NAME]
+                                               [--max-pixels N]
 
 Common options: --workers N, --no-progress. ``check`` reads every listed image and label of a
 prepared root (or any root in this layout) as training will, prints every problem and exits with
 status 2 if there is one (0 and a one-line summary otherwise). Each preparation writes
-OUT_DIR/dataset.json, the identity the other tools read the data set from. See docs/datasets.md.
+OUT_DIR/dataset.json, the identity the other tools read the data set from. Every image is read by
+``dml_csr.files.read_image``: one over the pixel limit (178,956,970 by default; ``--max-pixels``
+for ``check``, ``$DMLCSR_MAX_PIXELS`` for all), truncated or undecodable is refused, named. Sample
+names with whitespace are written with ``_`` (a list line cannot hold them). See
+docs/datasets.md.
 """
 import argparse
 import logging
@@ -21,7 +26,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dml_csr.cli import add_debug_argument, run
+from dml_csr.cli import add_debug_argument, add_max_pixels_argument, run
 from dml_csr.data.prepare import (HELEN_SOURCES, LINK_MODES, prepare_celebamask_hq, prepare_helen,
                                   prepare_lapa)
 
@@ -70,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="schema whose class count bounds the label ids (default: the one "
                         "ROOT/dataset.json names, else ROOT/label_names.txt's)")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: up to 8)")
+    add_max_pixels_argument(p)
     add_debug_argument(parser)
     return parser.parse_args(argv)
 
@@ -80,7 +86,8 @@ def check(args: argparse.Namespace) -> int:
     from dml_csr.data.schemas import get_schema
 
     schema = get_schema(args.schema) if args.schema else None
-    report = check_data(str(args.root), args.splits, schema=schema, workers=args.workers)
+    report = check_data(str(args.root), args.splits, schema=schema, workers=args.workers,
+                        max_image_pixels=args.max_pixels)
     for problem in report.problems:
         print(problem)
     report.raise_if_problems(listed_above=True)

@@ -21,7 +21,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dml_csr.cli import (add_debug_argument, add_precision_arguments,
+from dml_csr.cli import (add_debug_argument, add_precision_arguments, add_trust_argument,
                          check_precision_arguments, run)
 from dml_csr.config import load_config
 from dml_csr.eval.evaluate import parse_meta, write_result
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="extra meta entries, e.g. row=dml-csr method=ours (repeatable)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_trust_argument(parser)
     add_debug_argument(parser)
     args = parser.parse_intermixed_args(argv)
     check_precision_arguments(parser, args)
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
                       overlay_dir=args.save_overlay, save_logits=args.save_logits,
                       progress=args.progress, meta=parse_meta(args.meta),
                       precision=args.precision, calibrate=args.calibrate,
-                      calibrate_count=args.calibrate_count)
+                      calibrate_count=args.calibrate_count,
+                      trust_checkpoint=args.trust_checkpoint)
     print(format_result_table(result))
     name, value = result["headline"]["name"], result["headline"]["value"]
     value = "n/a" if value is None else f"{value:.2f}"

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dml_csr.cli import add_debug_argument, run  # noqa: E402
+from dml_csr.cli import add_debug_argument, add_trust_argument, run  # noqa: E402
 from dml_csr.config import load_config  # noqa: E402
 from dml_csr import distributed as du  # noqa: E402
 from dml_csr.engine.trainer import Trainer  # noqa: E402
@@ -57,12 +57,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--test", action="store_true",
                    help="after training, score best.pth on the test split (metrics_test.json)")
+    add_trust_argument(p)           # model.pretrained and --resume's last.pth
     add_debug_argument(p)
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         trainer = Trainer(cfg, output_dir=args.output_dir, resume=args.resume,
-                          overwrite=args.overwrite, device=args.device)
+                          overwrite=args.overwrite, device=args.device,
+                          trust_checkpoint=args.trust_checkpoint)
         trainer.fit()
         if args.test:
             score_best(cfg, trainer)

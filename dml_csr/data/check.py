@@ -4,8 +4,9 @@ A corrupt file would otherwise stop a run at the batch that reads it, possibly h
 reads the split lists with the loader's own reader (``layout.read_split_list``) and tests every
 pair the way ``FaceDataset`` will read it:
 
-- the image exists and ``cv2.imread`` decodes it (the loader's call, so a check that passes means
-  the loader reads it too);
+- the image exists and ``files.read_image`` decodes it (the loader's call, so a check that passes
+  means the loader reads it too: the size read from the header first and refused over the pixel
+  limit, truncated files refused, decoder errors named);
 - the label exists, decodes (``cv2.IMREAD_UNCHANGED``), is a single-channel id map of the image's
   height and width, and holds only ids below K or the ignore value 255 (``validate_label``);
 - the root's ``label_names.txt``, when there is one, matches the schema trained on (and a
@@ -13,12 +14,16 @@ pair the way ``FaceDataset`` will read it:
 
 All problems are collected; :meth:`DataCheckReport.raise_if_problems` then raises one
 :class:`DataCheckError` with their count and the first few. The pairs are decoded by a thread pool
-(OpenCV releases the GIL); ``rank`` / ``world_size`` check one contiguous shard of the pairs, so
-the processes of a distributed run can share the work (the trainer gathers their problems).
+(OpenCV releases the GIL) whose memory is bounded: a thread decodes only while the pixels being
+decoded by all threads (read from the headers) stay within one largest allowed image
+(:class:`PixelBudget`), so eight threads never hold eight huge images at once. ``rank`` /
+``world_size`` check one contiguous shard of the pairs, so the processes of a distributed run
+can share the work (the trainer gathers their problems).
 
     python tools/prepare_data.py check ROOT [--splits train valid] [--dataset NAME]
 """
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,13 +31,14 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 
+from ..files import max_pixels, read_image, read_image_size
 from .dataset import validate_label
 from .layout import (LABEL_NAMES, read_label_names, read_split_list, root_schema, split_list_path,
                      warn_if_other_dataset)
 from .schemas import Schema
 
 __all__ = ["DataCheckError", "DataCheckReport", "check_data", "list_pairs", "find_splits",
-           "MAX_LISTED"]
+           "PixelBudget", "MAX_LISTED"]
 
 MAX_LISTED = 5          # problems named in the error message
 SPLIT_ORDER = ("train", "valid", "val", "test")
@@ -125,27 +131,57 @@ def list_pairs(root: str, splits: Iterable[str]) -> List[Pair]:
     return pairs
 
 
-def _check_pair(pair: Pair, root: str, num_classes: int) -> List[str]:
+class PixelBudget:
+    """At most ``budget`` pixels being decoded at once across threads; one image larger than the
+    budget still runs, alone. ``with budget.hold(n): ...`` waits for room for ``n`` pixels."""
+
+    def __init__(self, budget: int):
+        self.budget = int(budget)
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + n <= self.budget)
+            self.in_use += n
+            self.peak = max(self.peak, self.in_use)
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.in_use -= n
+            self._cond.notify_all()
+
+
+def _check_pair(pair: Pair, root: str, num_classes: int, budget: PixelBudget,
+                limit: int) -> List[str]:
     """The problems of one listed pair (empty when the loader will read it)."""
     list_path, lineno, image_path, label_path = pair
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731
     where = f"({os.path.basename(list_path)}:{lineno})"
     problems: List[str] = []
-    image = None
-    if not os.path.isfile(image_path):
-        problems.append(f"{rel(image_path)} not found {where}")
-    else:
-        image = cv2.imread(image_path, cv2.IMREAD_COLOR)
-        if image is None:
-            problems.append(f"{rel(image_path)} cannot be decoded as an image {where}")
+
+    def decode(path: str, flags: int, what: str):
+        if not os.path.isfile(path):
+            problems.append(f"{rel(path)} not found {where}")
+            return None
+        try:
+            h, w = read_image_size(path, limit)
+            budget.acquire(h * w)
+            try:
+                return read_image(path, flags, limit)
+            finally:
+                budget.release(h * w)
+        except (ValueError, OSError, MemoryError) as exc:
+            reason = str(exc).replace(f"{path}: ", "", 1)
+            problems.append(f"{rel(path)} cannot be read as {what}: {reason} {where}")
+            return None
+
+    image = decode(image_path, cv2.IMREAD_COLOR, "an image")
     if label_path is None:
         return problems
-    if not os.path.isfile(label_path):
-        problems.append(f"{rel(label_path)} not found {where}")
-        return problems
-    label = cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
+    label = decode(label_path, cv2.IMREAD_UNCHANGED, "a label")
     if label is None:
-        problems.append(f"{rel(label_path)} cannot be decoded as a label {where}")
         return problems
     try:
         validate_label(label, rel(label_path), num_classes,
@@ -167,7 +203,8 @@ def _schema_problem(root: str, schema: Schema) -> Optional[str]:
 
 
 def check_data(root: str, splits: Optional[Sequence[str]] = None, schema: Optional[Schema] = None,
-               workers: int = 0, rank: int = 0, world_size: int = 1) -> DataCheckReport:
+               workers: int = 0, rank: int = 0, world_size: int = 1,
+               max_image_pixels: Optional[int] = None) -> DataCheckReport:
     """Check every listed pair of ``splits`` (default: all lists of the root) of ``root``.
 
     Args:
@@ -176,6 +213,8 @@ def check_data(root: str, splits: Optional[Sequence[str]] = None, schema: Option
         workers: decoding threads (0: up to 8, at most the CPU count over ``world_size``).
         rank, world_size: check only shard ``rank`` of ``world_size`` contiguous shards (the
             label_names.txt check is done by rank 0).
+        max_image_pixels: the pixel limit (``files.max_pixels``: default Pillow's 179 MP or
+            ``$DMLCSR_MAX_PIXELS``); also the budget of pixels decoded at once.
     Returns:
         The :class:`DataCheckReport` (call ``raise_if_problems()`` to stop on problems).
     Raises:
@@ -198,7 +237,9 @@ def check_data(root: str, splits: Optional[Sequence[str]] = None, schema: Option
         problem = _schema_problem(root, schema)
         if problem:
             problems.append(problem)
-    check = lambda pair: _check_pair(pair, root, schema.num_classes)  # noqa: E731
+    limit = max_pixels(max_image_pixels)
+    budget = PixelBudget(limit)
+    check = lambda pair: _check_pair(pair, root, schema.num_classes, budget, limit)  # noqa: E731
     if workers == 1 or len(shard) < 2:
         for found in map(check, shard):
             problems.extend(found)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import read_image
 from .edges import binary_edges, category_edges
 from .layout import read_split_list, root_schema, split_list_path, warn_if_other_dataset
 from .schemas import Schema
@@ -179,14 +180,9 @@ class FaceDataset(Dataset):
         return self._rng
 
     def read_image(self, i: int) -> np.ndarray:
-        """uint8 (h, w, 3) BGR image of sample ``i``."""
-        path = self._images[i]
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"image not found: {path}")
-            raise ValueError(f"cannot decode image {path}")
-        return image
+        """uint8 (h, w, 3) BGR image of sample ``i`` (``files.read_image``: over the pixel limit,
+        truncated or undecodable files raise ``ImageReadError`` naming the file)."""
+        return read_image(self._images[i])
 
     def read_label(self, i: int, image_shape: Optional[Tuple[int, int]] = None
                    ) -> Optional[np.ndarray]:
@@ -194,11 +190,7 @@ class FaceDataset(Dataset):
         path = self._labels[i]
         if path is None:
             return None
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if label is None:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"label not found: {path}")
-            raise ValueError(f"cannot decode label {path}")
+        label = read_image(path, cv2.IMREAD_UNCHANGED)
         return validate_label(label, path, self.num_classes, image_shape, self._images[i])
 
     def __getitem__(self, i: int) -> Dict[str, Union[torch.Tensor, str, int]]:

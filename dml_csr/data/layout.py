@@ -25,12 +25,12 @@ import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Set, Tuple, Union
 
+from ..files import write_text
 from .schemas import SCHEMAS, Schema, get_schema, schema_from_tokens
 
 __all__ = ["LABEL_NAMES", "IDENTITY_FILE", "IDENTITY_FORMAT", "SYNTHETIC_INFO", "split_list_path",
            "read_label_names", "label_names_text", "read_split_list", "split_list_text",
-           "read_identity", "write_identity", "dataset_of", "root_schema", "warn_if_other_dataset",
-           "partial_path", "write_atomic"]
+           "read_identity", "write_identity", "dataset_of", "root_schema", "warn_if_other_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,29 +108,6 @@ def split_list_text(names: Iterable[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing a file of the root atomically (the preparers publish every output this way)
-
-
-def partial_path(path: PathLike) -> Path:
-    """The hidden temporary name ``.NAME.<pid>.partial`` next to ``path``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
-
-
-def write_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name, so ``path`` is never half-written."""
-    tmp = partial_path(path)
-    tmp.unlink(missing_ok=True)  # never write through a stale link into someone else's file
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# ----------------------------------------------------------------------------------------------
 # Identity (dataset.json)
 
 
@@ -149,7 +126,7 @@ def write_identity(root: PathLike, dataset: str, *, tool: str, **facts) -> dict:
     identity = {"format": IDENTITY_FORMAT, "dataset": schema.name,
                 "num_classes": schema.num_classes, "tool": tool, **facts}
     text = json.dumps(identity, indent=1) + "\n"
-    write_atomic(os.path.join(root, IDENTITY_FILE), text.encode())
+    write_text(os.path.join(root, IDENTITY_FILE), text)
     return identity
 
 

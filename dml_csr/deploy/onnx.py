@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..files import write_bytes
 from ..models.checkpoint import CHECKPOINT_FORMAT, ModelSpec
 from ..models.contract import ParsingOutput, resize_logits_to
 
@@ -53,9 +54,12 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], spec: ModelSpec
     (N, K, *output_size), by default the family's own grid (``ParsingModel.export_logits``):
     DML-CSR's (N, K, H/4, W/4), FP-LIIF's the crop size.
     ``exporter``: ``torchscript`` (``dynamo=False``), ``dynamo`` or ``auto`` (TorchScript first,
-    the dynamo exporter if it fails). Returns the exporter that worked.
+    the dynamo exporter if it fails). The graph is exported into a temporary folder and ``path``
+    written atomically with the metadata (``files.write_bytes``). Returns the exporter that worked.
     """
     import copy
+    import tempfile
+
     import onnx
 
     from .fold import fold_norms
@@ -66,7 +70,27 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], spec: ModelSpec
     crop = spec.crop_size
     net = _ExportedLogits(model, output_size)
     x = torch.randn(2 if dynamic_batch else 1, 3, *crop)
-    path = str(path)
+    with tempfile.TemporaryDirectory(prefix="dml_csr_export_") as folder:
+        tmp = os.path.join(folder, "model.onnx")
+        used = _export(net, x, tmp, dynamic_batch, opset, exporter)
+        proto = onnx.load(tmp)
+    schema = spec.schema()
+    meta = {**spec.to_checkpoint(), "palette": [list(p) for p in schema.palette],
+            "exporter": used}
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    meta["output"] = "logits at {}x{}".format(*(d.dim_value or d.dim_param for d in dims[-2:]))
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"dml_csr.{k}", json.dumps(v)
+    write_bytes(path, proto.SerializeToString(), fsync=True)
+    return used
+
+
+def _export(net: nn.Module, x: torch.Tensor, path: str, dynamic_batch: bool, opset: int,
+            exporter: str) -> str:
+    """``torch.onnx.export`` of ``net`` into ``path`` with the exporters ``exporter`` names (the
+    first that works); returns its name."""
     tried = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
     used, errors = None, []
     for name in tried:
@@ -90,17 +114,6 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], spec: ModelSpec
             logger.warning("ONNX export with %s failed: %s", name, exc)
     if used is None:
         raise RuntimeError("ONNX export failed: " + " | ".join(errors))
-    schema = spec.schema()
-    meta = {**spec.to_checkpoint(), "palette": [list(p) for p in schema.palette],
-            "exporter": used}
-    proto = onnx.load(path)
-    dims = proto.graph.output[0].type.tensor_type.shape.dim
-    meta["output"] = "logits at {}x{}".format(*(d.dim_value or d.dim_param for d in dims[-2:]))
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = f"dml_csr.{k}", json.dumps(v)
-    onnx.save(proto, path)
     return used
 
 

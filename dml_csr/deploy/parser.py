@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.schemas import Schema
+from ..files import read_image
 from ..data.transforms import (MEAN, STD, crop_params, get_affine_matrix, normalize_image, warp_back,
                                warp_image)
 from ..models.checkpoint import ModelSpec, load_inference_model
@@ -151,15 +152,6 @@ class FaceParsingResult:
 
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what folders offer
-
-
-def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
-    """uint8 (H, W, 3) BGR image of ``path``; ValueError naming the file when it cannot be read."""
-    data = np.fromfile(str(path), dtype=np.uint8) if os.path.isfile(path) else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
-    if image is None:
-        raise ValueError(f"cannot read image {path} (missing, empty or not an image)")
-    return image
 
 
 def _as_bgr(image: ImageInput, rgb: bool) -> np.ndarray:
@@ -277,7 +269,8 @@ class FaceParser:
                         output_size: Optional[Sequence[int]] = None,
                         precision: str = "fp32",
                         calibrate: Optional[Union[str, os.PathLike]] = None,
-                        calibrate_count: int = 32) -> "FaceParser":
+                        calibrate_count: int = 32,
+                        trust_checkpoint: bool = False) -> "FaceParser":
         """Parser from a local checkpoint: ours (self-describing: model, dataset, crop size and
         channel order come from the file) or the release's bare state_dict (DML-CSR, crop 473 x 473,
         bgr; the data set from its class count when that decides it, 19: celebamask_hq; 11-class
@@ -292,12 +285,15 @@ class FaceParser:
         docs/inference.md.
         ``backend="onnx"``: export the inference form to a temporary ONNX file (dynamic batch) and
         run it with onnxruntime; a ``.onnx`` path is handed to :meth:`from_onnx`.
+        ``trust_checkpoint``: unpickle a file that ``torch.load(weights_only=True)`` refuses (an
+        older file of ours); it runs any code the file holds (``models/checkpoint.py``).
         """
         if str(path).endswith(".onnx"):
             return cls.from_onnx(path, detector=detector, margin=margin, max_batch=max_batch)
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        model, spec = load_inference_model(path, dataset=dataset)
+        model, spec = load_inference_model(path, dataset=dataset,
+                                           trust_checkpoint=trust_checkpoint)
         return cls._from_model(model, spec.with_input(crop_size, channel_order), device=device,
                                detector=detector, margin=margin, fold_bn=fold_bn, backend=backend,
                                max_batch=max_batch, output_size=output_size, precision=precision,
@@ -305,14 +301,14 @@ class FaceParser:
 
     @classmethod
     def from_pretrained(cls, name: str, weights_dir: Optional[Union[str, os.PathLike]] = None,
-                        **kwargs) -> "FaceParser":
+                        trust_checkpoint: bool = False, **kwargs) -> "FaceParser":
         """Parser from one of the authors' official checkpoints by name (``dml-csr-lapa``,
         ``dml-csr-helen``, ``dml-csr-celebamask-hq``; ``dml_csr/deploy/pretrained.py``), read from
         ``weights_dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``), directly or in the
         archive's ``DML_CSR/`` folder. Nothing is downloaded: a missing file is an error that says
         which file to put where and where the authors publish it. ``kwargs``: as
         :meth:`from_checkpoint` (device, detector, margin, fold_bn, backend, max_batch, ...)."""
-        model, spec = load_pretrained(name, weights_dir)
+        model, spec = load_pretrained(name, weights_dir, trust_checkpoint)
         return cls._from_model(model, spec, **kwargs)
 
     @classmethod
@@ -338,11 +334,12 @@ class FaceParser:
         if backend == "onnx" and precision != "fp32":
             raise ValueError(f"precision {precision!r} runs on the torch backend; the ONNX "
                              f"backend is float32 or int8")
-        if backend == "onnx":
+        if backend == "onnx":        # the session holds the graph: the file goes at once
             import tempfile
-            tmp = os.path.join(tempfile.mkdtemp(prefix="dml_csr_onnx_"), "model.onnx")
-            export_onnx(model, tmp, spec, dynamic_batch=True, output_size=output_size)
-            return cls.from_onnx(tmp, **kw)
+            with tempfile.TemporaryDirectory(prefix="dml_csr_onnx_") as folder:
+                tmp = os.path.join(folder, "model.onnx")
+                export_onnx(model, tmp, spec, dynamic_batch=True, output_size=output_size)
+                return cls.from_onnx(tmp, **kw)
         device = torch.device(device)
         model = model.to(device).eval()
         if fold_bn or precision != "fp32":

@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
-import torch
 import torch.nn as nn
 
-from ..models.checkpoint import (CheckpointMismatchError, ModelSpec, extract_state_dict,
-                                 load_checkpoint_file, load_inference_model, state_num_classes)
+from ..models.checkpoint import (CheckpointMismatchError, CheckpointReadError, ModelSpec,
+                                 extract_state_dict, load_checkpoint_file, load_inference_model,
+                                 state_num_classes)
 
 __all__ = ["PretrainedModel", "PRETRAINED", "find_pretrained", "load_pretrained", "ARCHIVE_URL",
            "ARCHIVE_FOLDER", "WEIGHTS_ENV", "DEFAULT_WEIGHTS_DIR"]
@@ -120,22 +120,23 @@ def find_pretrained(name: str, weights_dir: Optional[PathLike] = None
         f"is downloaded here")
 
 
-def _file_num_classes(path: str) -> Optional[int]:
+def _file_num_classes(path: str, trust_checkpoint: bool = False) -> Optional[int]:
     """The classifier's class count of the checkpoint at ``path`` (memory-mapped when the file
     allows it, so the weights are not read twice)."""
     try:
-        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # noqa: BLE001 - legacy or damaged files: the reader's own errors
-        obj = load_checkpoint_file(path)
+        obj = load_checkpoint_file(path, trust_checkpoint, mmap=True)
+    except CheckpointReadError:  # a legacy file cannot be mapped: read it, or name the damage
+        obj = load_checkpoint_file(path, trust_checkpoint)
     return state_num_classes(extract_state_dict(obj, path))
 
 
-def load_pretrained(name: str, weights_dir: Optional[PathLike] = None
-                    ) -> Tuple[nn.Module, ModelSpec]:
+def load_pretrained(name: str, weights_dir: Optional[PathLike] = None,
+                    trust_checkpoint: bool = False) -> Tuple[nn.Module, ModelSpec]:
     """``(model in eval mode on the CPU, spec)`` of official model ``name``.
 
     The file is found by :func:`find_pretrained` and loaded by
-    ``load_inference_model(path, dataset=info.dataset)``.
+    ``load_inference_model(path, dataset=info.dataset)``; ``trust_checkpoint``: unpickle a file
+    that ``weights_only`` refuses (the authors' files never need it; it may run code).
 
     Raises:
         ValueError, FileNotFoundError: as :func:`find_pretrained`.
@@ -144,13 +145,14 @@ def load_pretrained(name: str, weights_dir: Optional[PathLike] = None
             from the registry's.
     """
     path, info = find_pretrained(name, weights_dir)
-    found = _file_num_classes(path)
+    found = _file_num_classes(path, trust_checkpoint)
     if found != info.num_classes:
         what = "no DML-CSR classifier (layer6.conv4.weight)" if found is None else f"{found} classes"
         raise CheckpointMismatchError(
             f"{path} has {what}, but {info.name} ({info.dataset}) has {info.num_classes}: it is "
             f"not the authors' {info.filename}; put that file there (from {info.archive_url})")
-    model, spec = load_inference_model(path, dataset=info.dataset)
+    model, spec = load_inference_model(path, dataset=info.dataset,
+                                       trust_checkpoint=trust_checkpoint)
     for fact, got, want in (("crop size", tuple(spec.crop_size), tuple(info.crop_size)),
                             ("channel order", spec.channel_order, info.channel_order),
                             ("class count", spec.num_classes, info.num_classes)):

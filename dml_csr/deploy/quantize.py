@@ -13,8 +13,13 @@ Two ways to the file, both calibrating once:
   ``FaceParser.from_onnx`` / ``tools/infer.py --onnx``;
 - :func:`int8_model` (``FaceParser.from_checkpoint(..., precision="int8", calibrate=DIR)``,
   ``tools/infer.py`` / ``tools/test.py --precision int8``): the file is cached under
-  :func:`cache_dir`, named by a digest of the weights and the input facts, and reused by later
-  calls without ``calibrate``.
+  :func:`cache_dir`, named by a digest of the weights and the input facts (the key), and reused
+  by later calls without ``calibrate`` once the key stored inside it is checked: a file planted
+  under that name, truncated or made for other weights is set aside and rebuilt.
+
+onnxruntime's quantizer logs through the root logger; its lines go to this module's logger at
+DEBUG level. Biases shared by the exporter (``Identity`` of an initializer) get their own copy
+first, so that every quantized convolution gets an int32 bias (:func:`_own_initializers`).
 """
 import hashlib
 import json
@@ -22,6 +27,7 @@ import logging
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -31,7 +37,8 @@ import torch.nn as nn
 from ..data.layout import read_split_list, split_list_path
 from ..data.transforms import crop_params, normalize_image, warp_image
 from ..models.checkpoint import ModelSpec
-from .parser import IMAGE_EXTS, read_image
+from ..files import read_image, remove_partials, write_bytes
+from .parser import IMAGE_EXTS
 
 __all__ = ["calibration_images", "calibration_crops", "quantize_onnx", "int8_model", "cache_dir",
            "FLOAT_LAYERS"]
@@ -47,7 +54,8 @@ FLOAT_LAYERS: Dict[str, str] = {
     "dml_csr": r"conv1|layer6",
     "fp_liif": r"(?!encoder$).*",
 }
-RECIPE = "qdq-minmax-perchannel/1"   # part of the cache key: bump when the recipe changes
+RECIPE = "qdq-minmax-perchannel/2"   # part of the cache key: bump when the recipe changes
+CACHE_KEY = "dml_csr.cache_key"      # the cache's name for a file, stored inside it
 
 
 def calibration_images(source: Union[str, os.PathLike], count: int = 32) -> List[str]:
@@ -74,13 +82,21 @@ def calibration_images(source: Union[str, os.PathLike], count: int = 32) -> List
 
 def calibration_crops(paths: Sequence[str], spec: ModelSpec) -> List[np.ndarray]:
     """float32 (1, 3, H, W) network inputs of ``paths``: each whole image fitted to the crop, as
-    the parser's ``detect=False`` and the benchmark protocol do, normalised as ``spec`` says."""
+    the parser's ``detect=False`` and the benchmark protocol do, normalised as ``spec`` says.
+    An image that ``files.read_image`` refuses is skipped with a warning naming it."""
     crops = []
     for path in paths:
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except (ValueError, OSError) as exc:     # over the pixel limit, truncated, damaged
+            logger.warning("calibration image skipped: %s", exc)
+            continue
         center, scale = crop_params(*image.shape[:2], spec.center_mode)
         crop = warp_image(image, center, scale, 0.0, tuple(spec.crop_size), spec.center_mode)
         crops.append(normalize_image(crop, spec.channel_order, spec.mean, spec.std)[None].numpy())
+    if not crops:
+        raise ValueError(f"none of the {len(paths)} calibration images could be read (each is "
+                         f"named in a warning above)")
     return crops
 
 
@@ -117,14 +133,62 @@ def float_nodes(model_proto, family: str) -> List[str]:
     return keep
 
 
+def _own_initializers(proto) -> int:
+    """Give every ``Identity`` node that reads an initializer its own copy of it instead. The
+    TorchScript exporter shares bitwise-equal initializers (e.g. equal folded biases) through such
+    nodes; the quantizer quantizes only initializer biases (int32), so a shared one would stay a
+    float bias beside int8 weights (and ``Expected ... to be an initializer`` is logged). Returns
+    how many were given their own."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    done = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]),
+                                           node.output[0])
+            proto.graph.initializer.append(copy)
+            done.append(node)
+    for node in done:
+        proto.graph.node.remove(node)
+    return len(done)
+
+
+@contextmanager
+def _root_log_to_debug():
+    """onnxruntime's quantizer logs through the root logger (``logging.warning``: configuring it
+    on first use, so its lines reach stderr): for the duration, those records go to this module's
+    logger at DEBUG level instead (the handlers of other loggers are untouched)."""
+    root = logging.getLogger()
+
+    def to_debug(record: logging.LogRecord) -> bool:
+        logger.debug("onnxruntime: %s", record.getMessage())
+        return False
+
+    null = None
+    if not root.handlers:             # else logging.warning() would install a stderr handler
+        null = logging.NullHandler()
+        root.addHandler(null)
+    root.addFilter(to_debug)
+    try:
+        yield
+    finally:
+        root.removeFilter(to_debug)
+        if null is not None:
+            root.removeHandler(null)
+
+
 def quantize_onnx(src: Union[str, os.PathLike], dst: Union[str, os.PathLike],
-                  crops: Sequence[np.ndarray], calibration: Optional[dict] = None) -> str:
+                  crops: Sequence[np.ndarray], calibration: Optional[dict] = None,
+                  cache_key: Optional[str] = None) -> str:
     """Quantize the float32 ONNX file ``src`` (from ``export_onnx``) into ``dst``: QDQ format,
-    per-channel int8 weights, uint8 activations calibrated (min/max) on ``crops`` (float32
-    (1, 3, H, W) inputs), the family's ``FLOAT_LAYERS`` left in float32. ``dst`` keeps ``src``'s
-    metadata and adds ``dml_csr.precision``, ``dml_csr.calibration_images``, ``dml_csr.recipe``
-    and ``dml_csr.calibration`` (``calibration``: what the caller wants recorded, e.g. the
-    source). Returns ``dst``."""
+    per-channel int8 weights, int32 biases, uint8 activations calibrated (min/max) on ``crops``
+    (float32 (1, 3, H, W) inputs), the family's ``FLOAT_LAYERS`` left in float32. ``dst`` keeps
+    ``src``'s metadata and adds ``dml_csr.precision``, ``dml_csr.calibration_images``,
+    ``dml_csr.recipe``, ``dml_csr.calibration`` (``calibration``: what the caller wants recorded,
+    e.g. the source) and, when given, ``dml_csr.cache_key`` (what :func:`int8_model` checks). The
+    quantizer's log lines go to this module's logger (DEBUG); ``dst`` is written atomically
+    (``files.write_bytes``). Returns ``dst``."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -142,22 +206,31 @@ def quantize_onnx(src: Union[str, os.PathLike], dst: Union[str, os.PathLike],
     if not crops:
         raise ValueError("quantize_onnx needs at least one calibration crop")
     src, dst = os.fspath(src), os.fspath(dst)
-    proto = onnx.load(src, load_external_data=False)
+    proto = onnx.load(src)
     meta = {p.key: p.value for p in proto.metadata_props}
     family = json.loads(meta.get("dml_csr.model_name", '"dml_csr"'))
     keep = float_nodes(proto, family)
-    quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=keep)
+    shared = _own_initializers(proto)
+    if shared:
+        logger.debug("%s: %d shared initializers given their own copy", src, shared)
+    with tempfile.TemporaryDirectory(prefix="dml_csr_int8_") as tmp, _root_log_to_debug():
+        fixed, out = os.path.join(tmp, "float32.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(proto, fixed)
+        del proto
+        quantize_static(fixed, out, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=keep)
+        model = onnx.load(out)
     meta["dml_csr.precision"] = json.dumps("int8")
     meta["dml_csr.calibration_images"] = json.dumps(len(crops))
     meta["dml_csr.recipe"] = json.dumps(RECIPE)
     meta["dml_csr.calibration"] = json.dumps(dict(calibration or {}, images=len(crops)))
-    model = onnx.load(dst)
+    if cache_key is not None:
+        meta[CACHE_KEY] = json.dumps(cache_key)
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, dst)
+    write_bytes(dst, model.SerializeToString(), fsync=True)
     return dst
 
 
@@ -185,12 +258,23 @@ def _digest(model: nn.Module, spec: ModelSpec, output_size) -> str:
     return h.hexdigest()
 
 
-def _recorded_calibration(path: Path) -> dict:
+def _cached_calibration(path: Path, key: str) -> dict:
+    """The calibration record of the cached file ``path``; ValueError saying why it cannot be
+    used: unreadable or truncated, or its ``dml_csr.cache_key`` is not ``key`` (a file made for
+    other weights, by an earlier version, or put there by hand)."""
     import onnx
-    for p in onnx.load(str(path), load_external_data=False).metadata_props:
-        if p.key == "dml_csr.calibration":
-            return json.loads(p.value)
-    return {}
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unusable
+        raise ValueError(f"it cannot be read as ONNX ({type(exc).__name__}): truncated or "
+                         f"damaged") from None
+    if meta.get(CACHE_KEY) != json.dumps(key):
+        raise ValueError("it was not calibrated for these weights and settings (its "
+                         f"{CACHE_KEY} is {meta.get(CACHE_KEY)!r})")
+    try:
+        return dict(json.loads(meta.get("dml_csr.calibration", "{}")))
+    except (ValueError, TypeError):
+        raise ValueError("its calibration record is not JSON") from None
 
 
 def int8_model(model: nn.Module, spec: ModelSpec, calibrate: Optional[Union[str, os.PathLike]] = None,
@@ -200,40 +284,48 @@ def int8_model(model: nn.Module, spec: ModelSpec, calibrate: Optional[Union[str,
     cache when there is one, else exported, calibrated on ``count`` images of ``calibrate`` (a
     data root or an image folder: :func:`calibration_images`) and saved there.
 
-    The cached file is named by a digest of the weights and ``spec``'s input facts, so a later call
-    for the same weights finds it without ``calibrate``; a call whose ``calibrate`` or ``count``
-    differ from the cached file's calibrates again and replaces it. ``cache``: the folder (default
-    :func:`cache_dir`). Without ``calibrate`` and without a cached file: ValueError saying what to
-    pass. Returns the file's path."""
+    The cached file is named by a digest of the weights and ``spec``'s input facts (the key),
+    which is also stored inside the file (``dml_csr.cache_key``) and checked before the file is
+    used: a later call for the same weights finds it without ``calibrate``. A file that is
+    unreadable, truncated or holds another key is never used: it is set aside (renamed
+    ``NAME.rejected``, with a warning naming it) and rebuilt when ``calibrate`` is given. A call
+    whose ``calibrate`` or ``count`` differ from the cached file's calibrates again and replaces
+    it. ``cache``: the folder (default :func:`cache_dir`). Without ``calibrate`` and without a
+    usable cached file: ValueError saying what to pass. Returns the file's path."""
     output_size = None if output_size is None else [int(v) for v in output_size]
     folder = Path(cache) if cache is not None else cache_dir()
-    path = folder / f"{spec.family}-{spec.dataset}-{_digest(model, spec, output_size)}.int8.onnx"
+    key = f"{spec.family}-{spec.dataset}-{_digest(model, spec, output_size)}"
+    path = folder / f"{key}.int8.onnx"
     wanted = None
     if calibrate is not None:
         wanted = {"source": os.path.abspath(os.fspath(calibrate)), "count": int(count)}
+    refused = None
     if path.is_file():
-        have = _recorded_calibration(path)
-        if wanted is None or all(have.get(k) == v for k, v in wanted.items()):
-            logger.info("int8 model from the cache: %s (calibrated on %s images of %s)", path,
-                        have.get("images"), have.get("source"))
-            return str(path)
+        try:
+            have = _cached_calibration(path, key)
+        except ValueError as exc:
+            refused = path.with_name(path.name + ".rejected")
+            os.replace(path, refused)
+            logger.warning("int8 cache file %s is not used: %s; set aside as %s", path, exc,
+                           refused.name)
+        else:
+            if wanted is None or all(have.get(k) == v for k, v in wanted.items()):
+                logger.info("int8 model from the cache: %s (calibrated on %s images of %s)", path,
+                            have.get("images"), have.get("source"))
+                return str(path)
     if wanted is None:
-        raise ValueError(f"precision 'int8' needs calibration images the first time for these "
-                         f"weights: pass calibrate=DIR (tools: --calibrate DIR), a prepared data "
-                         f"root or a folder of face photos; the calibrated model is then kept "
-                         f"in {folder}")
+        why = (f"the cached file was not usable and was set aside as {refused}" if refused
+               else "these weights have no calibrated file yet")
+        raise ValueError(f"precision 'int8' needs calibration images: {why}; pass calibrate=DIR "
+                         f"(tools: --calibrate DIR), a prepared data root or a folder of face "
+                         f"photos; the calibrated model is then kept in {folder}")
     from .onnx import export_onnx
     crops = calibration_crops(calibration_images(calibrate, count), spec)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_partials(folder)                # left by a calibration that was killed
     with tempfile.TemporaryDirectory(prefix="dml_csr_int8_") as tmp:
         float_path = os.path.join(tmp, "float32.onnx")
         export_onnx(model, float_path, spec, dynamic_batch=True, output_size=output_size)
-        part = path.with_name(f"{path.name}.{os.getpid()}.part")  # renamed when whole
-        try:
-            quantize_onnx(float_path, part, crops, calibration=wanted)
-            os.replace(part, path)
-        finally:
-            part.unlink(missing_ok=True)
+        quantize_onnx(float_path, path, crops, calibration=wanted, cache_key=key)
     logger.info("int8 model calibrated on %d images of %s, saved to %s", len(crops), calibrate, path)
     return str(path)
-

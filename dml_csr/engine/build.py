@@ -106,14 +106,14 @@ def build_data(cfg: Config, info: DistInfo) -> TrainData:
 
 
 def build_student(cfg: Config, model_name: str, model_kwargs: Dict[str, Any],
-                  info: DistInfo) -> nn.Module:
+                  info: DistInfo, trust_checkpoint: bool = False) -> nn.Module:
     model = build_model(model_name, model_kwargs, training=True)
     if cfg.model.pretrained and not model.imagenet_backbone:
         raise ValueError(f"model.pretrained is set ({cfg.model.pretrained}) but the "
                          f"{model_name} family has no ImageNet backbone: set "
                          f"model.pretrained=''")
     if cfg.model.pretrained:
-        load_imagenet_backbone(model, cfg.model.pretrained)
+        load_imagenet_backbone(model, cfg.model.pretrained, trust_checkpoint)
     elif model.imagenet_backbone:
         logger.warning("model.pretrained is empty: the backbone starts from RANDOM weights "
                        "(the paper uses ImageNet weights; fine only for the synthetic set)")

@@ -8,11 +8,15 @@
   ``LEGACY_DEFAULTS`` / ``LEGACY_REMOVED`` read runs saved by earlier versions).
 - :func:`rng_state` / :func:`set_rng_state`: the python, numpy, torch (and CUDA) generators saved
   in ``last.pth``, so a resumed run draws what the uninterrupted one would have.
-- :func:`trim_metrics`: drops ``metrics.jsonl`` lines written after the checkpoint.
+- :func:`read_metrics` / :func:`trim_metrics`: the ``metrics.jsonl`` records (a torn last line
+  dropped), and dropping those written after the checkpoint.
+- Temporary files of a save killed midway (``files.remove_partials``) are deleted when a run
+  starts in the folder.
 
 Checkpoint format and run-folder contents: docs/training.md.
 """
 import json
+import logging
 import os
 import random
 import shutil
@@ -22,12 +26,15 @@ import numpy as np
 import torch
 
 from ..config import Config, config_to_dict
+from ..files import remove_partials, write_text
 from ..models.checkpoint import READABLE_FORMATS, load_checkpoint_file
 from .. import distributed as du
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["RunDirError", "RUN_FILES", "LEGACY_DEFAULTS", "LEGACY_REMOVED", "RESUME_FREE_KEYS",
            "run_files", "prepare_run_dir", "load_training_checkpoint", "check_resume_config",
-           "trim_metrics", "rng_state", "set_rng_state"]
+           "read_metrics", "trim_metrics", "rng_state", "set_rng_state"]
 
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "tb")
 # --resume of runs saved by earlier versions: fields added since (their behaviour then) and
@@ -69,13 +76,17 @@ def prepare_run_dir(out: str, resume: bool, overwrite: bool, is_main: bool) -> N
                 else:
                     os.remove(p)
         os.makedirs(out, exist_ok=True)
+        if remove_partials(out):
+            logger.info("%s: removed the temporary files of a save that was killed", out)
     du.barrier()
 
 
-def load_training_checkpoint(path: str) -> Dict[str, Any]:
-    """``last.pth`` as a dict; :class:`RunDirError` when it is not a training checkpoint."""
-    ckpt = load_checkpoint_file(path)
-    if ckpt.get("format") not in READABLE_FORMATS or "optimizer" not in ckpt:
+def load_training_checkpoint(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
+    """``last.pth`` as a dict (``load_checkpoint_file``: ``weights_only`` unless trusted);
+    :class:`RunDirError` when it is not a training checkpoint."""
+    ckpt = load_checkpoint_file(path, trust_checkpoint)
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS \
+            or "optimizer" not in ckpt:
         raise RunDirError(f"{path} is not a training checkpoint of this trainer")
     return ckpt
 
@@ -107,18 +118,45 @@ def check_resume_config(saved_config: Dict[str, Any], cfg: Config) -> None:
                           f"(saved vs now): {diff}")
 
 
+def read_metrics(path: str) -> List[Dict[str, Any]]:
+    """The records of ``metrics.jsonl``. A torn last line (a write cut by a kill in an earlier
+    version) is dropped with a warning; any other line that is not JSON is a
+    :class:`RunDirError` naming the file and the line."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        lines = [(n, l) for n, l in enumerate(f, 1) if l.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise ValueError("not a record with an integer 'epoch'")
+        except ValueError as exc:
+            if i == len(lines) - 1:
+                logger.warning("%s:%d: dropped a torn last line (%s)", path, n, exc)
+                break
+            raise RunDirError(f"{path}:{n} is not a metrics record ({exc}): the run's log is "
+                              f"damaged; repair or remove that line, or start afresh with "
+                              f"--overwrite") from None
+        records.append(record)
+    return records
+
+
 def trim_metrics(path: str, epoch: int) -> None:
-    """Keep only the ``metrics.jsonl`` lines of epochs <= ``epoch`` (written before the checkpoint)."""
-    lines = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= epoch]
-    with open(path, "w") as f:
-        f.writelines(lines)
+    """Keep only the ``metrics.jsonl`` lines of epochs <= ``epoch`` (written before the
+    checkpoint), rewritten atomically."""
+    kept = [r for r in read_metrics(path) if r["epoch"] <= epoch]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The python, numpy, torch (and CUDA) generators as tensors, numbers and tuples, so that
+    ``last.pth`` loads with ``weights_only=True``."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -127,7 +165,12 @@ def rng_state() -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        np.random.set_state((saved["kind"], saved["key"].numpy().astype(np.uint32), saved["pos"],
+                             saved["has_gauss"], saved["gauss"]))
+    else:                     # last.pth of earlier versions (loaded as trusted): numpy's tuple
+        np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError, config_to_dict, save_config
+from ..files import append_line, write_text
 from ..losses import build_losses
 from ..models import build_model, model_kwargs_from_config
 from ..models.checkpoint import ModelSpec, save_checkpoint
@@ -88,16 +89,19 @@ class Trainer:
         overwrite: delete this run folder's own files (``rundir.RUN_FILES``,
             ``cycle*_aggregated.pth``) and start afresh; nothing else is touched.
         device: ``auto`` | ``cpu`` | ``cuda``.
+        trust_checkpoint: unpickle a ``model.pretrained`` file or a ``last.pth`` that
+            ``weights_only`` refuses (it may run code: ``models/checkpoint.py``).
     """
 
     def __init__(self, cfg: Config, output_dir: Optional[str] = None, resume: bool = False,
-                 overwrite: bool = False, device: str = "auto"):
+                 overwrite: bool = False, device: str = "auto", trust_checkpoint: bool = False):
         if output_dir:
             cfg.output_dir = output_dir
         self.cfg = cfg
         self.out = cfg.output_dir
         self.resume = resume
         self.overwrite = overwrite
+        self.trust_checkpoint = trust_checkpoint   # model.pretrained and last.pth (unsafe)
         self.info = du.init_distributed(device)
         self.device = self.info.device
         self.model_name = cfg.model.name
@@ -127,7 +131,7 @@ class Trainer:
         if self.info.is_main:
             save_config(cfg, self.path("config.yaml"))
             if self.epoch == 0:
-                open(self.path("metrics.jsonl"), "w").close()
+                write_text(self.path("metrics.jsonl"), "")
         du.barrier()
 
     # ---------------------------------------------------------------- set-up
@@ -158,7 +162,8 @@ class Trainer:
         if self.device.type == "cpu":
             tune_cpu_malloc(t.cpu_malloc_mmap_kb)
         self.model_kwargs = model_kwargs_from_config(cfg.model, self.schema.num_classes)
-        self.model = build_student(cfg, self.model_name, self.model_kwargs, self.info)
+        self.model = build_student(cfg, self.model_name, self.model_kwargs, self.info,
+                                   self.trust_checkpoint)
         self.ddp = wrap_ddp(self.model, cfg, self.info)
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = LRSchedule.from_config(cfg, self.iters_per_epoch)
@@ -204,7 +209,7 @@ class Trainer:
                    metrics=self.last_metrics)
 
     def _load_last(self) -> None:
-        ckpt = load_training_checkpoint(self.path("last.pth"))
+        ckpt = load_training_checkpoint(self.path("last.pth"), self.trust_checkpoint)
         check_resume_config(ckpt["config"], self.cfg)
         du.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -283,8 +288,7 @@ class Trainer:
         line = {"epoch": self.epoch, "stage": stage, "cycle": cycle, "model": kind,
                 "split": self.cfg.data.val_split, "seconds": round(time.time() - start, 2), **metrics}
         if self.info.is_main:
-            with open(self.path("metrics.jsonl"), "a") as f:
-                f.write(json.dumps(line, default=float) + "\n")
+            append_line(self.path("metrics.jsonl"), json.dumps(line, default=float))
             h = metrics["headline"]
             logger.info("epoch %d %s (%s, cycle %d): %s %.4f | mean_f1 %.4f | miou %.4f",
                         self.epoch, kind, stage, cycle, h["name"], h["value"],

@@ -13,6 +13,7 @@ import numpy as np
 
 from dml_csr.data.layout import dataset_of, read_label_names, read_split_list, split_list_path
 from dml_csr.data.schemas import get_schema
+from dml_csr.files import read_image, write_json
 
 from .metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, default_headline, \
     protocol_description
@@ -62,9 +63,10 @@ def _read_map(path: Path, what: str, problems: List[str]) -> Optional[np.ndarray
     if not path.is_file():
         problems.append(f"missing {what}: {path}")
         return None
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        problems.append(f"unreadable {what}: {path}")
+    try:
+        img = read_image(path, cv2.IMREAD_UNCHANGED)
+    except (ValueError, OSError) as exc:
+        problems.append(f"unreadable {what}: {exc}")
         return None
     if img.ndim != 2:
         problems.append(f"{what} is not a single-channel id map: {path} has shape {img.shape}")
@@ -177,9 +179,10 @@ def build_result(hist, tokens: Sequence[str], *, dataset: str, split: str, num_i
 
 
 def write_result(result: Mapping, path) -> None:
+    """Write a result JSON atomically (``files.write_json``; strict JSON: no NaN)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    write_json(path, result, allow_nan=False)
 
 
 def load_result(path) -> dict:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dml_csr.data.transforms import warp_back
 from dml_csr.distributed import all_reduce_sum, get_rank, get_world_size, unwrap
+from dml_csr.files import check_output_folder, write_image, write_npz
 
 from .metrics import ConfusionMatrix, compute_metrics
 
@@ -162,7 +163,7 @@ def _base_dataset(dataset: Dataset):
     base = dataset
     while isinstance(base, Subset):
         base = base.dataset
-    for attr in ("read_label", "read_image", "label_path", "schema", "crop_size"):
+    for attr in ("read_label", "read_image", "image_path", "label_path", "schema", "crop_size"):
         if not hasattr(base, attr):
             raise TypeError(f"evaluate_model needs a FaceDataset (or a Subset of one); "
                             f"{type(base).__name__} has no {attr!r}")
@@ -246,8 +247,10 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
         raise ValueError("save_logits needs pred_dir")
     pred_dir = Path(pred_dir) if pred_dir is not None else None
     overlay_dir = Path(overlay_dir) if overlay_dir is not None else None
-    for folder in (pred_dir, overlay_dir):
+    inputs = [p for i in range(len(base)) for p in (base.image_path(i), base.label_path(i)) if p]
+    for folder, what in ((pred_dir, "the prediction folder"), (overlay_dir, "the overlay folder")):
         if folder is not None:
+            check_output_folder(folder, inputs, what)
             folder.mkdir(parents=True, exist_ok=True)
     if save_logits:
         (pred_dir / "logits").mkdir(exist_ok=True)
@@ -288,14 +291,14 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
                         cm.update(gt, label)
                     name = batch["out_name"][j]
                     if pred_dir is not None:
-                        cv2.imwrite(str(pred_dir / name), label)
+                        write_image(pred_dir / name, label)
                     if overlay_dir is not None:
-                        cv2.imwrite(str(overlay_dir / (Path(name).stem + ".jpg")),
+                        write_image(overlay_dir / (Path(name).stem + ".jpg"),
                                     _overlay(batch["orig_image"][j], label, palette_bgr))
                     if save_logits:
-                        np.savez(pred_dir / "logits" / (Path(name).stem + ".npz"),
-                                 logits=logits_np[j], center=center, scale=scale,
-                                 rotation=rotation, orig_size=np.asarray(size))
+                        write_npz(pred_dir / "logits" / (Path(name).stem + ".npz"),
+                                  logits=logits_np[j], center=center, scale=scale,
+                                  rotation=rotation, orig_size=np.asarray(size))
                 num_images += pred.shape[0]
     finally:
         for m, training in modes:

@@ -45,7 +45,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
              overlay_dir=None, save_logits: bool = False, progress: bool = False,
              meta: Optional[Mapping[str, object]] = None,
              output_scale: Optional[float] = None, precision: str = "fp32",
-             calibrate: Optional[str] = None, calibrate_count: int = 32) -> dict:
+             calibrate: Optional[str] = None, calibrate_count: int = 32,
+             trust_checkpoint: bool = False) -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
     ``meta`` and ``protocol.inference``. ``batch_size``, ``workers``, ``flip``, ``scales`` and
@@ -63,9 +64,11 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     (``optimize_for_inference(precision="bf16")``: norms folded, bf16 weights and activations on
     the CPU, autocast on CUDA); ``precision="int8"`` scores the int8 ONNX file the parser runs
     (``deploy.quantize.int8_model``: calibrated once on ``calibrate_count`` images of
-    ``calibrate``, then cached; CPU, one scale). ``meta.precision`` records it."""
+    ``calibrate``, then cached; CPU, one scale). ``meta.precision`` records it.
+    ``trust_checkpoint``: unpickle a file that ``weights_only`` refuses (it may run code:
+    ``models/checkpoint.py``)."""
     model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset, config=cfg,
-                                       device=device)
+                                       device=device, trust_checkpoint=trust_checkpoint)
     e = cfg.eval
     output_scale = float(e.output_scale if output_scale is None else output_scale)
     scales = e.scales if scales is None else scales

@@ -15,29 +15,40 @@ and are read alike) are dicts written by :func:`save_checkpoint`:
 takes the classes and the input facts from the file (:class:`ModelSpec`). The authors' bare
 state_dicts (possibly with a ``module.`` prefix from DataParallel) load too: the family is
 DML-CSR and the data set comes from the caller or the class count.
+
+Every file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and
+containers, never an arbitrary Python object, so a poisoned file cannot run code. What this
+project writes and the authors' files load that way. A file that needs full unpickling (an
+object of another class inside) is refused with :class:`UntrustedCheckpointError`, unless the
+caller trusts it (``trust_checkpoint=True``, ``--trust-checkpoint``, ``$DMLCSR_TRUST_CHECKPOINT``):
+then it is unpickled, which runs whatever code the file holds (docs/inference.md, "Files you did
+not make").
 """
 import dataclasses
 import logging
 import os
+import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from ..files import save_torch
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ModelSpec", "save_checkpoint", "load_inference_model", "release_dataset",
-           "extract_state_dict", "load_model_weights", "load_imagenet_backbone", "save_atomic",
+           "extract_state_dict", "load_model_weights", "load_imagenet_backbone",
            "load_checkpoint_file", "state_num_classes", "check_backbone_file", "CheckpointError",
-           "CheckpointMismatchError", "CheckpointReadError", "BACKBONE_PREFIXES", "CLASSIFIER_KEY",
-           "CHECKPOINT_FORMAT"]
+           "CheckpointMismatchError", "CheckpointReadError", "UntrustedCheckpointError",
+           "BACKBONE_PREFIXES", "CLASSIFIER_KEY", "CHECKPOINT_FORMAT", "TRUST_ENV", "trusted"]
 
 CHECKPOINT_FORMAT = "dml_csr.checkpoint/2"
 RELEASE_ARCHITECTURE: Dict[str, Any] = {}   # the authors' files: DMLCSR(num_classes) as it stands
 READABLE_FORMATS = (CHECKPOINT_FORMAT, "dml_csr.train/1")   # /1 holds the same fields
+TRUST_ENV = "DMLCSR_TRUST_CHECKPOINT"   # 1: unpickle files that weights_only refuses (unsafe)
 
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
                      "layer1.", "layer2.", "layer3.", "layer4.")
@@ -58,20 +69,70 @@ class CheckpointReadError(CheckpointError):
     """A checkpoint file that torch cannot read (truncated, damaged, not a checkpoint)."""
 
 
-def load_checkpoint_file(path: str) -> Any:
-    """``torch.load`` of ``path`` on the CPU, with errors that name the file and the remedy."""
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that only full unpickling can read, refused because it could run code."""
+
+
+def trusted(trust_checkpoint: bool = False) -> bool:
+    """``trust_checkpoint``, or ``$DMLCSR_TRUST_CHECKPOINT`` set to anything but empty, ``0``,
+    ``false`` or ``no``."""
+    env = os.environ.get(TRUST_ENV, "").strip().lower()
+    return bool(trust_checkpoint) or env not in ("", "0", "false", "no")
+
+
+def _unsafe_globals(path: str) -> List[str]:
+    """The classes and functions the file's pickle names beyond weights_only's (read from its
+    opcodes, nothing run); empty when it cannot tell."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - a legacy or damaged file: no names to give
+        return []
+
+
+def load_checkpoint_file(path: str, trust_checkpoint: bool = False, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file and
+    the remedy (module docstring). ``trust_checkpoint`` (or ``$DMLCSR_TRUST_CHECKPOINT``): a file
+    that weights_only refuses is unpickled instead, with a warning. ``mmap``: map the tensors
+    instead of reading them (files in the zip format)."""
+    from torch.torch_version import TorchVersion
+
     path = str(path)
     if not os.path.isfile(path):
         what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
         raise FileNotFoundError(f"checkpoint {path} {what}: check the path (tools/train.py writes "
                                 f"OUTPUT_DIR/best.pth; release weights are downloaded by hand)")
     try:
+        # the earlier versions of this project stored torch.__version__ itself: a str subclass
+        with torch.serialization.safe_globals([TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path)
+        if not unsafe:
+            raise _read_error(path, exc) from exc
+        if not trusted(trust_checkpoint):
+            names = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3
+                                             else "")
+            raise UntrustedCheckpointError(
+                f"checkpoint {path} holds Python objects ({names}) that only full unpickling "
+                f"rebuilds, and unpickling runs any code a file hides: refused. Files this "
+                f"project writes and the authors' weights load without it; if you trust where "
+                f"this file comes from (an older checkpoint of ours), pass --trust-checkpoint "
+                f"(trust_checkpoint=True, or {TRUST_ENV}=1)") from None
+        logger.warning("%s: unpickling a checkpoint that weights_only refuses (%s), as trusted: "
+                       "this runs any code the file holds", path, ", ".join(unsafe))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise _read_error(path, exc) from exc
+    try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointReadError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {reason}): the file is "
-            f"truncated, damaged or not a PyTorch checkpoint; copy or download it again") from exc
+        raise _read_error(path, exc) from exc
+
+
+def _read_error(path: str, exc: BaseException) -> CheckpointReadError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return CheckpointReadError(
+        f"cannot read checkpoint {path} ({type(exc).__name__}: {reason}): the file is "
+        f"truncated, damaged or not a PyTorch checkpoint; copy or download it again")
 
 
 def _classifier_key(state: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -103,7 +164,8 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.
     return out
 
 
-def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpoint") -> nn.Module:
+def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpoint",
+                       trust_checkpoint: bool = False) -> nn.Module:
     """Load a training-form or inference-form checkpoint into either form of a model.
 
     - ``module.`` prefixes are stripped; ``num_batches_tracked`` entries are dropped when the model
@@ -114,11 +176,12 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
     - Any other missing or unexpected key, or any shape mismatch, raises
       :class:`CheckpointMismatchError` naming the first offending key (and both shapes).
 
-    ``checkpoint`` may be a path, a loaded checkpoint dict, or a state_dict.
+    ``checkpoint`` may be a path (read by :func:`load_checkpoint_file` with
+    ``trust_checkpoint``), a loaded checkpoint dict, or a state_dict.
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         source = str(checkpoint)
-        checkpoint = load_checkpoint_file(source)
+        checkpoint = load_checkpoint_file(source, trust_checkpoint)
     state = extract_state_dict(checkpoint, source)
     target = model.state_dict()
 
@@ -181,15 +244,15 @@ def check_backbone_file(path: str) -> None:
                                 f"or train from scratch with model.pretrained=''")
 
 
-def load_imagenet_backbone(model: nn.Module, path: str) -> nn.Module:
+def load_imagenet_backbone(model: nn.Module, path: str, trust_checkpoint: bool = False) -> nn.Module:
     """Load the deep-stem ResNet-101 ImageNet weights (``resnet101-imagenet.pth``) into the backbone.
 
     ``fc.*`` is skipped; every backbone key of the model (stem and layer1..4, except
     ``num_batches_tracked``) must be matched with the same shape, else an error names the first
-    unmatched key.
+    unmatched key. The file is read by :func:`load_checkpoint_file` (``trust_checkpoint``).
     """
     check_backbone_file(path)
-    state = extract_state_dict(load_checkpoint_file(path), path)
+    state = extract_state_dict(load_checkpoint_file(path, trust_checkpoint), path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     target = model.state_dict()
     backbone_keys = [k for k in target if k.startswith(BACKBONE_PREFIXES)
@@ -207,24 +270,6 @@ def load_imagenet_backbone(model: nn.Module, path: str) -> nn.Module:
     model.load_state_dict({k: state[k] for k in backbone_keys}, strict=False)
     logger.info("loaded ImageNet backbone from %s (%d tensors)", path, len(backbone_keys))
     return model
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a kill at any moment leaves either the old or the new file, never a truncated one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- the one format
@@ -329,14 +374,14 @@ def save_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor], spec: Mod
     """Write one of our checkpoints atomically (module docstring); ``extra`` entries (training
     state, scores) are stored beside the spec's fields."""
     ckpt: Dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": dict(state_dict),
-                            **spec.to_checkpoint(), "torch_version": torch.__version__}
+                            **spec.to_checkpoint(), "torch_version": str(torch.__version__)}
     if config is not None:
         ckpt["config"] = dict(config)
     clash = set(extra) & set(ckpt)
     if clash:
         raise ValueError(f"save_checkpoint: extra entries {sorted(clash)} would replace the format's")
     ckpt.update(extra)
-    save_atomic(ckpt, path)
+    save_torch(ckpt, path)
 
 
 def release_dataset(path, num_classes: Optional[int], dataset: Optional[str] = None) -> str:
@@ -372,7 +417,7 @@ def release_dataset(path, num_classes: Optional[int], dataset: Optional[str] = N
 
 def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]], *,
                          dataset: Optional[str] = None, config=None, training: bool = False,
-                         device: Union[str, torch.device] = "cpu"
+                         device: Union[str, torch.device] = "cpu", trust_checkpoint: bool = False
                          ) -> Tuple[nn.Module, ModelSpec]:
     """The one way to load a model for inference: ``(model in eval mode on device, spec)``.
 
@@ -387,12 +432,15 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
             (``data.crop_size``, ``channel_order``, ``center_mode``) instead of the release's.
         training: build the training form (DML-CSR's edge heads; they start fresh when the file
             has none).
+        trust_checkpoint: unpickle a file that ``weights_only`` refuses (it may run code; module
+            docstring).
     """
     from ..data.schemas import get_schema
     from .registry import build_model, model_kwargs_from_config
 
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
-    ckpt = load_checkpoint_file(source) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    ckpt = (load_checkpoint_file(source, trust_checkpoint)
+            if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
     if isinstance(ckpt, Mapping) and "model_name" in ckpt:
         spec = ModelSpec.from_checkpoint(ckpt, source)
         if dataset and dataset != spec.dataset:

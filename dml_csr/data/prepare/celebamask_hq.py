@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from ..layout import write_atomic
+from ...files import write_bytes
 from ..schemas import Schema, get_schema
 from .common import (EXPECTED_COUNTS, Item, PathLike, Plan, PrepareError, PrepareReport,
                      find_root, list_dir, read_gray, read_image, read_lines, size_text)
@@ -49,9 +49,9 @@ class _CelebAMerge:
             # filter); bilinear is the better choice for the unusual enlarging case.
             interp = cv2.INTER_AREA if h > self.size else cv2.INTER_LINEAR
             image = cv2.resize(image, (self.size, self.size), interpolation=interp)
-        write_atomic(image_out, encode(".jpg", image,
+        write_bytes(image_out, encode(".jpg", image,
                                         (cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality)))
-        write_atomic(label_out, encode(".png", label))
+        write_bytes(label_out, encode(".png", label))
         return True
 
 

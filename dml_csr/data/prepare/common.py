@@ -13,6 +13,8 @@ from typing import Callable, Dict, List, Tuple, Union
 import cv2
 import numpy as np
 
+from ...files import read_image as read_file_image
+
 __all__ = ["PathLike", "EXPECTED_COUNTS", "LINK_MODES", "PrepareError", "PrepareReport", "Item",
            "Plan", "Converter", "read_image", "read_gray", "read_id_map", "size_text", "find_root",
            "list_dir", "read_lines", "pair_items", "pair_folders", "check_link"]
@@ -79,25 +81,27 @@ Plan = Dict[str, List[Item]]  # output split -> samples, in list-file order
 Converter = Callable[[Tuple[Item, Path, Path]], bool]
 
 
+def _read(path: Path, flags: int) -> np.ndarray:
+    """``files.read_image`` with its refusals (pixel limit, truncation, decoder errors) as
+    :class:`PrepareError`."""
+    try:
+        return read_file_image(path, flags)
+    except (ValueError, OSError) as e:
+        raise PrepareError(f"{path}: cannot be read as an image: "
+                           f"{str(e).replace(f'{path}: ', '', 1)}") from None
+
+
 def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise PrepareError(f"{path}: cannot be read as an image (missing, unreadable or corrupt)")
-    return image
+    return _read(path, cv2.IMREAD_COLOR)
 
 
 def read_gray(path: Path) -> np.ndarray:
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if gray is None:
-        raise PrepareError(f"{path}: cannot be read as an image (missing, unreadable or corrupt)")
-    return gray
+    return _read(path, cv2.IMREAD_GRAYSCALE)
 
 
 def read_id_map(path: Path, num_classes: int) -> np.ndarray:
     """A label PNG that must already hold class ids: single channel, uint8, ids < num_classes."""
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise PrepareError(f"{path}: cannot be read as an image (missing, unreadable or corrupt)")
+    label = _read(path, cv2.IMREAD_UNCHANGED)
     if label.ndim != 2 or label.dtype != np.uint8:
         raise PrepareError(f"{path}: label must be a single-channel 8-bit PNG, got shape "
                            f"{label.shape} dtype {label.dtype}")

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..layout import write_atomic
+from ...files import write_bytes
 from ..schemas import Schema, get_schema
 from .common import (EXPECTED_COUNTS, Converter, Item, PathLike, Plan, PrepareError,
                      PrepareReport, check_link, list_dir, pair_items, read_gray, read_image,
@@ -47,7 +47,7 @@ class _HelenArgmax:
             maps.append(grey)
         label = np.argmax(np.stack(maps), axis=0).astype(np.uint8)
         publish_file(item.image, image_out, self.link)
-        write_atomic(label_out, encode(".png", label))
+        write_bytes(label_out, encode(".png", label))
         return True
 
 

@@ -6,9 +6,10 @@ identity ``dataset.json``, in the formats of :mod:`dml_csr.data.layout`).
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -16,12 +17,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..layout import (IDENTITY_FILE, LABEL_NAMES, label_names_text, partial_path, read_identity,
-                      read_label_names, split_list_path, split_list_text, write_atomic,
-                      write_identity)
+from ...files import partial_path, read_image, write_bytes
+from ..layout import (IDENTITY_FILE, LABEL_NAMES, label_names_text, read_identity,
+                      read_label_names, split_list_path, split_list_text, write_identity)
 from ..schemas import Schema
-from .common import (Converter, Item, Plan, PrepareError, PrepareReport, read_id_map, read_image,
-                     size_text)
+from .common import Converter, Item, Plan, PrepareError, PrepareReport, read_id_map, size_text
+from .common import read_image as read_prepare_image
 
 __all__ = ["PARTIAL_GLOB", "publish_file", "encode", "matches_source", "output_is_valid",
            "CopyIdMap", "check_out_dir", "check_existing_root", "run_plan"]
@@ -80,13 +81,15 @@ def output_is_valid(image_out: Path, label_out: Path, num_classes: int,
     height and width (and ``size`` x ``size`` when given)."""
     if not (image_out.is_file() and label_out.is_file()):
         return False
-    label = cv2.imread(str(label_out), cv2.IMREAD_UNCHANGED)
-    if label is None or label.ndim != 2 or label.dtype != np.uint8 or label.max() >= num_classes:
+    try:
+        label = read_image(label_out, cv2.IMREAD_UNCHANGED)
+        if label.ndim != 2 or label.dtype != np.uint8 or label.max() >= num_classes:
+            return False
+        if size is not None and label.shape != (size, size):
+            return False
+        return read_image(image_out).shape[:2] == label.shape
+    except (ValueError, OSError):
         return False
-    if size is not None and label.shape != (size, size):
-        return False
-    image = cv2.imread(str(image_out), cv2.IMREAD_COLOR)
-    return image is not None and image.shape[:2] == label.shape
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class CopyIdMap:
                 and output_is_valid(image_out, label_out, self.num_classes)):
             return False
         label = read_id_map(label_src, self.num_classes)
-        image = read_image(item.image)
+        image = read_prepare_image(item.image)
         if image.shape[:2] != label.shape:
             raise PrepareError(f"{label_src}: label is {size_text(label)} but its image "
                                f"{item.image} is {size_text(image)}")
@@ -161,11 +164,12 @@ def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: P
     go into ``dataset.json`` after ``tool`` ``prepare_data`` and ``raw_dir``."""
     check_out_dir(raw_dir, out_dir, list(plan))
     check_existing_root(out_dir, dataset, schema)
+    plan, renamed = _listable_names(plan)
     for split in plan:  # until this run has finished, the tree is not complete
         Path(split_list_path(out_dir, split)).unlink(missing_ok=True)
     written: Dict[str, int] = {}
     skipped: Dict[str, int] = {}
-    warnings = list(notes)
+    warnings = list(notes) + renamed
     with _pool(workers) as pool:
         for split, items in plan.items():
             images_dir = out_dir / split / "images"
@@ -189,9 +193,9 @@ def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: P
 
     # Written last: a tree with list files is complete.
     for split, items in plan.items():
-        write_atomic(split_list_path(out_dir, split),
-                     split_list_text(it.name for it in items).encode())
-    write_atomic(out_dir / LABEL_NAMES, label_names_text(schema.tokens).encode())
+        write_bytes(split_list_path(out_dir, split),
+                    split_list_text(it.name for it in items).encode(), fsync=True)
+    write_bytes(out_dir / LABEL_NAMES, label_names_text(schema.tokens).encode(), fsync=True)
     write_identity(out_dir, dataset, tool="prepare_data", raw_dir=os.path.abspath(raw_dir),
                    **(facts or {}))
 
@@ -206,6 +210,36 @@ def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: P
     for w in warnings:
         logger.warning(w)
     return report
+
+
+def _listable_names(plan: Plan) -> Tuple[Plan, List[str]]:
+    """The plan with whitespace in sample names replaced by ``_`` (a list line is two paths
+    separated by whitespace, so such a name could not be listed), and a note when any was;
+    PrepareError when a replaced name meets another sample's name."""
+    out: Plan = {}
+    changed = []
+    for split, items in plan.items():
+        taken = {it.name for it in items}
+        kept = []
+        for it in items:
+            name = re.sub(r"\s+", "_", it.name.strip())
+            if name != it.name:
+                if name in taken:
+                    raise PrepareError(f"{it.image}: its name {it.name!r} holds spaces, which "
+                                       f"a list file cannot hold, and {name!r} is taken by "
+                                       f"another sample; rename one of them in a copy of the "
+                                       f"raw folder")
+                taken.add(name)
+                changed.append((it.name, name))
+                it = replace(it, name=name)
+            kept.append(it)
+        out[split] = kept
+    note = []
+    if changed:
+        note.append(f"{len(changed)} sample name(s) hold whitespace, which list files cannot "
+                    f"hold: written with '_' instead (e.g. {changed[0][0]!r} -> "
+                    f"{changed[0][1]!r})")
+    return out, note
 
 
 def _leftovers(directory: Path, expected: set, split: str) -> List[str]:
