@@ -212,15 +212,23 @@ def _check_size(path: PathLike, fmt: str, width: int, height: int, limit: Option
             f"genuinely huge image: raise the limit with --max-pixels or {MAX_PIXELS_ENV})")
 
 
+def _checked_header(path: PathLike, f: BinaryIO,
+                    limit: Optional[int]) -> Tuple[str, int, int, Optional[int]]:
+    """:func:`image_header` of the open file ``f``, refused (named) when it does not parse or
+    declares an empty image or more pixels than ``limit``."""
+    try:
+        fmt, width, height, scan = image_header(f)
+    except (ValueError, struct.error) as exc:
+        raise ImageReadError(f"{path}: cannot read its size from the header ({exc})") from None
+    _check_size(path, fmt, width, height, limit)
+    return fmt, width, height, scan
+
+
 def read_image_size(path: PathLike, limit: Optional[int] = None) -> Tuple[int, int]:
     """``(height, width)`` of the image file ``path`` from its header, nothing decoded; the
     errors of :func:`read_image` for a format, header or size it refuses."""
     with _open_image(path) as f:
-        try:
-            fmt, width, height, _ = image_header(f)
-        except (ValueError, struct.error) as exc:
-            raise ImageReadError(f"{path}: cannot read its size from the header ({exc})") from None
-    _check_size(path, fmt, width, height, limit)
+        _, width, height, _ = _checked_header(path, f, limit)
     return height, width
 
 
@@ -247,11 +255,7 @@ def read_image(path: PathLike, flags: int = cv2.IMREAD_COLOR,
             decoder failure; the message names the file.
     """
     with _open_image(path) as f:
-        try:
-            fmt, width, height, scan = image_header(f)
-        except (ValueError, struct.error) as exc:
-            raise ImageReadError(f"{path}: cannot read its size from the header ({exc})") from None
-        _check_size(path, fmt, width, height, limit)
+        fmt, _, _, scan = _checked_header(path, f, limit)
         f.seek(0)
         data = f.read()
     if _truncated(fmt, data, scan):

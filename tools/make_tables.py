@@ -18,6 +18,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 from dml_csr.cli import add_debug_argument, run
 from dml_csr.eval.evaluate import load_result
 from dml_csr.eval.tables import TABLE_NUMBERS, make_tables
+from dml_csr.files import write_text
 
 
 def main(argv=None) -> int:
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
                        latex=args.latex)
     print(text, end="")
     if args.out:
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
     return 0
 
 

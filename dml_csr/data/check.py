@@ -132,8 +132,9 @@ def list_pairs(root: str, splits: Iterable[str]) -> List[Pair]:
 
 
 class PixelBudget:
-    """At most ``budget`` pixels being decoded at once across threads; one image larger than the
-    budget still runs, alone. ``with budget.hold(n): ...`` waits for room for ``n`` pixels."""
+    """At most ``budget`` pixels being decoded at once across threads: ``acquire(n)`` waits for
+    room for ``n`` pixels (an image larger than the budget runs alone), ``release(n)`` frees it;
+    ``peak`` is the most held at once."""
 
     def __init__(self, budget: int):
         self.budget = int(budget)

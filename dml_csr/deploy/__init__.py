@@ -1,7 +1,8 @@
 """Deployment: from trained weights to face parsing of whole photographs, and faster inference.
 
 - ``parser.py``: the parser API, :class:`FaceParser` (``dml_csr.FaceParser``) and its
-  :class:`FaceParsingResult`, overlays (:func:`colorize`, :func:`draw_overlay`), image reading,
+  :class:`FaceParsingResult`, overlays (:func:`colorize`, :func:`draw_overlay`), image reading
+  (:func:`read_image`, from ``dml_csr/files.py``),
   the torch and onnxruntime backends (docs/inference.md);
 - ``detect.py``: face detection with landmarks (YuNet through ``yuface``; OpenCV's Haar cascade as
   the fallback) and the upright square crop region of a face;

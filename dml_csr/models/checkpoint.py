@@ -21,8 +21,7 @@ containers, never an arbitrary Python object, so a poisoned file cannot run code
 project writes and the authors' files load that way. A file that needs full unpickling (an
 object of another class inside) is refused with :class:`UntrustedCheckpointError`, unless the
 caller trusts it (``trust_checkpoint=True``, ``--trust-checkpoint``, ``$DMLCSR_TRUST_CHECKPOINT``):
-then it is unpickled, which runs whatever code the file holds (docs/inference.md, "Files you did
-not make").
+then it is unpickled, which runs whatever code the file holds (docs/files.md).
 """
 import dataclasses
 import logging

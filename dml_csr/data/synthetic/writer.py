@@ -9,6 +9,7 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from ...files import write_image, write_json, write_text
 from ..layout import (SYNTHETIC_INFO, label_names_text, split_list_path, split_list_text,
                       write_identity)
 from .face import DEFAULT_SIZE, draw_face, schema_for
@@ -39,13 +40,8 @@ def is_synthetic_root(path: Union[str, Path]) -> bool:
         return False
 
 
-def _imwrite(path: Path, array: np.ndarray, params: Sequence[int] = ()) -> None:
-    if not cv2.imwrite(str(path), array, list(params)):
-        raise OSError(f"could not write {path}")
-
-
 def _write_info(root: Path, info: dict) -> None:
-    (root / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
+    write_json(root / INFO_NAME, info)
 
 
 def make_synthetic(out_dir: Union[str, Path], num_train: int = DEFAULT_COUNTS["train"],
@@ -107,7 +103,7 @@ def make_synthetic(out_dir: Union[str, Path], num_train: int = DEFAULT_COUNTS["t
             "num_corrupted": n_noisy, "clean_labels": "train/labels_clean" if n_noisy else None,
             "corrupted": []}
     _write_info(root, info)  # first, so that an interrupted run is still recognised as ours
-    (root / "label_names.txt").write_text(label_names_text(schema.tokens))
+    write_text(root / "label_names.txt", label_names_text(schema.tokens))
     write_identity(root, schema.name, tool="make_synthetic",
                    options={"seed": seed, "size": size, "classes": classes, "counts": counts,
                             "noise_fraction": noise_fraction, "noise_kinds": list(noise_kinds)})
@@ -125,16 +121,16 @@ def make_synthetic(out_dir: Union[str, Path], num_train: int = DEFAULT_COUNTS["t
             image, label = draw_face(rng, size, classes)
             quality = int(rng.integers(75, 96))
             if split == "train" and i in noisy:
-                _imwrite(folders["labels_clean"] / f"{name}.png", label)
+                write_image(folders["labels_clean"] / f"{name}.png", label)
                 written.add(folders["labels_clean"] / f"{name}.png")
                 label, record = corrupt_label(label, np.random.default_rng([seed, _NOISE_STREAM, i]),
                                               schema, noise_kinds)
                 info["corrupted"].append({"name": name, **record})
-            _imwrite(folders["images"] / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            _imwrite(folders["labels"] / f"{name}.png", label)
+            write_image(folders["images"] / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            write_image(folders["labels"] / f"{name}.png", label)
             written.update((folders["images"] / f"{name}.jpg", folders["labels"] / f"{name}.png"))
         names = (f"{split}_{i:05d}" for i in range(counts[split]))
-        Path(split_list_path(root, split)).write_text(split_list_text(names))
+        write_text(split_list_path(root, split), split_list_text(names))
 
     if previous:  # drop what an earlier, larger or noisier run left behind; nothing else
         for split in SPLITS:
