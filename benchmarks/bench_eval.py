@@ -10,7 +10,7 @@ For each batch size: images per second of
 The model is DML-CSR's inference form (no edge branch), full ResNet-101 by default.
 
     .venv/bin/python benchmarks/bench_eval.py [--n 4] [--batch-sizes 1 2 4] [--device cpu]
-        [--threads 2] [--layers 3 4 23 3] [--crop 473]
+        [--threads 2] [--layers 3 4 23 3] [--crop 473] [--width-mult 1.0] [--size 512]
 """
 import argparse
 import os
@@ -27,7 +27,8 @@ sys.path.insert(0, HERE)
 from bench_data import fabricate  # noqa: E402
 from dml_csr.data import FaceDataset  # noqa: E402
 from dml_csr.eval.inference import evaluate_model  # noqa: E402
-from dml_csr.models import DMLCSR  # noqa: E402
+from dml_csr.models import DMLCSR, ParsingOutput  # noqa: E402
+from dml_csr.models.contract import resize_logits_to  # noqa: E402
 
 
 class ZeroLogits(nn.Module):
@@ -38,9 +39,10 @@ class ZeroLogits(nn.Module):
         self.num_classes = num_classes
         self.anchor = nn.Parameter(torch.zeros(()))  # gives evaluate_model a device to check
 
-    def forward(self, x):
+    def forward(self, x, size=None):
         h, w = (x.shape[-2] + 3) // 4, (x.shape[-1] + 3) // 4
-        return self.anchor.expand(x.shape[0], self.num_classes, h, w)
+        logits = self.anchor.expand(x.shape[0], self.num_classes, h, w)
+        return ParsingOutput(resize_logits_to(logits, size))     # the models' contract
 
 
 def _sync(device):
@@ -73,7 +75,7 @@ def time_evaluate(model, dataset, batch, device, warm_up=True):
     return metrics["num_images"] / (time.perf_counter() - start)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4, help="fabricated images (per timing)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
@@ -81,19 +83,22 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layers", type=int, nargs=4, default=[3, 4, 23, 3])
     parser.add_argument("--crop", type=int, default=473)
-    args = parser.parse_args()
+    parser.add_argument("--width-mult", type=float, default=1.0, help="< 1 only for a smoke run")
+    parser.add_argument("--size", type=int, default=512, help="side of the fabricated images")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
 
-    model = DMLCSR(11, with_edges=False, layers=args.layers).to(device).eval()
+    model = DMLCSR(11, with_edges=False, layers=args.layers,
+                   width_mult=args.width_mult).to(device).eval()
     free = ZeroLogits(11).to(device)
     print(f"device {device} ({torch.get_num_threads()} threads), DML-CSR layers {args.layers}, "
-          f"crop {args.crop}, {args.n} fabricated 512x512 images, load average "
+          f"crop {args.crop}, {args.n} fabricated {args.size}x{args.size} images, load average "
           f"{os.getloadavg()[0]:.1f}")
     rows = []
     with tempfile.TemporaryDirectory() as root:
-        fabricate(root, args.n)
+        fabricate(root, args.n, size=args.size)
         dataset = FaceDataset(root, "train", crop_size=(args.crop, args.crop), augment="none",
                               with_edges=False)
         for b in args.batch_sizes:

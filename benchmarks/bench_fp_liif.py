@@ -1,7 +1,7 @@
 """FP-LIIF vs DML-CSR: parameters, FLOPs, CPU latency (batch 1) and throughput ratio.
 
     python benchmarks/bench_fp_liif.py [--classes 19] [--runs 3] [--threads N] [--json OUT.json]
-        [--skip-2x] [--dml-size 473] [--low-precision]
+        [--skip-2x] [--dml-size 473] [--low-precision] [--smoke]
 
 Rows (random weights), each in two forms: ``plain`` (eval mode under ``torch.inference_mode``)
 and ``opt`` (``optimize_for_inference``, what ``FaceParser`` runs on the CPU: norms folded,
@@ -45,34 +45,43 @@ from dml_csr.deploy.fold import optimize_for_inference  # noqa: E402
 
 def int8_form(model, family: str, classes: int, size, kw):
     """``model`` as ``precision="int8"`` runs it: its int8 ONNX file (random calibration inputs)
-    in the models' contract (``OnnxParsingModel``)."""
+    in the models' contract (``OnnxParsingModel``; onnxruntime holds the graph, so the temporary
+    folder goes at once)."""
     import tempfile
 
     from dml_csr.deploy.onnx import OnnxParsingModel, export_onnx
     from dml_csr.deploy.quantize import quantize_onnx
     from dml_csr.models import ModelSpec
-    tmp = tempfile.mkdtemp(prefix="bench_int8_")
     spec = ModelSpec.for_dataset(family, {"num_classes": classes},
                                  "celebamask_hq" if classes == 19 else "helen", crop_size=size[-2:])
-    export_onnx(model, os.path.join(tmp, "f.onnx"), spec, dynamic_batch=True,
-                output_size=kw.get("size"))
     crops = [torch.randn(*size, generator=torch.Generator().manual_seed(7 + i)).numpy()
              for i in range(2)]
-    quantize_onnx(os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx"), crops)
-    return OnnxParsingModel(os.path.join(tmp, "q.onnx"))
+    with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
+        export_onnx(model, os.path.join(tmp, "f.onnx"), spec, dynamic_batch=True,
+                    output_size=kw.get("size"))
+        quantize_onnx(os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx"), crops)
+        return OnnxParsingModel(os.path.join(tmp, "q.onnx"))
 
 
-def rows(classes: int, dml_size: int, skip_2x: bool, low_precision: bool = False):
+# --smoke: tiny models and sizes, to check that the script runs (its numbers mean nothing)
+SMOKE_DML = {"layers": [1, 1, 1, 1], "width_mult": 0.125}
+SMOKE_FP = {"width": 8, "blocks": [1, 1, 1], "reduce_dims": [16, 8], "decoder_dims": [16]}
+
+
+def rows(classes: int, dml_size: int, skip_2x: bool, low_precision: bool = False,
+         smoke: bool = False):
     """(name, form, model, plain model, input (N, C, H, W), forward kwargs)."""
-    dml = build_model("dml_csr", {"num_classes": classes}).eval()
-    fp = build_model("fp_liif", {"num_classes": classes}).eval()
-    fp2 = build_model("fp_liif", {"num_classes": classes, "stem_stride": 2}).eval()
+    dml = build_model("dml_csr", {"num_classes": classes, **(SMOKE_DML if smoke else {})}).eval()
+    fp_kw = {"num_classes": classes, **(SMOKE_FP if smoke else {})}
+    fp = build_model("fp_liif", fp_kw).eval()
+    fp2 = build_model("fp_liif", dict(fp_kw, stem_stride=2)).eval()
+    a = 32 if smoke else 256          # FP-LIIF's input side; 2a the larger one
     base = [("dml_csr@%d" % dml_size, dml, (1, 3, dml_size, dml_size), {}),
-            ("fp_liif@256", fp, (1, 3, 256, 256), {"size": (256, 256)}),
-            ("fp_liif@512", fp, (1, 3, 512, 512), {"size": (512, 512)})]
+            (f"fp_liif@{a}", fp, (1, 3, a, a), {"size": (a, a)}),
+            (f"fp_liif@{2 * a}", fp, (1, 3, 2 * a, 2 * a), {"size": (2 * a, 2 * a)})]
     if not skip_2x:
-        base.append(("fp_liif@256->512", fp, (1, 3, 256, 256), {"size": (512, 512)}))
-    base.append(("fp_liif_s2@256", fp2, (1, 3, 256, 256), {"size": (256, 256)}))
+        base.append((f"fp_liif@{a}->{2 * a}", fp, (1, 3, a, a), {"size": (2 * a, 2 * a)}))
+    base.append((f"fp_liif_s2@{a}", fp2, (1, 3, a, a), {"size": (a, a)}))
     optimised = {id(m): optimize_for_inference(m) for m in (dml, fp, fp2)}
     bf16 = {id(m): optimize_for_inference(m, precision="bf16") for m in (dml, fp, fp2)} \
         if low_precision else {}
@@ -96,11 +105,15 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-2x", action="store_true", help="leave out the 256 -> 512 row")
     ap.add_argument("--low-precision", action="store_true", help="add the bf16 and int8 forms")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny models and sizes, one run: checks that the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.dml_size, args.runs = 64, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    table = rows(args.classes, args.dml_size, args.skip_2x, args.low_precision)
+    table = rows(args.classes, args.dml_size, args.skip_2x, args.low_precision, args.smoke)
     report = {"classes": args.classes, "threads": torch.get_num_threads(),
               "load_before": os.getloadavg(), "rows": {}}
     inputs = {}

@@ -258,6 +258,9 @@ def main(argv=None) -> int:
         return internal(args.internal)
     if args.dataset and not args.checkpoint:
         ap.error("--dataset goes with --checkpoint")
+    # the steps run in a temporary working folder: the user's paths are made absolute here
+    args.photo = args.photo and os.path.abspath(args.photo)
+    args.checkpoint = args.checkpoint and os.path.abspath(args.checkpoint)
     size = args.size or (None if args.photo else (4000, 3000))
     expected = args.faces if args.faces is not None else (
         None if args.photo else args.grid[0] * args.grid[1])

@@ -1,12 +1,13 @@
 """Training step time and peak memory of the full DML-CSR at the paper's scale, per mode.
 
     python benchmarks/bench_train.py [--size 473] [--batches 1 2] [--stages multitask csr]
-        [--modes native memory compiled bf16 checkpoint] [--steps 2] [--device cpu|cuda]
+        [--modes native memory compiled bf16 fp16 checkpoint] [--steps 2] [--device cpu|cuda]
         [--config lapa] [--json OUT.json] [section.key=value ...]
 
 One training step = what ``Trainer.train_one_epoch`` does per batch: the stage's forward passes
 (``engine/stages.py``: the model, and for ``csr`` also the frozen teacher), the losses of the
-``--config`` preset (default ``lapa``, the paper's), backward, the SGD step. The model is
+``--config`` preset (default ``lapa``, the paper's), and ``stages.optimizer_step`` (backward of
+the scaled loss, the SGD step, the fp16 scale's update: the trainer's own step). The model is
 ``DMLCSR(11, with_edges=True)`` (ResNet-101 + DDGCN + edge branch), random weights; the batch is
 random images with random labels and edges at ``--size``.
 
@@ -17,6 +18,8 @@ Modes (all float32 unless named):
 - ``compiled``: the ``inplace-abn`` package (where ``scripts/build_inplace_abn.sh`` has been run;
   skipped otherwise);
 - ``bf16``: ``memory`` plus ``train.precision=bf16`` (autocast; losses in float32);
+- ``fp16``: ``memory`` plus ``train.precision=fp16`` (autocast and the grad scaler; on the CPU
+  float16 arithmetic is emulated, so its CPU time says nothing about a GPU's);
 - ``checkpoint``: ``memory`` plus ``train.checkpoint_backbone=true``.
 
 Every (mode, batch, stage) runs in its own process, so that its peak is its own: on the CPU the
@@ -36,14 +39,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODES = ("native", "memory", "compiled", "bf16", "checkpoint")
+MODES = ("native", "memory", "compiled", "bf16", "fp16", "checkpoint")
 GB = float(1 << 30)
 
 
 def mode_overrides(mode: str):
     """Config overrides of a mode (module docstring)."""
     backend = {"native": "native", "compiled": "compiled"}.get(mode, "memory")
-    extra = {"bf16": ["train.precision=bf16"], "checkpoint": ["train.checkpoint_backbone=true"]}
+    extra = {"bf16": ["train.precision=bf16"], "fp16": ["train.precision=fp16"],
+             "checkpoint": ["train.checkpoint_backbone=true"]}
     return [f"model.norm_backend={backend}", *extra.get(mode, [])]
 
 
@@ -54,7 +58,8 @@ def child(mode: str, batch_size: int, stage_name: str, size: int, steps: int, de
 
     from dml_csr.config import load_config
     from dml_csr.engine.build import build_optimizer, tune_cpu_malloc
-    from dml_csr.engine.stages import DistillStage, FrozenTeacher, MultiTaskStage, precision_context
+    from dml_csr.engine.stages import (DistillStage, FrozenTeacher, MultiTaskStage, grad_scaler,
+                                       optimizer_step, precision_context)
     from dml_csr.engine.trainer import resolve_precision
     from dml_csr.layers.abn import compiled_abn_available
     from dml_csr.losses import build_losses
@@ -79,6 +84,7 @@ def child(mode: str, batch_size: int, stage_name: str, size: int, steps: int, de
         stage = MultiTaskStage(multitask)
     precision = resolve_precision(cfg.train.precision, cfg.train.amp, dev)
     autocast = precision_context(dev, precision)
+    scaler = grad_scaler(dev, precision)
     g = torch.Generator().manual_seed(1)
     label = torch.randint(0, 11, (batch_size, size, size), generator=g)
     edge = (torch.rand(batch_size, size, size, generator=g) < 0.1).long()
@@ -92,10 +98,8 @@ def child(mode: str, batch_size: int, stage_name: str, size: int, steps: int, de
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
         losses, _ = stage(model, batch, autocast)
-        losses["loss"].backward()
-        optimizer.step()
+        optimizer_step(losses["loss"], optimizer, scaler)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"size": args.size, "device": args.device, "config": args.config,
                        "steps": args.steps, "rows": rows}, f, indent=1)
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

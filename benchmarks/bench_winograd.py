@@ -1,6 +1,6 @@
 """Per-shape speed of WinogradConv2d (F(2x2,3x3), F(4x4,3x3)) against the direct convolution.
 
-    python benchmarks/bench_winograd.py [--threads N] [--runs 5] [--json OUT.json]
+    python benchmarks/bench_winograd.py [--threads N] [--runs 5] [--json OUT.json] [--smoke]
 
 Shapes: every eligible 3x3 convolution of DML-CSR at 473 x 473 (batch 1) and of FP-LIIF at
 256 x 256; input and weights channels_last as in ``optimize_for_inference``. Reports the median
@@ -54,7 +54,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every shape at 1/16 of its channels and 12 x 12, one run: checks that "
+                         "the script runs")
     args = ap.parse_args(argv)
+    shapes = SHAPES
+    if args.smoke:
+        args.runs = 1
+        shapes = [(name, max(1, ci // 16), max(1, co // 16), 12, d, n)
+                  for name, ci, co, hw, d, n in SHAPES]
     threads = set_inference_threads(args.threads)
     torch.manual_seed(0)
     rows = []
@@ -63,7 +71,7 @@ def main(argv=None) -> int:
           "| speed-up | max abs diff F2 / F4 |")
     print("|---|---|---|---|---|---|---|---|---|")
     with torch.inference_mode():
-        for name, ci, co, hw, d, count in SHAPES:
+        for name, ci, co, hw, d, count in shapes:
             conv = nn.Conv2d(ci, co, 3, padding=d, dilation=d, bias=True).eval()
             conv = conv.to(memory_format=torch.channels_last)
             x = torch.randn(1, ci, hw, hw).contiguous(memory_format=torch.channels_last)

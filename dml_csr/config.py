@@ -104,7 +104,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     precision: str = "fp32"               # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (autocast and a
-                                          # grad scaler, CUDA only); losses and CSR stay float32
+                                          # grad scaler; CUDA, or slowly the CPU); losses and CSR
+                                          # stay float32
     amp: bool = False                     # old switch: true = precision fp16
     checkpoint_backbone: bool = False     # recompute the backbone stages in the backward pass
     cpu_malloc_mmap_kb: int = 0           # glibc, CPU training: mmap tensors from this size, so

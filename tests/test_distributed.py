@@ -101,6 +101,42 @@ def test_two_process_step_equals_single_process(tmp_path):
     assert changed > 10                    # the step did move the weights
 
 
+def _fp16_worker(rank, world, port, out_path):
+    """A full-width DDualGCN (512 channels, 60 x 60) under float16 autocast in a 2-process group,
+    its BatchNorm1d layers synchronised: the output and the same forward in float32."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from dml_csr import distributed as du
+    from dml_csr.layers.gcn import DDualGCN
+    from dml_csr.layers.sync_bn import convert_sync_batchnorm1d
+    du.init_distributed("cpu")
+    torch.manual_seed(0)
+    model = convert_sync_batchnorm1d(DDualGCN(512)).train()
+    with torch.no_grad():                  # both branches count (the gammas start at 0)
+        for gamma in (model.gamma1, model.gcn_local_attention.gamma):
+            gamma.fill_(1.0)
+    x = torch.randn(1, 512, 60, 60, generator=torch.Generator().manual_seed(rank))
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = model(x)
+    with torch.no_grad():
+        full = model(x)
+    torch.save({"half": half.detach(), "full": full}, f"{out_path}.{rank}")
+    du.cleanup()
+
+
+def test_float16_autocast_with_synchronised_graph_norms_stays_finite(tmp_path):
+    """The graph layers' BatchNorm1d inputs reach |x| ~ 1e3 at full width: their statistics
+    summed in float16 overflowed (non-finite outputs on every rank); now float32."""
+    out = str(tmp_path / "fp16")
+    mp.spawn(_fp16_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    for rank in range(2):
+        r = torch.load(f"{out}.{rank}", weights_only=True)
+        assert r["half"].dtype == torch.float16 and torch.isfinite(r["half"]).all()
+        err = (r["half"].float() - r["full"]).abs().max() / r["full"].abs().max()
+        assert err < 5e-3, err
+
+
 # --------------------------------------------------------------------------------------------
 # tools/train.py --resume --test as 2 gloo processes (torchrun), through both stages
 # --------------------------------------------------------------------------------------------

@@ -133,23 +133,49 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path, monkeypat
         assert torch.equal(before["model"][key], after["model"][key])
 
 
-def test_bf16_training_runs_and_fp16_needs_cuda(data_root, tmp_path, caplog):
+def test_bf16_training_runs(data_root, tmp_path):
     """train.precision=bf16 trains on the CPU (autocast forward, float32 losses: the stages hand
-    the losses float32 outputs); fp16 (and the old train.amp) fall back to fp32 off CUDA with a
-    warning."""
+    the losses float32 outputs)."""
     from dml_csr.engine.trainer import resolve_precision
     summary = Trainer(_cfg(data_root, "paper", "train.precision=bf16", "train.epochs=2"),
                       output_dir=str(tmp_path / "bf16")).fit()
     assert summary["epochs_done"] == 2
     assert all(math.isfinite(l["headline"]["value"]) for l in _lines(str(tmp_path / "bf16")))
-    cpu = torch.device("cpu")
-    with caplog.at_level("WARNING"):
-        assert resolve_precision("fp16", False, cpu) == "fp32"
-    assert "needs CUDA" in caplog.text
-    assert resolve_precision("fp32", True, torch.device("cuda")) == "fp16"
-    assert resolve_precision("bf16", False, cpu) == "bf16"
+    assert resolve_precision("fp32", True, torch.device("cuda")) == "fp16"   # the old train.amp
+    assert resolve_precision("bf16", False, torch.device("cpu")) == "bf16"
     with pytest.raises(ConfigError, match="train.precision"):
         _cfg(data_root, "paper", "train.precision=int8")
+
+
+def test_fp16_trains_on_the_cpu_with_its_grad_scaler(data_root, tmp_path, caplog):
+    """fp16 runs on the CPU as on CUDA (float16 autocast, GradScaler on the device): both stages;
+    last.pth keeps the live scale; a forced overflow skips the step (parameters unchanged) and
+    halves the scale; a last.pth without scale state (saved where fp16 did not run) resumes with
+    a fresh scale and a warning."""
+    out = tmp_path / "fp16"
+    trainer = Trainer(_cfg(data_root, "paper", "train.precision=fp16"), output_dir=str(out))
+    assert trainer.precision == "fp16" and trainer.scaler.is_enabled()
+    assert trainer.fit()["epochs_done"] == 3                      # 2 multi-task + 1 CSR epoch
+    assert all(math.isfinite(l["headline"]["value"]) for l in _lines(str(out)))
+    last = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert last["scaler"]["scale"] == trainer.scaler.get_scale() > 0
+
+    over = tmp_path / "overflow"
+    trainer = Trainer(_cfg(data_root, "paper", "train.precision=fp16", "train.epochs=1",
+                           "train.cycles=0", "train.max_iters_per_epoch=1"), output_dir=str(over))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)   # float16 grads overflow
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    with caplog.at_level("INFO"):
+        trainer.fit()
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.named_parameters())
+    assert trainer.scaler.get_scale() == 2.0 ** 39 and "1 of 1 fp16 steps skipped" in caplog.text
+    last = torch.load(over / "last.pth", map_location="cpu", weights_only=True)
+    assert last["scaler"]["scale"] == 2.0 ** 39
+    last["scaler"], last["epoch"] = {}, 0
+    torch.save(last, over / "last.pth")
+    Trainer(_cfg(data_root, "paper", "train.precision=fp16", "train.epochs=1", "train.cycles=0",
+                 "train.max_iters_per_epoch=1"), output_dir=str(over), resume=True)
+    assert "no fp16 loss-scale state" in caplog.text
 
 
 def test_stages_give_the_losses_float32_and_the_teacher_plain_tensors():

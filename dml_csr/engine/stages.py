@@ -6,6 +6,8 @@ fp16); the losses, and the outputs they receive, are float32.
 - :class:`MultiTaskStage`: eq. 5, the multi-task stage.
 - :class:`DistillStage`: eq. 7, CSR cycle k against a :class:`FrozenTeacher`.
 - :func:`sample_queries`: FP-LIIF's LIIF-style sampled training queries (``train.query_samples``).
+- :func:`grad_scaler` / :func:`optimizer_step`: fp16's loss scaling (CUDA and CPU) and the one
+  update step the trainer and ``benchmarks/bench_train.py`` share.
 
 The loss receives the model's outputs as they come (the DML-CSR tuple, or FP-LIIF's logits at the
 crop size). Which stage runs when, and which teacher it gets, is the trainer's schedule
@@ -21,7 +23,7 @@ from ..losses import MultiTaskLoss, SelfDistillationLoss
 from ..models import ParsingOutput
 
 __all__ = ["SAMPLED_KEYS", "sample_queries", "FrozenTeacher", "MultiTaskStage", "DistillStage",
-           "precision_context", "PRECISION_DTYPES"]
+           "precision_context", "PRECISION_DTYPES", "grad_scaler", "optimizer_step"]
 
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 Autocast = Callable[[], ContextManager]
@@ -34,6 +36,25 @@ def precision_context(device: torch.device, precision: str) -> Autocast:
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16's dynamic loss scaler on ``device`` (CUDA, or the CPU: the same logic); disabled, a
+    pass-through, for the other precisions."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler) -> bool:
+    """One update: gradients of the (scaled) loss, the optimiser's step, the scale's update.
+    Under fp16 the scaler skips the step when a gradient is inf/NaN and halves its scale.
+    Returns False when the step was skipped."""
+    optimizer.zero_grad(set_to_none=True)
+    before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return before is None or scaler.get_scale() >= before
 
 
 def _map_outputs(outputs, fn):

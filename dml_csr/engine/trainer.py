@@ -49,7 +49,8 @@ from .build import (build_data, build_optimizer, build_student, check_run_data, 
 from .rundir import (check_resume_config, load_training_checkpoint, prepare_run_dir, rng_state,
                      set_rng_state, trim_metrics)
 from .schedule import LRSchedule
-from .stages import DistillStage, FrozenTeacher, MultiTaskStage, precision_context
+from .stages import (DistillStage, FrozenTeacher, MultiTaskStage, grad_scaler, optimizer_step,
+                     precision_context)
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
@@ -59,15 +60,15 @@ REESTIMATE_EPOCH_OFFSET = 1_000_000   # augmentation epoch ids of the BN re-esti
 
 
 def resolve_precision(precision: str, amp: bool, device: torch.device) -> str:
-    """The training precision that runs on ``device``: ``train.precision`` (``train.amp: true``,
-    the old switch, means fp16); fp16 needs CUDA and falls back to fp32 elsewhere, with a
-    warning."""
+    """The training precision: ``train.precision`` (``train.amp: true``, the old switch, means
+    fp16). fp16 runs wherever autocast does, with its grad scaler (on the CPU too: slow, but the
+    same logic; a warning says so)."""
     if amp and precision == "fp32":
         precision = "fp16"
     if precision == "fp16" and device.type != "cuda":
-        logger.warning("train.precision fp16 is ignored on %s (fp16 with a grad scaler needs CUDA; "
-                       "bf16 runs on the CPU)", device)
-        return "fp32"
+        logger.warning("train.precision fp16 on %s: float16 autocast and its grad scaler run, "
+                       "slowly (CPUs have little float16 arithmetic; bf16 is the fast choice "
+                       "there)", device)
     return precision
 
 
@@ -169,7 +170,7 @@ class Trainer:
         self.schedule = LRSchedule.from_config(cfg, self.iters_per_epoch)
         self.precision = resolve_precision(t.precision, t.amp, self.device)
         self.autocast = precision_context(self.device, self.precision)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.scaler = grad_scaler(self.device, self.precision)
         if t.checkpoint_backbone:
             if not hasattr(self.model, "checkpoint_backbone"):
                 raise ConfigError(f"train.checkpoint_backbone: the {self.model_name} family has no "
@@ -213,7 +214,11 @@ class Trainer:
         check_resume_config(ckpt["config"], self.cfg)
         du.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        else:     # saved where fp16 did not run (earlier versions on the CPU): a fresh scale
+            logger.warning("%s holds no fp16 loss-scale state: the scale starts afresh (%g)",
+                           self.path("last.pth"), self.scaler.get_scale())
         self.epoch = int(ckpt["epoch"])
         self.snap_sum = ckpt["snapshots"]["sum"]
         self.snap_count = int(ckpt["snapshots"]["count"])
@@ -329,7 +334,7 @@ class Trainer:
         self.ddp.train()
         self._set_epoch(epoch)
         sums: Dict[str, float] = {}
-        count = 0
+        count = skipped = 0
         bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs} {stage.name}",
                    disable=not self.info.is_main, leave=False, dynamic_ncols=True)
         batch = outputs = None
@@ -348,10 +353,8 @@ class Trainer:
                     f"non-finite loss at epoch {epoch + 1}, iteration {it + 1} ({stage.name} stage): "
                     f"{parts}; stopping. The last good checkpoint is {self.path('last.pth')} "
                     f"({self.epoch} epochs done)")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            if not optimizer_step(loss, self.optimizer, self.scaler):
+                skipped += 1               # fp16: an inf/NaN gradient, the scale halved
             count += 1
             values = {k: float(v.detach()) for k, v in losses.items()}   # one device sync each
             for k, v in values.items():
@@ -370,6 +373,9 @@ class Trainer:
             self._log_images(batch, outputs, epoch + 1)
         logger.info("epoch %d/%d %s: %s | lr %.3g", epoch + 1, cfg.train.epochs, stage.name,
                     " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr)
+        if skipped:
+            logger.info("epoch %d: %d of %d fp16 steps skipped (inf/NaN gradients); loss scale "
+                        "now %g", epoch + 1, skipped, count, self.scaler.get_scale())
         return means
 
     def fit(self, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:

@@ -101,7 +101,10 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def _batch_stats(x: torch.Tensor, sync: bool):
-    """Per-channel mean, biased variance and element count over (N, *spatial) [and processes]."""
+    """Per-channel mean, biased variance and element count over (N, *spatial) [and processes].
+    Half-precision inputs (autocast) are summed in float32: their squares overflow float16."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     dims = [0] + list(range(2, x.dim()))
     count = x.numel() // x.shape[1]
     if not sync:

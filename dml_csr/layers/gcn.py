@@ -18,6 +18,17 @@ __all__ = ["SpatialGCN", "DDualGCN"]
 _FUSIONS = ("learned", "fixed")
 
 
+def _bmm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm`` in float32 even under autocast, answered in float32 there (the next layers
+    cast as autocast says): the feature graph sums over every position (3,600 at 60 x 60), which
+    reaches float16's range on larger maps. Without autocast (a model cast to bfloat16) the
+    answer keeps the inputs' dtype."""
+    device = a.device.type
+    dtype = torch.float32 if torch.is_autocast_enabled(device) else a.dtype
+    with torch.autocast(device, enabled=False):
+        return torch.bmm(a.float(), b.float()).to(dtype)
+
+
 def _check_fusion(fusion: str) -> str:
     if fusion not in _FUSIONS:
         raise ValueError(f"fusion must be one of {_FUSIONS}, got {fusion!r}")
@@ -108,10 +119,10 @@ class DDualGCN(nn.Module):
         n, _, h, w = x.shape
         phi = self.bn_phi(self.phi(x)).flatten(2)                # (N, 256, L)
         theta = self.bn_theta(self.theta(x)).flatten(2)          # (N, 128, L)
-        z = torch.bmm(phi, theta.transpose(1, 2))                # (N, 256, 128)
+        z = _bmm32(phi, theta.transpose(1, 2))                   # (N, 256, 128)
         z = self.bn_adj(self.conv_adj(z.transpose(1, 2))).transpose(1, 2) + z   # Laplacian smoothing
         z = self.bn_wg(self.conv_wg(z))                          # (N, 256, 128)
-        y = torch.bmm(z, theta).view(n, -1, h, w)                # (N, 256, H, W)
+        y = _bmm32(z, theta).view(n, -1, h, w)                   # (N, 256, H, W)
         if self.fusion == "fixed":
             return F.relu(x + self.bn3(self.conv3(y)))
         return self.gamma1 * self.bn3(self.conv3(y)) + x

@@ -4,7 +4,9 @@
 synchronise these layers with it. :class:`SyncBatchNorm1d` is a ``BatchNorm1d`` subclass (same
 state_dict keys, including ``num_batches_tracked``) whose training-mode statistics are all-reduced
 over the default process group, with gradients flowing through the reduction (the same helper as
-the native ABN). Outside a multi-process group it is exactly ``BatchNorm1d``.
+the native ABN). Half-precision inputs (autocast) are normalised in float32 and answered in their
+own dtype: in float16 the sums of squares of the graph layers' inputs (|x| about 1e3 at full
+width) overflow. Outside a multi-process group it is exactly ``BatchNorm1d``.
 """
 import torch
 import torch.distributed as dist
@@ -19,6 +21,8 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and _distributed_world() > 1 and dist.is_initialized()):
             return super().forward(x)
+        if x.dtype != self.weight.dtype:   # autocast: normalise in float32, answer in x's dtype
+            return self.forward(x.to(self.weight.dtype)).to(x.dtype)
         if self.momentum is None:  # cumulative average, as BatchNorm does
             self.num_batches_tracked.add_(1)
             momentum = 1.0 / float(self.num_batches_tracked)

@@ -245,10 +245,11 @@ class FPLIIF(ParsingModel):
         n, q = feat.shape[:2]
         if latent.global_feat is not None:
             parts.append(latent.global_feat[:, None, :].expand(n, q, -1))
+        # coordinates are computed in float32 and meet the features' dtype only here
         if coord is not None:
-            parts.append(coord.expand(n, q, 2))
+            parts.append(coord.expand(n, q, 2).to(feat.dtype))
         if cell is not None:
-            parts.append(cell.expand(n, q, 2))
+            parts.append(cell.expand(n, q, 2).to(feat.dtype))
         return self.decoder(torch.cat(parts, dim=-1))
 
     def _cell_in_latent_units(self, latent: FPLIIFLatent, cell: Optional[Tensor]) -> Optional[Tensor]:
@@ -271,7 +272,8 @@ class FPLIIF(ParsingModel):
         Returns:
             (N, Q, K) logits.
         """
-        cell = self._cell_in_latent_units(latent, cell)
+        coord = coord.float()        # positions in float32: bf16 holds 257 x positions at 512
+        cell = self._cell_in_latent_units(latent, None if cell is None else cell.float())
         if self.query_mode == "bilinear":
             return self._query_bilinear(latent, coord, cell)
         return self._query_local_ensemble(latent, coord, cell)
@@ -280,8 +282,10 @@ class FPLIIF(ParsingModel):
         n = latent.grid.shape[0]
         coord = coord.expand(n, -1, -1)
         # border padding + align_corners=False == F.interpolate(mode="bilinear", align_corners=False)
-        feat = F.grid_sample(latent.grid, coord[:, None], mode="bilinear", padding_mode="border", align_corners=False)
-        feat = feat[:, :, 0].transpose(1, 2)  # (N, Q, C_r)
+        with torch.autocast(coord.device.type, enabled=False):   # sampled at float32 positions
+            feat = F.grid_sample(latent.grid.float(), coord[:, None], mode="bilinear",
+                                 padding_mode="border", align_corners=False)
+        feat = feat[:, :, 0].transpose(1, 2).to(latent.grid.dtype)  # (N, Q, C_r)
         return self._mlp(feat, latent, coord if self.pos_encoding else None, cell)
 
     def _query_local_ensemble(self, latent: FPLIIFLatent, coord: Tensor, cell: Optional[Tensor]) -> Tensor:
@@ -331,7 +335,7 @@ class FPLIIF(ParsingModel):
         """
         height, width = int(size[0]), int(size[1])
         n = latent.grid.shape[0]
-        coord = pixel_centres(height, width, device=latent.grid.device, dtype=latent.grid.dtype)[None]  # (1, HW, 2)
+        coord = pixel_centres(height, width, device=latent.grid.device)[None]  # (1, HW, 2) float32
         cell = None
         if self.cell_decode:
             cell = coord.new_tensor([2.0 / width, 2.0 / height]).view(1, 1, 2)
