@@ -4,6 +4,14 @@ process-group set-up, reductions, ``unwrap``.
 A run is distributed when torchrun (or any launcher) sets ``WORLD_SIZE > 1`` together with
 ``RANK`` / ``LOCAL_RANK``; the group uses NCCL on CUDA and gloo on CPU. Every helper is a no-op
 (or the identity) in a single process, so the trainer never branches on the launch mode.
+``DMLCSR_FORCE_DISTRIBUTED=1`` makes a one-process torchrun job distributed all the same (process
+group, DDP, synchronised norms, sharded data check and test): how ``scripts/gpu_check.sh``
+exercises NCCL on a machine with one GPU.
+
+Devices (:func:`init_distributed`): ``cuda`` asked for, or several processes under ``auto``,
+where CUDA does not work is an error that says what torch found (its version, the CUDA it was
+built for, the devices visible, the driver's complaint); so is a node running more processes than
+it has GPUs. The CPU is used for several processes only when asked for (``--device cpu``).
 """
 import logging
 import os
@@ -17,7 +25,19 @@ import torch.nn as nn
 
 __all__ = ["DistInfo", "detect", "init_distributed", "cleanup", "is_distributed", "get_rank",
            "get_world_size", "is_main", "barrier", "all_reduce_sum", "all_reduce_mean",
-           "reduce_dict", "any_true", "unwrap", "setup_logging"]
+           "reduce_dict", "any_true", "unwrap", "setup_logging", "forced", "cuda_report",
+           "DeviceError", "FORCE_ENV"]
+
+FORCE_ENV = "DMLCSR_FORCE_DISTRIBUTED"
+
+
+class DeviceError(RuntimeError):
+    """The device asked for is not there (no working CUDA, fewer GPUs than processes)."""
+
+
+def forced() -> bool:
+    """``$DMLCSR_FORCE_DISTRIBUTED`` set to anything but empty, ``0``, ``false`` or ``no``."""
+    return os.environ.get(FORCE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -26,10 +46,11 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    forced: bool = False           # one process, distributed all the same (FORCE_ENV)
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.forced
 
     @property
     def is_main(self) -> bool:
@@ -41,27 +62,69 @@ def detect() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return DistInfo(rank=rank, world_size=world, local_rank=local)
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    return DistInfo(rank=rank, world_size=world, local_rank=local,
+                    forced=world == 1 and launched and forced())
+
+
+def cuda_report() -> str:
+    """What torch finds of CUDA, in one line: its version, the CUDA it was built for, the devices
+    it sees (``CUDA_VISIBLE_DEVICES``) and, when there are none, the driver's complaint."""
+    parts = [f"torch {torch.__version__}",
+             f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        parts.append(f"CUDA_VISIBLE_DEVICES={visible!r}")
+    if torch.version.cuda:
+        try:
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            parts.append(f"{count} device(s) usable")
+            if not count:
+                torch.cuda.init()                  # raises with the driver's reason
+        except Exception as exc:  # noqa: BLE001 - the reason is the report
+            parts.append(f"the driver says: {str(exc).strip().splitlines()[0][:200]}")
+    return ", ".join(parts)
+
+
+def _pick_device(device: str, info: DistInfo) -> torch.device:
+    """This process's device; DeviceError when what was asked for is not there."""
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise DeviceError(f"device {device!r}: choose auto, cuda or cpu")
+    want_cuda = device.startswith("cuda") or (device == "auto" and info.world_size > 1)
+    if device == "cpu" or not (want_cuda or torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = (f"{info.world_size} processes were started on GPUs" if device == "auto"
+               else f"device {device!r} was asked for")
+        raise DeviceError(f"{why} but CUDA is not usable here ({cuda_report()}); install a torch "
+                          f"build that matches the driver, or pass --device cpu to run on the "
+                          f"CPU")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    count = torch.cuda.device_count()
+    if local_world > count:
+        raise DeviceError(f"{local_world} processes on this node but only {count} GPU(s) "
+                          f"({cuda_report()}): start at most {count} (NUM_GPUS / "
+                          f"--nproc_per_node)")
+    torch.cuda.set_device(info.local_rank % count)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
     """Pick the device and, under torchrun, initialise the default process group.
 
     Args:
-        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
+        device: ``auto`` (CUDA when available; several processes need it), ``cuda`` or ``cpu``.
     Returns:
         The :class:`DistInfo` of this process, with its device (``cuda:LOCAL_RANK`` on GPUs).
+    Raises:
+        DeviceError: the device asked for is not there (module docstring).
     """
     info = detect()
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda:
-        torch.cuda.set_device(info.local_rank % max(1, torch.cuda.device_count()))
-        dev = torch.device("cuda", torch.cuda.current_device())
-    else:
-        dev = torch.device("cpu")
+    dev = _pick_device(device, info)
     if info.distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
-    return DistInfo(info.rank, info.world_size, info.local_rank, dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                init_method="env://")
+    return DistInfo(info.rank, info.world_size, info.local_rank, dev, info.forced)
 
 
 def cleanup() -> None:
@@ -70,7 +133,9 @@ def cleanup() -> None:
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group of several processes, or of one when forced (module docstring)."""
+    return (dist.is_available() and dist.is_initialized()
+            and (dist.get_world_size() > 1 or forced()))
 
 
 def get_rank() -> int:

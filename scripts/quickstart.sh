@@ -7,8 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-bash scripts/install.sh
-PY=.venv/bin/python
+source scripts/env.sh          # ./.venv, or DMLCSR_PYTHON as it is
 if [ ! -f data/synthetic/train_list.txt ]; then
   "$PY" tools/make_synthetic.py data/synthetic
 fi

@@ -26,8 +26,8 @@ if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
 fi
 overrides=("$@")
 cd "$(dirname "$0")/.."
-py=python
-if [ -x .venv/bin/python ]; then py=.venv/bin/python; fi
+source scripts/env.sh          # ./.venv, or DMLCSR_PYTHON as it is
+py="$PY"
 
 case "$table" in 4|5|6) ;; *) echo "error: TABLE must be 4, 5 or 6, got '$table'" >&2; exit 2 ;; esac
 if [ ! -d "configs/ablations/$dataset" ]; then

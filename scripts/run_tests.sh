@@ -2,5 +2,5 @@
 # Install everything (if needed) and run the whole test suite on tiny synthetic data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
-exec .venv/bin/python -m pytest tests -q "$@"
+source scripts/env.sh          # ./.venv, or DMLCSR_PYTHON as it is
+exec "$PY" -m pytest tests -q "$@"

@@ -19,7 +19,7 @@ fi
 ckpt="$(realpath "$2")"
 shift 2
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+source scripts/env.sh          # ./.venv, or DMLCSR_PYTHON as it is
 
 split=test
 have_out=0
@@ -36,4 +36,4 @@ extra=()
 if [ "$have_out" = 0 ]; then
   extra=(--out "$(dirname "$ckpt")/metrics_${split}.json")
 fi
-exec .venv/bin/python tools/test.py "$dataset" --checkpoint "$ckpt" "${extra[@]}" "$@"
+exec "$PY" tools/test.py "$dataset" --checkpoint "$ckpt" "${extra[@]}" "$@"

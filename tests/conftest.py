@@ -10,6 +10,30 @@ if REPO not in sys.path:
 DATA = os.path.join(REPO, "tests", "data")
 
 torch.set_num_threads(2)
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda: runs on a CUDA GPU (skipped where there is none); every other test is a "
+                   "CPU contract and sees no GPU, in this process and in the ones it starts")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """CPU contracts stay on the CPU on a GPU machine too: ``device=auto`` resolves to the CPU,
+    exact comparisons keep holding (CUDA kernels are not all deterministic), and subprocesses
+    (torchrun, the tools) see no GPU either."""
+    if request.node.get_closest_marker("cuda"):
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def read_reference(form: str):

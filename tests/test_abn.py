@@ -88,8 +88,9 @@ def test_native_matches_compiled(training):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     native, compiled = _layer(8).to(device).train(training), _layer(8).to(device).train(training)
     compiled.backend = "compiled"
-    x = torch.randn(4, 8, 7, 7, device=device)
-    w = torch.randn(4, 8, 7, 7, device=device)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 8, 7, 7, generator=g).to(device)
+    w = torch.randn(4, 8, 7, 7, generator=g).to(device)
     xa = x.clone().requires_grad_(True)
     xb = x.clone().requires_grad_(True)
     ya = native(xa * 1.0)
@@ -294,3 +295,91 @@ def test_bf16_input_is_normalised_in_float32(backend):
     yl.backward(g.to(torch.bfloat16))
     assert xl.grad.dtype == torch.bfloat16
     torch.testing.assert_close(xl.grad.float(), xr.grad, atol=0.05, rtol=0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# backend "compiled" without the package: a stand-in with inplace-abn 1.1.0's interface and
+# limits (float32/float64/float16 kernels; running statistics updated by ``momentum``)
+# --------------------------------------------------------------------------------------------
+class _FakeKernels:
+    """``inplace_abn.functions`` as the package behaves, in plain PyTorch; counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def inplace_abn(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
+                    activation, activation_param):
+        if x.dtype not in (torch.float32, torch.float64, torch.float16):
+            raise RuntimeError(f"inplace_abn: not implemented for {x.dtype}")
+        self.calls += 1
+        dims = [0] + list(range(2, x.dim()))
+        if training:
+            mean, var = x.mean(dims), x.var(dims, unbiased=False)
+            n = x.numel() // x.shape[1]
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1))
+        else:
+            mean, var = running_mean, running_var
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = ((x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+             * (weight.abs() + eps).view(shape) + bias.view(shape))
+        return F.leaky_relu(y, activation_param)
+
+    def inplace_abn_sync(self, *args):
+        return self.inplace_abn(*args[:-1])
+
+
+@pytest.fixture
+def fake_compiled(monkeypatch):
+    from dml_csr.layers import abn
+    kernels = _FakeKernels()
+    monkeypatch.setattr(abn, "_iabn_functions", kernels)
+    return kernels
+
+
+def test_compiled_kernels_are_never_given_bfloat16(fake_compiled, caplog):
+    """bf16 training with the package installed failed at the first ABN (its kernels take
+    float, double and half only): such inputs take the pure-PyTorch path, logged once."""
+    layer = _layer(8).train()
+    layer.backend = "compiled"
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("INFO"):
+        y16 = layer(x.to(torch.bfloat16))
+        layer(x.to(torch.bfloat16))
+    assert y16.dtype == torch.bfloat16 and fake_compiled.calls == 0
+    assert caplog.text.count("do not take torch.bfloat16") == 1
+    layer(x)
+    assert fake_compiled.calls == 1                        # float32 still goes to the kernels
+
+
+def test_a_recomputed_pass_updates_compiled_running_stats_once(fake_compiled):
+    """train.checkpoint_backbone=true recomputes the backbone in the backward pass; the compiled
+    kernels ignored running_stats_frozen, so every statistic was updated twice per step."""
+    from dml_csr.models import DMLCSR
+
+    def step(checkpointed):
+        torch.manual_seed(0)
+        model = DMLCSR(5, layers=[1, 1, 1, 1], width_mult=0.125, norm_backend="compiled").train()
+        model.checkpoint_backbone = checkpointed
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        model(x)[0].sum().backward()
+        return {k: v for k, v in model.state_dict().items() if "running" in k}
+    plain, checkpointed = step(False), step(True)
+    assert fake_compiled.calls > 0
+    for key, value in plain.items():
+        assert torch.allclose(value, checkpointed[key], atol=1e-6), key
+
+
+def test_a_checkpoint_trained_with_the_compiled_backend_loads_without_it(tmp_path):
+    """The backend is the machine's, not the weights': a file saved with norm_backend=compiled
+    (ABN refused to build where the package is absent) loads for inference, test and export."""
+    from dml_csr.models import DMLCSR, ModelSpec, load_inference_model, save_checkpoint
+    kw = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "c.pth"), DMLCSR(with_edges=False, **kw).state_dict(),
+                    ModelSpec.for_dataset("dml_csr", dict(kw, norm_backend="compiled"),
+                                          "synthetic", crop_size=(32, 32)))
+    model, spec = load_inference_model(str(tmp_path / "c.pth"))
+    assert spec.model_kwargs["norm_backend"] == "compiled"          # the file's record
+    assert all(m.backend == "auto" for m in model.modules() if isinstance(m, ABN))

@@ -137,6 +137,57 @@ def test_float16_autocast_with_synchronised_graph_norms_stays_finite(tmp_path):
         assert err < 5e-3, err
 
 
+def _folder_worker(rank, world, port, root):
+    """Rank 1 is given another folder than rank 0: a run folder that is not shared."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    from dml_csr import distributed as du
+    from dml_csr.engine.rundir import RunDirError, prepare_run_dir
+    du.init_distributed("cpu")
+    prepare_run_dir(os.path.join(root, "shared"), False, False, du.is_main())    # fine
+    try:
+        prepare_run_dir(os.path.join(root, f"node{rank}"), False, False, du.is_main())
+        outcome = "no error"
+    except RunDirError as exc:
+        outcome = str(exc)
+    with open(os.path.join(root, f"outcome{rank}.txt"), "w") as f:
+        f.write(outcome)
+    du.cleanup()
+
+
+def test_a_run_folder_that_not_every_process_sees_is_refused_by_all(tmp_path):
+    mp.spawn(_folder_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        text = (tmp_path / f"outcome{rank}.txt").read_text()
+        assert "is not shared by every process: 1 of 2 (first: rank 1" in text, text
+    assert os.listdir(tmp_path / "shared") == [] and os.listdir(tmp_path / "node0") == []
+
+
+def test_a_forced_one_process_group_trains_through_both_stages(tmp_path, monkeypatch):
+    """DMLCSR_FORCE_DISTRIBUTED=1 under a one-process launch: the process group, DDP and the
+    synchronised norms all run (NCCL with one GPU in scripts/gpu_check.sh; gloo here)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from dml_csr import distributed as du
+    from dml_csr.layers.sync_bn import SyncBatchNorm1d
+    monkeypatch.setenv("DMLCSR_FORCE_DISTRIBUTED", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for key, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    root = tmp_path / "data"
+    make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=32)
+    cfg = load_config("synthetic", [f"data.root={root}", *TRAIN_OVERRIDES])
+    try:
+        trainer = Trainer(cfg, output_dir=str(tmp_path / "run"), device="cpu")
+        assert trainer.info.distributed and du.is_distributed()
+        assert isinstance(trainer.ddp, DistributedDataParallel)
+        assert any(isinstance(m, SyncBatchNorm1d) for m in trainer.model.modules())
+        assert trainer.fit()["epochs_done"] == 3
+    finally:
+        du.cleanup()
+
+
 # --------------------------------------------------------------------------------------------
 # tools/train.py --resume --test as 2 gloo processes (torchrun), through both stages
 # --------------------------------------------------------------------------------------------

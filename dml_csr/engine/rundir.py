@@ -12,6 +12,8 @@
   dropped), and dropping those written after the checkpoint.
 - Temporary files of a save killed midway (``files.remove_partials``) are deleted when a run
   starts in the folder.
+- :func:`check_shared_folder`: under torch.distributed every process must see the run folder the
+  main process writes (one file system for all nodes).
 
 Checkpoint format and run-folder contents: docs/training.md.
 """
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import shutil
 from typing import Any, Dict, List
 
@@ -34,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RunDirError", "RUN_FILES", "LEGACY_DEFAULTS", "LEGACY_REMOVED", "RESUME_FREE_KEYS",
            "run_files", "prepare_run_dir", "load_training_checkpoint", "check_resume_config",
-           "read_metrics", "trim_metrics", "rng_state", "set_rng_state"]
+           "read_metrics", "trim_metrics", "rng_state", "set_rng_state", "check_shared_folder"]
 
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "tb")
 # --resume of runs saved by earlier versions: fields added since (their behaviour then) and
@@ -79,6 +82,43 @@ def prepare_run_dir(out: str, resume: bool, overwrite: bool, is_main: bool) -> N
         if remove_partials(out):
             logger.info("%s: removed the temporary files of a save that was killed", out)
     du.barrier()
+    check_shared_folder(out)
+
+
+def check_shared_folder(out: str) -> None:
+    """Under torch.distributed, :class:`RunDirError` on every process unless each of them sees
+    the file the main process has just written into ``out``: the run folder must be on a file
+    system every node mounts (checkpoints are written by the main process and read by all on
+    ``--resume``; a folder each node has its own copy of would diverge, or hang later)."""
+    if not du.is_distributed():
+        return
+    import socket
+
+    import torch.distributed as dist
+    token = [f"{secrets.token_hex(8)}.{os.getpid()}" if du.is_main() else None]
+    dist.broadcast_object_list(token, src=0)          # each process looks in its own ``out``
+    probe = os.path.join(out, f".shared_check.{token[0]}.partial")
+    if du.is_main():
+        write_text(probe, token[0])
+    du.barrier()
+    try:
+        with open(probe, encoding="utf-8") as f:
+            seen = f.read() == token[0]
+    except OSError:
+        seen = False
+    views = [None] * du.get_world_size()
+    dist.all_gather_object(views, (du.get_rank(), socket.gethostname(), seen))
+    du.barrier()
+    if du.is_main():
+        os.remove(probe)
+    blind = [(rank, host) for rank, host, ok in views if not ok]
+    if blind:
+        rank, host = blind[0]
+        raise RunDirError(
+            f"output folder {os.path.abspath(out)} is not shared by every process: "
+            f"{len(blind)} of {len(views)} (first: rank {rank} on {host}) do not see the file "
+            f"rank 0 wrote there; put output_dir on a file system that every node mounts "
+            f"(docs/training.md, 'Several machines')")
 
 
 def load_training_checkpoint(path: str, trust_checkpoint: bool = False) -> Dict[str, Any]:
@@ -173,4 +213,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved, count = state["cuda"], torch.cuda.device_count()
+        for device, generator in enumerate(saved[:count]):
+            torch.cuda.set_rng_state(generator, device)
+        if len(saved) != count:   # resumed on another number of GPUs: the others start afresh
+            logger.warning("last.pth holds the CUDA generators of %d GPU(s), this machine has %d: "
+                           "%d restored", len(saved), count, min(len(saved), count))

@@ -26,14 +26,22 @@ Backends:
 - ``auto`` (default): ``compiled`` for CUDA tensors when the package imports; else, in training
   mode, ``memory`` (less than half the activation memory of ``native``, the same outputs and
   gradients; docs/training.md), and ``native`` in eval mode and for a non-invertible activation.
+
+The compiled kernels take float32, float64 and float16 only: a bfloat16 input (``train.precision=
+bf16``) takes the pure-PyTorch path instead (``memory`` under ``auto``, else ``native``; logged
+once). Inside :func:`running_stats_frozen` the compiled layer runs with momentum 0, so a
+recomputed (checkpointed) forward pass does not update its running statistics a second time.
 """
 import contextlib
+import logging
 import threading
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..distributed import is_distributed
 
 try:  # optional compiled package
     import inplace_abn as _inplace_abn
@@ -44,8 +52,12 @@ except Exception:  # noqa: BLE001  (ImportError, or a broken build raising OSErr
 
 __all__ = ["ABN", "ABN_BACKENDS", "compiled_abn_available", "activation_fn", "running_stats_frozen"]
 
+logger = logging.getLogger(__name__)
+
 _ACTIVATIONS = ("leaky_relu", "elu", "identity")
 ABN_BACKENDS = ("auto", "native", "compiled", "memory")
+COMPILED_DTYPES = (torch.float32, torch.float64, torch.float16)   # what the kernels implement
+_FALLBACK_LOGGED = set()
 
 
 def compiled_abn_available() -> bool:
@@ -80,8 +92,9 @@ def running_stats_frozen():
         _RUNNING_STATS_FROZEN.active = before
 
 
-def _distributed_world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def _synchronised() -> bool:
+    """Batch statistics are all-reduced: a process group of several processes (or one, forced)."""
+    return is_distributed()
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -227,9 +240,16 @@ class ABN(nn.Module):
         self.running_var.fill_(1.0)
 
     def _use_compiled(self, x: torch.Tensor) -> bool:
-        if self.backend == "compiled":
-            return True
-        return self.backend == "auto" and x.is_cuda and compiled_abn_available()
+        if not (self.backend == "compiled"
+                or (self.backend == "auto" and x.is_cuda and compiled_abn_available())):
+            return False
+        if x.dtype not in COMPILED_DTYPES:
+            if x.dtype not in _FALLBACK_LOGGED:
+                _FALLBACK_LOGGED.add(x.dtype)
+                logger.info("inplace-abn's kernels do not take %s: ABN layers use the "
+                            "pure-PyTorch path for it", x.dtype)
+            return False
+        return True
 
     def _use_memory(self) -> bool:
         if self.backend == "memory":
@@ -257,7 +277,7 @@ class ABN(nn.Module):
         if self.activation == "leaky_relu" and self.activation_param <= 0:
             raise ValueError("ABN backend 'memory' needs an invertible activation "
                              f"(leaky_relu slope > 0), got {self.activation_param}")
-        sync = self.training and self.sync and _distributed_world() > 1
+        sync = self.training and self.sync and _synchronised()
         if self.training:
             with torch.no_grad():          # the function's backward differentiates the stats
                 mean, var, n = _batch_stats(x.detach().to(self.weight.dtype), sync=sync)
@@ -273,7 +293,7 @@ class ABN(nn.Module):
             return self._forward_native(x.to(self.weight.dtype)).to(x.dtype)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if self.training:
-            mean, var, n = _batch_stats(x, sync=self.sync and _distributed_world() > 1)
+            mean, var, n = _batch_stats(x, sync=self.sync and _synchronised())
             self._update_running(mean, var, n)
         else:
             mean, var = self.running_mean, self.running_var
@@ -285,13 +305,15 @@ class ABN(nn.Module):
         # The compiled kernels overwrite their input in place (the point of the layer, and safe
         # here because every ABN input is a fresh convolution output); a leaf is copied first.
         x = x.clone() if x.is_leaf and x.requires_grad else x.contiguous()
-        if self.training and self.sync and _distributed_world() > 1:
+        # momentum 0 leaves the running statistics as they are (a checkpointed recomputation)
+        momentum = 0.0 if _RUNNING_STATS_FROZEN.active else self.momentum
+        if self.training and self.sync and _synchronised():
             return _iabn_functions.inplace_abn_sync(
                 x, self.weight, self.bias, self.running_mean, self.running_var, True,
-                self.momentum, self.eps, self.activation, self.activation_param, dist.group.WORLD)
+                momentum, self.eps, self.activation, self.activation_param, dist.group.WORLD)
         return _iabn_functions.inplace_abn(
             x, self.weight, self.bias, self.running_mean, self.running_var, self.training,
-            self.momentum, self.eps, self.activation, self.activation_param)
+            momentum, self.eps, self.activation, self.activation_param)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -9,17 +9,16 @@ own dtype: in float16 the sums of squares of the graph layers' inputs (|x| about
 width) overflow. Outside a multi-process group it is exactly ``BatchNorm1d``.
 """
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-from .abn import _batch_stats, _distributed_world
+from .abn import _batch_stats, _synchronised
 
 __all__ = ["SyncBatchNorm1d", "convert_sync_batchnorm1d"]
 
 
 class SyncBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _distributed_world() > 1 and dist.is_initialized()):
+        if not (self.training and _synchronised()):
             return super().forward(x)
         if x.dtype != self.weight.dtype:   # autocast: normalise in float32, answer in x's dtype
             return self.forward(x.to(self.weight.dtype)).to(x.dtype)

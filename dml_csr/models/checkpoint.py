@@ -466,6 +466,11 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
             spec = ModelSpec.for_dataset(
                 "dml_csr", {"num_classes": get_schema(name).num_classes, **RELEASE_ARCHITECTURE},
                 name, center_mode="released")
-    model = build_model(spec.family, spec.model_kwargs, training=training)
+    # the normalisation backend is this machine's choice, not the weights': a file trained with
+    # the compiled inplace-abn loads where the package is absent (same names, same maths)
+    kwargs = dict(spec.model_kwargs)
+    if kwargs.get("norm_backend", "auto") != "auto":
+        kwargs["norm_backend"] = "auto"
+    model = build_model(spec.family, kwargs, training=training)
     load_model_weights(model, ckpt, source=source)
     return model.to(device).eval(), spec

@@ -1,0 +1,98 @@
+"""The device-dependent tests: they run on a CUDA GPU (``scripts/gpu_check.sh`` runs them first
+on a GPU machine) and are skipped where there is none (tests/conftest.py). Where CUDA kernels are
+not deterministic the comparisons have tolerances; the exact contracts are the CPU tests'."""
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.cuda
+
+KW = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
+TINY = ["data.crop_size=[64,64]", "data.batch_size=2", "data.workers=0", "model.layers=[1,1,1,1]",
+        "model.width_mult=0.125", "train.epochs=3", "train.cycles=1", "train.cycle_epochs=1",
+        "train.image_log_interval=0", "eval.workers=0", "eval.batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from dml_csr.data.synthetic import make_synthetic
+    root = tmp_path_factory.mktemp("syn") / "data"
+    make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=64)
+    return str(root)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_training_on_cuda_through_both_stages_and_resume(precision, data_root, tmp_path):
+    from dml_csr.config import load_config
+    from dml_csr.engine.trainer import Trainer
+    cfg = lambda: load_config("synthetic", [f"data.root={data_root}", *TINY,  # noqa: E731
+                                            f"train.precision={precision}"])
+    full = Trainer(cfg(), output_dir=str(tmp_path / "full"), device="cuda")
+    assert full.device.type == "cuda"
+    assert full.fit()["epochs_done"] == 3
+    part = Trainer(cfg(), output_dir=str(tmp_path / "part"), device="cuda")
+    part.fit(stop_after_epoch=2)
+    resumed = Trainer(cfg(), output_dir=str(tmp_path / "part"), resume=True, device="cuda")
+    resumed.fit()
+    a = torch.load(tmp_path / "full" / "last.pth", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pth", map_location="cpu", weights_only=True)
+    for key, value in a["model"].items():
+        if value.is_floating_point():          # CUDA kernels are not all deterministic
+            assert torch.allclose(value, b["model"][key], atol=1e-3, rtol=1e-2), key
+
+
+def test_memory_abn_equals_native_on_cuda():
+    from dml_csr.layers.abn import ABN
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 16, 9, 9, generator=g) * 2 + 0.5).cuda()
+    w = torch.randn(4, 16, 9, 9, generator=g).cuda()
+    outs = []
+    for backend in ("native", "memory"):
+        torch.manual_seed(0)
+        layer = ABN(16, backend=backend).cuda().train()
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)
+        (y * w).sum().backward()
+        outs.append((y.detach(), xi.grad, layer.running_var.clone()))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_parser_on_cuda_labels_as_on_the_cpu(tmp_path):
+    import dml_csr
+    from dml_csr.models import DMLCSR, ModelSpec, save_checkpoint
+    from dml_csr.utils.random_weights import randomise_norms
+    torch.manual_seed(0)
+    model = randomise_norms(DMLCSR(with_edges=False, **KW))
+    save_checkpoint(str(tmp_path / "m.pth"), model.state_dict(),
+                    ModelSpec.for_dataset("dml_csr", KW, "helen", crop_size=(64, 64)))
+    photo = np.random.default_rng(0).integers(0, 256, (80, 100, 3), np.uint8)
+    cpu = dml_csr.FaceParser.from_checkpoint(str(tmp_path / "m.pth"), detector=None)
+    gpu = dml_csr.FaceParser.from_checkpoint(str(tmp_path / "m.pth"), detector=None,
+                                             device="cuda")
+    a = cpu(photo, detect=False).label_maps[0]
+    b = gpu(photo, detect=False).label_maps[0]
+    assert (a == b).mean() > 0.99
+
+
+def test_fp_liif_bf16_on_cuda_decodes_at_float32_positions():
+    from dml_csr.models import FPLIIF
+    torch.manual_seed(0)
+    model = FPLIIF(num_classes=11, width=16, blocks=[1, 1, 1], reduce_dims=[32, 16],
+                   decoder_dims=[32, 32]).cuda().eval()
+    x = torch.randn(1, 3, 256, 256, device="cuda")
+    with torch.no_grad():
+        ref = model(x, size=(512, 512)).parsing.argmax(1)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(x, size=(512, 512)).parsing
+    assert torch.isfinite(low).all() and (low.argmax(1) == ref).float().mean() > 0.985
+
+
+def test_graph_norms_under_fp16_autocast_on_cuda_stay_finite():
+    from dml_csr.layers.gcn import DDualGCN
+    torch.manual_seed(0)
+    model = DDualGCN(512).cuda().train()
+    x = torch.randn(2, 512, 60, 60, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        y = model(x)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()

@@ -1,0 +1,97 @@
+"""What the first GPU users meet before any CUDA kernel runs: the interpreter they bring, the
+devices they ask for, several machines. All checked on the CPU (the GPU itself:
+scripts/gpu_check.sh)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dml_csr import distributed as du
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bash(args, **env):
+    return subprocess.run(["bash", *args], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, **env))
+
+
+# ------------------------------------------------------------------------ the interpreter
+def test_requirements_check_lists_only_what_does_not_import(tmp_path):
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("# a comment\nnumpy>=1.0\nnumpy>=999\nnot-a-package-xyz>=1\n"
+                    'yuface; python_version > "3.99"\nopencv-python-headless>=4.8,<5\n')
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "requirements_check.py"),
+                          str(reqs)], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["numpy>=999", "not-a-package-xyz>=1"]
+
+
+def test_an_interpreter_of_your_own_is_used_as_it_is():
+    """DMLCSR_PYTHON with everything importable: no install, no registry (PIP_NO_INDEX would make
+    any pip call fail), the project on PYTHONPATH, and every script runs that interpreter."""
+    proc = _bash(["-c", "source scripts/env.sh && echo \"PY=$PY\" && echo \"PP=$PYTHONPATH\""],
+                 DMLCSR_PYTHON=sys.executable, PIP_NO_INDEX="1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"PY={sys.executable}" in proc.stdout and f"PP={REPO}" in proc.stdout
+    assert "lacks" not in proc.stderr
+    for script in ("train.sh", "test.sh", "quickstart.sh", "run_tests.sh", "run_table.sh",
+                   "build_inplace_abn.sh"):
+        text = (REPO / "scripts" / script).read_text()
+        assert "source scripts/env.sh" in text and ".venv/bin/python" not in text, script
+
+
+def test_an_interpreter_that_lacks_packages_is_told_which(tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    proc = _bash(["scripts/install.sh"], DMLCSR_PYTHON=str(bare / "bin" / "python"),
+                 PIP_NO_INDEX="1")
+    assert proc.returncode != 0
+    assert "lacks: torch>=2.13" in proc.stderr and "numpy" in proc.stderr
+
+
+# ------------------------------------------------------------------------ devices
+def test_gpus_asked_for_where_cuda_does_not_work_is_an_error(monkeypatch):
+    with pytest.raises(du.DeviceError, match=r"device 'cuda' was asked for but CUDA is not "
+                                             r"usable here \(torch "):
+        du._pick_device("cuda", du.DistInfo())
+    with pytest.raises(du.DeviceError, match="2 processes were started on GPUs"):
+        du._pick_device("auto", du.DistInfo(world_size=2))
+    assert du._pick_device("cpu", du.DistInfo(world_size=2)).type == "cpu"   # asked for
+    assert du._pick_device("auto", du.DistInfo()).type == "cpu"              # one process
+    # a node with fewer GPUs than processes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(du.DeviceError, match="2 processes on this node but only 1 GPU"):
+        du._pick_device("auto", du.DistInfo(world_size=2, local_rank=1))
+
+
+def test_train_sh_with_gpus_on_a_machine_without_cuda_stops_in_one_line():
+    """It used to start the processes on the CPU (gloo) without a word."""
+    for gpus in ("1", "2"):
+        proc = _bash(["scripts/train.sh", "lapa", gpus])
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+        assert errors and all("CUDA is not usable here" in l for l in errors), proc.stderr
+        assert "--device cpu" in errors[0]
+
+
+def test_several_machines_need_a_master_address():
+    proc = _bash(["scripts/train.sh", "lapa", "2"], NNODES="2", MASTER_ADDR="")
+    assert proc.returncode == 2 and "NNODES=2 needs MASTER_ADDR" in proc.stderr
+    assert "[install]" not in proc.stdout + proc.stderr          # refused before anything else
+
+
+def test_resume_on_fewer_gpus_restores_the_generators_it_can(monkeypatch, caplog):
+    from dml_csr.engine import rundir
+    state = rundir.rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8) + k for k in range(4)]   # saved on 4
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((int(s[0]), d)))
+    rundir.set_rng_state(state)
+    assert restored == [(0, 0), (1, 1)] and "CUDA generators of 4 GPU(s)" in caplog.text
