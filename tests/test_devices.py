@@ -95,3 +95,30 @@ def test_resume_on_fewer_gpus_restores_the_generators_it_can(monkeypatch, caplog
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((int(s[0]), d)))
     rundir.set_rng_state(state)
     assert restored == [(0, 0), (1, 1)] and "CUDA generators of 4 GPU(s)" in caplog.text
+
+
+def test_two_runs_on_one_machine_do_not_fight_over_a_port(tmp_path):
+    """One machine, several processes: torchrun picks a free port (--standalone); the fixed
+    default 29500 made a second run on the machine fail. Here 29500 is taken while a 2-process
+    CPU run (asked for: --device cpu) trains a tiny model."""
+    import socket
+
+    from dml_csr.data.synthetic import make_synthetic
+    make_synthetic(tmp_path / "data", num_train=4, num_valid=2, num_test=2, size=32)
+    blocker = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", 29500))
+        blocker.listen()
+    except OSError:
+        pass                                   # already taken by something else: all the same
+    try:
+        proc = _bash(["scripts/train.sh", "lapa", "2", f"data.root={tmp_path / 'data'}",
+                      "data.dataset=synthetic", "model.pretrained=", "model.layers=[1,1,1,1]",
+                      "model.width_mult=0.125", "data.crop_size=[32,32]", "data.batch_size=2",
+                      "data.workers=0", "train.epochs=1", "train.cycles=0", "eval.workers=0",
+                      "train.image_log_interval=0", "--output-dir", str(tmp_path / "run"),
+                      "--device", "cpu"], OMP_NUM_THREADS="1", MASTER_PORT="")
+    finally:
+        blocker.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes" in (tmp_path / "run" / "train.log").read_text()
