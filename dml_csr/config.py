@@ -3,10 +3,12 @@
 Resolution order (later wins):
 
 1. the defaults below (the paper's settings for Helen);
-2. the experiment file (``configs/NAME.yaml`` or a path), which may name ``_base_`` files
-   (relative to itself) that are applied before it;
-3. the preset overlay ``configs/presets/<preset>.yaml`` (``paper`` or ``released``: only the
-   keys where the paper and the authors' release disagree, docs/divergences.md);
+2. the preset overlay ``configs/presets/<preset>.yaml`` (``paper`` or ``released``: only the
+   keys where the paper and the authors' release disagree, docs/divergences.md); the preset is
+   named on the command line, else by the experiment file, else ``paper``;
+3. the experiment file (``configs/NAME.yaml`` or a path), which may name ``_base_`` files
+   (relative to itself) that are applied before it: a value a file sets explicitly wins over
+   the preset's, as it would on the command line;
 4. command-line ``section.key=value`` overrides (values parsed as YAML).
 
 Unknown keys and wrong types are rejected with the dotted key in the message. The resolved config
@@ -269,7 +271,7 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
 
 
 def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Resolve a config: defaults < experiment file (with bases) < preset overlay < overrides."""
+    """Resolve a config: defaults < preset overlay < experiment file (with bases) < overrides."""
     layers = _layers_of(resolve_config_path(name_or_path)) if name_or_path else []
     cli = parse_overrides(overrides)
     preset = cli.get("preset") or next((l["preset"] for l in reversed(layers) if "preset" in l), "paper")
@@ -277,7 +279,7 @@ def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = (
     if not os.path.isfile(preset_path):
         raise ConfigError(f"unknown preset {preset!r}: no file {preset_path}")
     cfg = Config()
-    for layer in layers + [_read_yaml(preset_path), cli]:
+    for layer in [_read_yaml(preset_path)] + layers + [cli]:
         _merge_into(cfg, layer)
     cfg.preset = preset
     validate(cfg)

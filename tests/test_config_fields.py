@@ -98,3 +98,22 @@ def test_test_tool_takes_its_defaults_from_the_config(data_root, tmp_path):
     assert from_cfg["flip"] is True and from_cfg["scales"] == [1.0, 1.5]
     flag_wins = meta("eval.flip=true", "--no-flip", "--scales", "0.75")
     assert flag_wins["flip"] is False and flag_wins["scales"] == [0.75]
+
+
+def test_a_value_the_experiment_file_sets_wins_over_the_preset(tmp_path):
+    """defaults < preset < experiment file (with its bases) < command line: the file's explicit
+    loss.category_edge_weight used to be replaced by the preset's (1.0 paper, 0.2 released)."""
+    from dml_csr.config import CONFIG_DIR, load_config
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"_base_: {os.path.join(CONFIG_DIR, 'lapa.yaml')}\n"
+                   "loss:\n  category_edge_weight: 0.5\n")
+    for preset in ("paper", "released"):
+        cfg = load_config(str(exp), [f"preset={preset}"])
+        assert cfg.loss.category_edge_weight == 0.5, preset
+        assert cfg.preset == preset
+        assert load_config(str(exp), [f"preset={preset}", "loss.category_edge_weight=0.7"]
+                           ).loss.category_edge_weight == 0.7             # command line last
+    # what the file leaves out still comes from the preset
+    assert load_config(str(exp), ["preset=released"]).loss.category_edge_weighting == "frequency"
+    assert load_config("lapa", ["preset=released"]).loss.category_edge_weight == 0.2
+    assert load_config("lapa").loss.category_edge_weight == 1.0
