@@ -17,20 +17,22 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dml_csr.data import FaceDataset, get_schema  # noqa: E402
+from dml_csr.data import FaceDataset, get_schema, write_identity  # noqa: E402
 from dml_csr.data.edges import binary_edges, category_edges  # noqa: E402
 from dml_csr.data.transforms import (crop_params, normalize_image, sample_augmentation,  # noqa: E402
                                      warp_image, warp_label)
 
 
 def fabricate(root: str, n: int, size: int = 512, seed: int = 0) -> None:
-    """A face-like label (ellipses) and a textured image per sample, in the release layout."""
+    """A face-like label (ellipses) and a textured image per sample, in the release layout,
+    declared as LaPa (its 11 classes; ``dataset.json``)."""
     rng = np.random.default_rng(seed)
     split = os.path.join(root, "train")
     os.makedirs(os.path.join(split, "images"))
     os.makedirs(os.path.join(split, "labels"))
     with open(os.path.join(root, "label_names.txt"), "w") as f:
-        f.write("\n".join(get_schema("helen").tokens) + "\n")
+        f.write("\n".join(get_schema("lapa").tokens) + "\n")
+    write_identity(root, "lapa", tool="bench_data")       # LaPa's classes, LaPa-sized images
     lines = []
     for k in range(n):
         lab = np.zeros((size, size), np.uint8)

@@ -66,6 +66,9 @@ def make_root(tmp_path, splits=("train", "test"), n=3, tokens=HELEN.tokens):
     root = tmp_path / "data"
     root.mkdir()
     (root / "label_names.txt").write_text("\n".join(tokens) + "\n")
+    if tuple(tokens) == HELEN.tokens:          # a root declares its data set (dataset.json)
+        from dml_csr.data.layout import write_identity
+        write_identity(root, "helen", tool="test")
     for split in splits:
         (root / split / "images").mkdir(parents=True)
         (root / split / "labels").mkdir()

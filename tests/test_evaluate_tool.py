@@ -13,7 +13,8 @@ from dml_csr.cli import run
 from dml_csr.data.layout import write_identity
 from dml_csr.data.schemas import get_schema
 from dml_csr.eval.evaluate import (EvaluationError, evaluate_folder, load_result,
-                                   resolve_dataset, write_result)
+                                   write_result)
+from dml_csr.data.layout import root_schema
 from dml_csr.eval.metrics import compute_metrics, confusion_histogram
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,15 +161,15 @@ def test_all_problems_are_collected_and_listing_is_capped(tree):
 
 def test_dataset_resolution(tree, tmp_path):
     root, pred_dir, _, _ = tree
-    assert resolve_dataset(root, TOKENS) == "synthetic"
-    with pytest.raises(EvaluationError, match="does not match"):
-        resolve_dataset(root, TOKENS, "celebamask_hq")
+    assert root_schema(root).name == "synthetic"
+    with pytest.raises(EvaluationError, match="not those of the celebamask_hq description"):
+        evaluate_folder(root, "test", pred_dir, dataset="celebamask_hq")
     plain = tmp_path / "faces"
     root.rename(plain)  # Helen or LaPa? The tokens cannot tell: refuse to guess.
     with pytest.raises(EvaluationError, match="--dataset"):
         evaluate_folder(plain, "test", pred_dir)
     (plain / "synthetic_info.json").write_text("{}")  # the synthetic generator's marker
-    assert resolve_dataset(plain, TOKENS) == "synthetic"
+    assert root_schema(plain).name == "synthetic"
     (plain / "synthetic_info.json").unlink()
     result = evaluate_folder(plain, "test", pred_dir, meta={"dataset": "helen"})
     assert result["meta"]["dataset"] == "helen"

@@ -54,26 +54,25 @@ def _functions_named(names) -> list:
 
 
 def test_the_readers_are_defined_once():
-    readers = {"read_label_names", "read_split_list", "read_identity", "dataset_of",
-               "resolve_dataset"}
-    found = _functions_named(readers)
+    readers = {"read_label_names", "read_split_list", "read_identity", "root_schema",
+               "dataset_of", "resolve_dataset"}
+    found = _functions_named(readers)     # one answer to "which data set": root_schema
     assert sorted(found) == sorted([("data/layout.py", "read_label_names"),
                                     ("data/layout.py", "read_split_list"),
                                     ("data/layout.py", "read_identity"),
-                                    ("data/layout.py", "dataset_of"),
-                                    ("eval/evaluate.py", "resolve_dataset")])
+                                    ("data/layout.py", "root_schema")])
     from dml_csr.data import check, dataset
     from dml_csr.eval import evaluate
-    assert evaluate.read_label_names is layout.read_label_names
+    assert evaluate.root_schema is check.root_schema is dataset.root_schema is layout.root_schema
     assert evaluate.read_split_list is check.read_split_list is dataset.read_split_list \
         is layout.read_split_list
     assert dml_csr.data.read_label_names is layout.read_label_names
 
 
 def test_no_module_guesses_from_folder_names_but_layout():
-    hits = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-            if '("celeb", "celebamask_hq")' in p.read_text()]
-    assert hits == ["data/layout.py"]
+    hits = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                  if "folder_hints" in p.read_text())
+    assert hits == ["data/layout.py", "data/schemas.py"]     # the hints live in the descriptions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,10 +115,11 @@ def test_identity_round_trip(tmp_path):
     assert layout.read_identity(tmp_path) is None
     written = layout.write_identity(tmp_path, "lapa", tool="prepare_data", source="lapa",
                                     options={"link": "copy"})
-    assert written == {"format": 1, "dataset": "lapa", "num_classes": 11, "tool": "prepare_data",
-                       "source": "lapa", "options": {"link": "copy"}}
+    lapa = get_schema("lapa")
+    assert written == {"format": 2, "dataset": "lapa", "num_classes": 11, "tool": "prepare_data",
+                       "schema": lapa.to_dict(), "source": "lapa", "options": {"link": "copy"}}
     assert json.loads((tmp_path / "dataset.json").read_text()) == written
-    assert layout.read_identity(tmp_path) == written
+    assert layout.read_identity(tmp_path) == dict(written, schema=lapa)      # the description
     assert [p.name for p in tmp_path.iterdir()] == ["dataset.json"]  # no temporary left
     with pytest.raises(ValueError, match="set by write_identity"):
         layout.write_identity(tmp_path, "lapa", tool="x", format=2)
@@ -130,9 +130,11 @@ def test_identity_round_trip(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("not json", "cannot be read as JSON"),
     ("[1, 2]", "expected a JSON object"),
-    ('{"format": 2, "dataset": "lapa"}', "format 2 is not one this code reads"),
+    ('{"format": 3, "dataset": "lapa"}', "format 3 is not one this code reads"),
     ('{"dataset": "lapa"}', "format None"),
-    ('{"format": 1, "dataset": "pascal"}', "dataset 'pascal' is not one of"),
+    ('{"format": 1, "dataset": "pascal"}', "dataset 'pascal' is not built in"),
+    ('{"format": 2, "dataset": "x", "schema": {"name": "x", "tokens": ["bg"]}}',
+     "not a data-set description"),
     ('{"format": 1, "dataset": "lapa", "num_classes": 19}', "num_classes 19, but the lapa"),
 ])
 def test_bad_identity_is_refused_naming_the_file(tmp_path, text, message):
@@ -146,34 +148,46 @@ def test_bad_identity_is_refused_naming_the_file(tmp_path, text, message):
 # which data set: hint > dataset.json > synthetic_info.json > folder name (warning)
 
 
-def test_dataset_of_precedence(tmp_path, caplog):
+def test_root_schema_precedence(tmp_path, caplog):
     root = _root(tmp_path / "helen_faces")
     caplog.set_level(logging.WARNING)
-    assert layout.dataset_of(root) == "helen"                       # folder name, warned
+    assert layout.root_schema(root).name == "helen"                 # folder name, warned
     (warning,) = _warnings(caplog)
     assert "helen_faces" in warning and "dataset.json" in warning and "--dataset" in warning
     caplog.clear()
 
     (root / "synthetic_info.json").write_text('{"schema": "synthetic"}')
-    assert layout.dataset_of(root) == "synthetic"                   # synthetic_info over folder
+    assert layout.root_schema(root).name == "synthetic"             # synthetic_info over folder
     layout.write_identity(root, "lapa", tool="test")
-    assert layout.dataset_of(root) == "lapa"                        # dataset.json over both
-    assert layout.dataset_of(root, "helen") == "helen"              # the hint over everything
+    assert layout.root_schema(root).name == "lapa"                  # dataset.json over both
     assert _warnings(caplog) == []
-    with pytest.raises(KeyError, match="unknown data set 'pascal'"):
-        layout.dataset_of(root, "pascal")
+    assert layout.root_schema(root, "helen").name == "helen"        # the name asked over all,
+    assert "says it holds 'lapa'" in _warnings(caplog)[0]           # with a warning
+    with pytest.raises(KeyError, match="'pascal' is neither built in .* declares 'lapa'"):
+        layout.root_schema(root, "pascal")
+
+
+def test_an_unlabelled_lapa_folder_is_lapa_to_every_reader(tmp_path):
+    """Training (root_schema via FaceDataset) and the scorer used to disagree: 'helen' for one,
+    'lapa' for the other."""
+    from dml_csr.data import FaceDataset
+    from dml_csr.data.check import check_data
+    root = _root(tmp_path / "LaPa_test_only")
+    assert layout.root_schema(root).name == "lapa"
+    assert FaceDataset(str(root), "train").schema.name == "lapa"
+    assert check_data(str(root), ["train"]).ok
 
 
 def test_synthetic_info_without_schema_counts_the_tokens(tmp_path):
     root = _root(tmp_path / "faces", tokens=CELEBA)
     (root / "synthetic_info.json").write_text("{}")
-    assert layout.dataset_of(root) == "synthetic19"
+    assert layout.root_schema(root).name == "synthetic19"
 
 
 def test_folder_guess_needs_matching_tokens_and_otherwise_asks(tmp_path):
     root = _root(tmp_path / "celeb_like", tokens=HELEN)  # 'celeb' in the name, Helen tokens
     with pytest.raises(ValueError, match="--dataset") as info:
-        layout.dataset_of(root)
+        layout.root_schema(root)
     assert "dataset.json" in str(info.value) and "['helen', 'lapa', 'synthetic']" in str(info.value)
 
 
@@ -183,11 +197,12 @@ def test_folder_guess_needs_matching_tokens_and_otherwise_asks(tmp_path):
 
 def test_face_dataset_takes_the_schema_from_dataset_json(tmp_path, caplog):
     root = _root(tmp_path / "r")
-    assert FaceDataset(str(root), "train").schema.name == "helen"   # tokens only: Helen first
+    with pytest.raises(ValueError, match="--dataset"):               # Helen or LaPa: it asks
+        FaceDataset(str(root), "train")
     layout.write_identity(root, "lapa", tool="test")
     assert FaceDataset(str(root), "train").schema.name == "lapa"
     layout.write_identity(root, "celebamask_hq", tool="test")       # tokens disagree: refused
-    with pytest.raises(ValueError, match="not those of the celebamask_hq schema"):
+    with pytest.raises(ValueError, match="not those of the celebamask_hq description"):
         FaceDataset(str(root), "train")
 
 
@@ -196,11 +211,12 @@ def test_other_dataset_than_configured_warns_once(tmp_path, caplog):
     layout.write_identity(root, "lapa", tool="test")
     caplog.set_level(logging.WARNING)
     for _ in range(2):
-        FaceDataset(str(root), "train", schema=get_schema("helen"))
-    check_data(str(root), schema=get_schema("helen"), workers=1).raise_if_problems()
+        schema = layout.root_schema(root, "helen")
+    FaceDataset(str(root), "train", schema=schema)
+    check_data(str(root), schema=schema, workers=1).raise_if_problems()
     (warning,) = _warnings(caplog)
     assert "'lapa'" in warning and "'helen'" in warning and "dataset.json" in warning
     caplog.clear()
-    FaceDataset(str(root), "train", schema=get_schema("lapa"))
+    FaceDataset(str(root), "train", schema=layout.root_schema(root, "lapa"))
     check_data(str(root), workers=1).raise_if_problems()
     assert _warnings(caplog) == []

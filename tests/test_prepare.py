@@ -583,7 +583,8 @@ def test_each_preparer_writes_its_identity(tmp_path):
     raw = make_lapa(tmp_path / "lapa")
     P.prepare_lapa(raw, tmp_path / "out_lapa", link="hardlink", progress=False)
     assert _identity(tmp_path / "out_lapa") == {
-        "format": 1, "dataset": "lapa", "num_classes": 11, "tool": "prepare_data",
+        "format": 2, "dataset": "lapa", "num_classes": 11, "tool": "prepare_data",
+        "schema": get_schema("lapa").to_dict(),       # the whole description travels with it
         "raw_dir": os.path.abspath(raw), "source": "lapa", "options": {"link": "hardlink"}}
 
     make_helen_original(tmp_path / "helen")
@@ -605,10 +606,10 @@ def test_each_preparer_writes_its_identity(tmp_path):
     assert (identity["dataset"], identity["num_classes"], identity["options"]) == (
         "celebamask_hq", 19, {"mask_size": 32, "jpeg_quality": 95})
 
-    from dml_csr.data.layout import dataset_of
+    from dml_csr.data.layout import root_schema
     for name, dataset in (("out_lapa", "lapa"), ("out_star", "helen"),
                           ("out_celeba", "celebamask_hq")):
-        assert dataset_of(tmp_path / name) == dataset
+        assert root_schema(tmp_path / name).name == dataset
 
 
 def test_refuses_out_dir_whose_identity_names_another_dataset(tmp_path):

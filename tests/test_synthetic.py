@@ -204,10 +204,11 @@ def test_cli(tmp_path, capsys):
 
 def test_identity_written_and_read_back(tmp_path, clean):
     """dataset.json names the schema and the generator's parameters; the tools read it."""
-    from dml_csr.data.layout import dataset_of, read_identity
+    from dml_csr.data.layout import read_identity, root_schema
     root, _ = clean
     assert read_identity(root) == {
-        "format": 1, "dataset": "synthetic", "num_classes": 11, "tool": "make_synthetic",
+        "format": 2, "dataset": "synthetic", "num_classes": 11, "tool": "make_synthetic",
+        "schema": get_schema("synthetic"),
         "options": {"seed": 3, "size": SIZE, "classes": 11,
                     "counts": {"train": 6, "valid": 2, "test": 2}, "noise_fraction": 0.0,
                     "noise_kinds": list(NOISE_KINDS)}}
@@ -221,7 +222,7 @@ def test_identity_written_and_read_back(tmp_path, clean):
     assert (identity["dataset"], identity["num_classes"], identity["options"]["seed"]) == (
         "synthetic19", 19, 2)
     (out / INFO_NAME).unlink()  # dataset.json alone tells
-    assert dataset_of(out) == "synthetic19"
+    assert root_schema(out).name == "synthetic19"
 
 
 def test_speed():

@@ -23,6 +23,15 @@ from dml_csr.models import (FAMILIES, build_model, load_inference_model,  # noqa
 from dml_csr.utils.complexity import complexity_report  # noqa: E402
 
 
+def _config_classes(cfg) -> int:
+    """The class count of the config's data set: its root's description when the root is there
+    (a data set of your own), else the built-in one of that name."""
+    from dml_csr.data.layout import root_schema
+    if os.path.isfile(os.path.join(cfg.data.root, "label_names.txt")):
+        return root_schema(cfg.data.root, cfg.data.dataset or None).num_classes
+    return get_schema(cfg.data.dataset).num_classes
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="config name or path (its model section is used)")
@@ -57,7 +66,8 @@ def main(argv=None):
     else:
         if args.config:
             cfg = load_config(args.config, args.overrides)
-            name, kwargs = cfg.model.name, model_kwargs_from_config(cfg.model, get_schema(cfg.data.dataset).num_classes)
+            classes = _config_classes(cfg)
+            name, kwargs = cfg.model.name, model_kwargs_from_config(cfg.model, classes)
         else:
             name, kwargs = args.model, {"num_classes": args.num_classes}
         if build_model(name, kwargs, training=True).has_edge_heads:   # two forms differ

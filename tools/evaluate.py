@@ -15,7 +15,6 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dml_csr.cli import add_debug_argument, run
-from dml_csr.data.schemas import SCHEMAS
 from dml_csr.eval.evaluate import evaluate_folder, parse_meta, write_result
 from dml_csr.eval.paper import result_row, table_for_dataset
 from dml_csr.eval.tables import format_class_table, format_result_table
@@ -27,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", help="split name: ROOT/<split>_list.txt")
     parser.add_argument("--pred-dir", required=True, help="folder of predicted id PNGs")
     parser.add_argument("--out", help="write the result JSON here")
-    parser.add_argument("--dataset", choices=sorted(SCHEMAS),
+    parser.add_argument("--dataset",
                         help="data set (default: the data root's dataset.json, written by "
                              "tools/prepare_data.py and tools/make_synthetic.py; older roots: "
                              "synthetic_info.json, else a guess from the folder name, with a "

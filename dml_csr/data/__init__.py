@@ -2,9 +2,11 @@
 
 What lives here:
 
-- ``schemas.py``: the label facts of each data set (class names, tokens, flip pairs, palettes).
+- ``schemas.py``: data-set descriptions (class names, tokens, flip pairs, palette, the scorer's
+  merged groups, the headline metric) and the built-in ones (the benchmarks, synthetic).
 - ``layout.py``: the one reader (and the writers' format) of a prepared data root: label names,
-  split lists, the data set's identity (``dataset.json``) and which data set a root holds.
+  split lists, the data set's identity and description (``dataset.json``) and which data set a
+  root holds (``root_schema``).
 - ``dataset.py``: ``FaceDataset``, the affine-cropped samples with labels and edges.
 - ``transforms.py``: the affine crop, its inverse, augmentation, normalisation.
 - ``edges.py``: binary and category edge maps.
@@ -15,9 +17,9 @@ What lives here:
 
 docs/data.md (pipeline) and docs/datasets.md (preparation, ``dataset.json``) describe them.
 """
-from .schemas import SCHEMAS, Schema, get_schema, schema_from_tokens
+from .schemas import SCHEMAS, Schema, get_schema
 from .transforms import (MEAN, STD, crop_params, get_affine_matrix, normalize_image,
                          sample_augmentation, warp_back, warp_image, warp_label)
 from .edges import binary_edges, category_edges
-from .layout import dataset_of, read_identity, read_label_names, write_identity
+from .layout import read_identity, read_label_names, root_schema, write_identity
 from .dataset import FaceDataset

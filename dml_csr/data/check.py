@@ -33,8 +33,7 @@ import cv2
 
 from ..files import max_pixels, read_image, read_image_size
 from .dataset import validate_label
-from .layout import (LABEL_NAMES, read_label_names, read_split_list, root_schema, split_list_path,
-                     warn_if_other_dataset)
+from .layout import LABEL_NAMES, read_label_names, read_split_list, root_schema, split_list_path
 from .schemas import Schema
 
 __all__ = ["DataCheckError", "DataCheckReport", "check_data", "list_pairs", "find_splits",
@@ -209,8 +208,8 @@ def check_data(root: str, splits: Optional[Sequence[str]] = None, schema: Option
     """Check every listed pair of ``splits`` (default: all lists of the root) of ``root``.
 
     Args:
-        schema: the label schema trained on (its class count bounds the ids); default the
-            root's (``layout.root_schema``: ``dataset.json``, else ``label_names.txt``).
+        schema: the description trained on (its class count bounds the ids); default the
+            root's (``layout.root_schema``).
         workers: decoding threads (0: up to 8, at most the CPU count over ``world_size``).
         rank, world_size: check only shard ``rank`` of ``world_size`` contiguous shards (the
             label_names.txt check is done by rank 0).
@@ -226,8 +225,6 @@ def check_data(root: str, splits: Optional[Sequence[str]] = None, schema: Option
     splits = tuple(splits) if splits else tuple(find_splits(root))
     if schema is None:
         schema = root_schema(root)
-    elif rank == 0:
-        warn_if_other_dataset(root, schema.name)
     pairs = list_pairs(root, splits)
     lo, hi = len(pairs) * rank // world_size, len(pairs) * (rank + 1) // world_size
     shard = pairs[lo:hi]

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..files import read_image
 from .edges import binary_edges, category_edges
-from .layout import read_split_list, root_schema, split_list_path, warn_if_other_dataset
+from .layout import read_split_list, root_schema, split_list_path
 from .schemas import Schema
 from .transforms import (AUGMENT_MODES, CENTER_MODES, crop_params, normalize_image, sample_augmentation,
                          warp_image, warp_label)
@@ -111,16 +111,12 @@ class FaceDataset(Dataset):
         self.with_edges = (split == "train") if with_edges is None else bool(with_edges)
         self.seed = seed
 
-        if schema is None:
-            schema = root_schema(root)
-        else:
-            warn_if_other_dataset(root, schema.name)
-        self.schema = schema
+        self.schema = root_schema(root) if schema is None else schema
         if self.num_classes > IGNORE_INDEX:
             raise ValueError(f"{self.num_classes} classes do not fit uint8 ids below {IGNORE_INDEX}")
         # flip lookup table over all uint8 values: left/right classes swapped, 255 kept
         lut = np.arange(256, dtype=np.uint8)
-        lut[:self.num_classes] = schema.flip_permutation()
+        lut[:self.num_classes] = self.schema.flip_permutation()
         self._flip_lut = lut
 
         self.list_path = split_list_path(root, split)

@@ -1,6 +1,7 @@
 """The one reader of a prepared data root: label names, split lists and the data set's identity.
 
-    ROOT/dataset.json             which data set the root holds and what produced it (identity)
+    ROOT/dataset.json             which data set the root holds (its whole description) and
+                                  what produced it (identity)
     ROOT/label_names.txt          schema tokens, one per line, first ``bg``
     ROOT/<split>_list.txt         lines ``images/NAME.jpg labels/NAME.png`` (relative to
                                   ROOT/<split>/); a line may hold the image alone (no label)
@@ -12,11 +13,11 @@ through this module, and the writers (:mod:`dml_csr.data.prepare`, :mod:`dml_csr
 write the list files, ``label_names.txt`` and ``dataset.json`` with its functions, so the format
 has one definition.
 
-Which data set a root holds (:func:`dataset_of`): an explicit name (``--dataset``,
-``data.dataset``) first, then ``dataset.json``, then ``synthetic_info.json`` (synthetic roots
-written before ``dataset.json`` existed), and last a guess from the root folder's name, with a
-warning. The tokens cannot decide it alone: Helen and LaPa share theirs but not their headline
-metric.
+Which data set a root holds has one answer, :func:`root_schema`: the name asked for
+(``--dataset``, ``data.dataset``) when there is one, else the description ``dataset.json``
+declares (``synthetic_info.json`` for synthetic roots written before it existed), and last a
+guess from the folder's name or the tokens, with a warning. Training, the data check, testing and
+the folder scorer all call it, so a root is the same data set to each of them.
 """
 import json
 import logging
@@ -26,11 +27,11 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from ..files import write_text
-from .schemas import SCHEMAS, Schema, get_schema, schema_from_tokens
+from .schemas import SCHEMAS, Schema, get_schema
 
 __all__ = ["LABEL_NAMES", "IDENTITY_FILE", "IDENTITY_FORMAT", "SYNTHETIC_INFO", "split_list_path",
            "read_label_names", "label_names_text", "read_split_list", "split_list_text",
-           "read_identity", "write_identity", "dataset_of", "root_schema", "warn_if_other_dataset"]
+           "read_identity", "write_identity", "declared_schema", "root_schema"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,9 @@ PathLike = Union[str, os.PathLike]
 
 LABEL_NAMES = "label_names.txt"
 IDENTITY_FILE = "dataset.json"
-IDENTITY_FORMAT = 1          # version of the dataset.json fields; a newer one is refused
+IDENTITY_FORMAT = 2          # version of the dataset.json fields (2: + the description); newer refused
 SYNTHETIC_INFO = "synthetic_info.json"  # written by dml_csr.data.synthetic into its roots
 
-# Folder-name fragments of the last-resort guess, tried in this order.
-_NAME_HINTS = (("celeb", "celebamask_hq"), ("lapa", "lapa"), ("helen", "helen"),
-               ("synth", "synthetic"))
 _WARNED: Set[Tuple[str, str]] = set()
 
 
@@ -111,31 +109,34 @@ def split_list_text(names: Iterable[str]) -> str:
 # Identity (dataset.json)
 
 
-def write_identity(root: PathLike, dataset: str, *, tool: str, **facts) -> dict:
+def write_identity(root: PathLike, dataset: Union[str, Schema], *, tool: str, **facts) -> dict:
     """Write ``ROOT/dataset.json`` and return what it holds.
 
-    Fields: ``format`` (:data:`IDENTITY_FORMAT`), ``dataset`` (a schema name of
-    :mod:`dml_csr.data.schemas`), ``num_classes`` (of that schema), ``tool`` (what produced the
-    root: ``prepare_data``, ``make_synthetic``), then ``facts`` as given (JSON values: the raw
-    source, the options, ...).
+    Fields: ``format`` (:data:`IDENTITY_FORMAT`), ``dataset`` (the data set's name),
+    ``num_classes``, ``schema`` (the whole description, ``Schema.to_dict``: a data set of your
+    own needs nothing else), ``tool`` (what produced the root: ``prepare_data``,
+    ``make_synthetic``), then ``facts`` as given (JSON values: the raw source, the options, ...).
+    ``dataset``: a description, or the name of a built-in one.
     """
-    schema = get_schema(dataset)
-    reserved = {"format", "dataset", "num_classes"} & set(facts)
+    schema = dataset if isinstance(dataset, Schema) else get_schema(dataset)
+    reserved = {"format", "dataset", "num_classes", "schema"} & set(facts)
     if reserved:
         raise ValueError(f"{sorted(reserved)} are set by write_identity, do not pass them")
     identity = {"format": IDENTITY_FORMAT, "dataset": schema.name,
-                "num_classes": schema.num_classes, "tool": tool, **facts}
-    text = json.dumps(identity, indent=1) + "\n"
-    write_text(os.path.join(root, IDENTITY_FILE), text)
+                "num_classes": schema.num_classes, "schema": schema.to_dict(), "tool": tool,
+                **facts}
+    write_text(os.path.join(root, IDENTITY_FILE), json.dumps(identity, indent=1) + "\n")
     return identity
 
 
 def read_identity(root: PathLike) -> Optional[dict]:
-    """``ROOT/dataset.json`` (:func:`write_identity`), or None if the root has none.
+    """``ROOT/dataset.json`` (:func:`write_identity`), or None if the root has none; its
+    ``schema`` entry is returned as a :class:`Schema` (format 1 files, which hold only a
+    built-in's name, get that built-in).
 
     Raises ValueError naming the file when it is not a JSON object, has a ``format`` newer than
-    :data:`IDENTITY_FORMAT`, names no known data set, or a ``num_classes`` other than its
-    schema's.
+    :data:`IDENTITY_FORMAT`, holds a malformed description, names an unknown data set without
+    one, or a ``num_classes`` other than its description's.
     """
     path = os.path.join(root, IDENTITY_FILE)
     if not os.path.isfile(path):
@@ -152,13 +153,21 @@ def read_identity(root: PathLike) -> Optional[dict]:
         raise ValueError(f"{path}: format {fmt!r} is not one this code reads (1.."
                          f"{IDENTITY_FORMAT}); update the project or re-create the file")
     name = identity.get("dataset")
-    if name not in SCHEMAS:
-        raise ValueError(f"{path}: dataset {name!r} is not one of {', '.join(sorted(SCHEMAS))}")
-    k = identity.get("num_classes", SCHEMAS[name].num_classes)
-    if k != SCHEMAS[name].num_classes:
-        raise ValueError(f"{path}: num_classes {k!r}, but the {name} schema has "
-                         f"{SCHEMAS[name].num_classes}")
-    return identity
+    if isinstance(identity.get("schema"), dict):
+        schema = Schema.from_dict(identity["schema"], path)
+        if name is not None and name != schema.name:
+            raise ValueError(f"{path}: dataset {name!r} but its description is {schema.name!r}")
+    elif name in SCHEMAS:
+        schema = SCHEMAS[name]
+    else:
+        raise ValueError(f"{path}: dataset {name!r} is not built in ({', '.join(sorted(SCHEMAS))})"
+                         f" and the file holds no description ('schema'); re-create it with "
+                         f"tools/prepare_data.py")
+    k = identity.get("num_classes", schema.num_classes)
+    if k != schema.num_classes:
+        raise ValueError(f"{path}: num_classes {k!r}, but the {schema.name} description has "
+                         f"{schema.num_classes}")
+    return dict(identity, dataset=schema.name, schema=schema)
 
 
 def _synthetic_dataset(root: PathLike) -> Optional[str]:
@@ -178,86 +187,79 @@ def _synthetic_dataset(root: PathLike) -> Optional[str]:
     return "synthetic19" if nineteen else "synthetic"
 
 
-def _named_dataset(root: PathLike) -> Optional[Tuple[str, str]]:
-    """(data set, file naming it) from ``dataset.json`` or ``synthetic_info.json``; no guess."""
+def declared_schema(root: PathLike) -> Optional[Tuple[Schema, str]]:
+    """(description, the file declaring it) from ``dataset.json`` or ``synthetic_info.json``;
+    None when the root declares nothing (no guess)."""
     identity = read_identity(root)
     if identity is not None:
-        return identity["dataset"], IDENTITY_FILE
+        return identity["schema"], IDENTITY_FILE
     synthetic = _synthetic_dataset(root)
-    return (synthetic, SYNTHETIC_INFO) if synthetic else None
+    return (SCHEMAS[synthetic], SYNTHETIC_INFO) if synthetic else None
 
 
-def _guess_from_folder(root: PathLike) -> str:
-    """The data set the root folder's name suggests (``celeb``, ``lapa``, ``helen``, ``synth`` in
-    it, case-insensitive; ``synthetic`` becomes ``synthetic19`` for 19 tokens), kept only if that
-    schema's tokens are those of ``label_names.txt``."""
-    tokens = tuple(read_label_names(root))
+def _guess(root: PathLike, tokens: Tuple[str, ...]) -> Schema:
+    """The built-in the root folder's name suggests (a ``folder_hints`` fragment, its tokens
+    those of ``label_names.txt``), else the one built-in with these tokens; ValueError when
+    neither tells."""
     folder = re.sub(r"[^a-z0-9]", "", Path(root).resolve().name.lower())
-    for hint, name in _NAME_HINTS:
-        if hint in folder:
-            if name == "synthetic" and len(tokens) == SCHEMAS["synthetic19"].num_classes:
-                name = "synthetic19"
-            if SCHEMAS[name].tokens == tokens:
-                return name
-    candidates = sorted(n for n, s in SCHEMAS.items() if s.tokens == tokens)
+    matching = [s for s in SCHEMAS.values() if s.tokens == tokens]
+    for schema in matching:
+        if any(hint in folder for hint in schema.folder_hints):
+            return schema
+    if len(matching) == 1:
+        return matching[0]
     raise ValueError(f"cannot tell which data set {root} holds: it has no {IDENTITY_FILE} "
-                     "(tools/prepare_data.py and tools/make_synthetic.py write one) and its folder "
-                     f"name names none; pass dataset= / --dataset (label_names.txt matches "
-                     f"{candidates or 'none'})")
+                     f"(tools/prepare_data.py and tools/make_synthetic.py write one) and its folder "
+                     f"name names none; pass dataset= / --dataset / data.dataset "
+                     f"({os.path.join(root, LABEL_NAMES)} matches "
+                     f"{sorted(s.name for s in matching) or 'no built-in data set'})")
 
 
-def dataset_of(root: PathLike, hint: Optional[str] = None) -> str:
-    """The data-set (schema) name of ``root``.
+def root_schema(root: PathLike, name: Optional[str] = None) -> Schema:
+    """THE answer to "which data set is this root": the description every reader uses.
 
-    In this order: ``hint`` when given (``--dataset``, ``data.dataset``; a schema name, else
-    KeyError); the ``dataset`` of ``ROOT/dataset.json``; ``synthetic`` / ``synthetic19`` for a
-    root with the synthetic generator's ``synthetic_info.json``; last a guess from the folder name
-    (:func:`_guess_from_folder`), with a warning. ValueError when nothing tells.
+    In this order: ``name`` (``data.dataset``, ``--dataset``) when given: the description the
+    root declares under that name, else the built-in one of that name (a warning when the root
+    declares another data set); without ``name``, the description ``dataset.json`` declares
+    (or ``synthetic_info.json``: the synthetic sets); last a guess (a warning): the built-in the
+    folder's name suggests, or the only built-in with the tokens of ``label_names.txt``. The
+    description's tokens must be those of ``ROOT/label_names.txt``.
+
+    Raises:
+        FileNotFoundError: no ``label_names.txt``.
+        KeyError: ``name`` is neither declared by the root nor built in.
+        ValueError: tokens that differ from the description's; nothing tells (the message says
+            what to pass); a malformed ``dataset.json``.
     """
-    if hint is not None:
-        return get_schema(hint).name
-    named = _named_dataset(root)
-    if named is not None:
-        return named[0]
-    name = _guess_from_folder(root)
-    logger.warning("%s has no %s: guessed data set %r from the folder name; pass --dataset, or "
-                   "add %s (re-running tools/prepare_data.py on the root writes it and skips "
-                   "every sample already done; docs/datasets.md)", root, IDENTITY_FILE, name,
-                   IDENTITY_FILE)
-    return name
-
-
-def root_schema(root: PathLike) -> Schema:
-    """The schema of ``root``: the one ``dataset.json`` (or ``synthetic_info.json``) names, checked
-    against ``label_names.txt``; without either, the schema of the tokens (Helen and LaPa share
-    theirs: ``helen`` then). ValueError naming the file on a mismatch or unknown tokens."""
     tokens = tuple(read_label_names(root))
     names_file = os.path.join(root, LABEL_NAMES)
-    named = _named_dataset(root)
-    if named is None:
-        try:
-            return schema_from_tokens(tokens)
-        except ValueError as err:
-            raise ValueError(f"{names_file}: {err}") from None
-    schema = get_schema(named[0])
+    declared = declared_schema(root)
+    if name:
+        if declared is not None and declared[0].name == name:
+            schema, source = declared[0], declared[1]
+        else:
+            if name not in SCHEMAS:
+                said = (f"{root}/{declared[1]} declares {declared[0].name!r}" if declared
+                        else f"{root} declares none ({IDENTITY_FILE})")
+                raise KeyError(f"data set {name!r} is neither built in ({', '.join(sorted(SCHEMAS))}"
+                               f") nor declared by the root: {said}")
+            schema, source = SCHEMAS[name], "the built-in description"
+            if declared is not None:
+                key = (os.path.abspath(root), name)
+                if key not in _WARNED:
+                    _WARNED.add(key)
+                    logger.warning("%s: its %s says it holds %r, but %r is used (data.dataset of "
+                                   "the config or --dataset): the class names, flips and scores "
+                                   "follow %r", root, declared[1], declared[0].name, name, name)
+    elif declared is not None:
+        schema, source = declared
+    else:
+        schema, source = _guess(root, tokens), "a guess"
+        logger.warning("%s has no %s: guessed data set %r (folder name / label_names.txt); pass "
+                       "--dataset, or add %s (re-running tools/prepare_data.py on the root "
+                       "writes it and skips every sample already done; docs/datasets.md)", root,
+                       IDENTITY_FILE, schema.name, IDENTITY_FILE)
     if schema.tokens != tokens:
         raise ValueError(f"{names_file} lists {len(tokens)} classes {list(tokens)}, not those of "
-                         f"the {schema.name} schema that {named[1]} names "
-                         f"{list(schema.tokens)}")
+                         f"the {schema.name} description ({source}) {list(schema.tokens)}")
     return schema
-
-
-def warn_if_other_dataset(root: PathLike, dataset: str) -> Optional[str]:
-    """Warn (once per root and name) when ``dataset.json`` or ``synthetic_info.json`` of ``root``
-    names another data set than ``dataset`` (``data.dataset`` of a config, ``--dataset``); return
-    the named one (None when the root names none)."""
-    named = _named_dataset(root)
-    if named is None:
-        return None
-    key = (os.path.abspath(root), dataset)
-    if named[0] != dataset and key not in _WARNED:
-        _WARNED.add(key)
-        logger.warning("%s: its %s says it holds %r, but %r is used (data.dataset of the config "
-                       "or --dataset): the class names, flips and scores follow %r", root,
-                       named[1], named[0], dataset, dataset)
-    return named[0]

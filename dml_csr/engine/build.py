@@ -20,7 +20,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import Config
-from ..data import FaceDataset, get_schema
+from ..data import FaceDataset
+from ..data.layout import root_schema
 from ..data.check import DataCheckError, DataCheckReport, check_data
 from ..models import build_model, load_imagenet_backbone
 from ..models.checkpoint import check_backbone_file
@@ -57,12 +58,14 @@ def check_run_data(cfg: Config, info: DistInfo) -> Optional[DataCheckReport]:
         check_backbone_file(pretrained)
     if not d.check:
         return None
-    args = (d.root, [d.train_split, d.val_split], get_schema(d.dataset))
+    def check(**shard) -> DataCheckReport:
+        schema = root_schema(d.root, d.dataset or None)
+        return check_data(d.root, [d.train_split, d.val_split], schema, **shard)
     if not info.distributed:
-        return check_data(*args).raise_if_problems()
-    try:
-        report, failure = check_data(*args, rank=info.rank, world_size=info.world_size), None
-    except (OSError, ValueError) as exc:
+        return check().raise_if_problems()
+    try:                    # every process reaches the gather, whatever it met
+        report, failure = check(rank=info.rank, world_size=info.world_size), None
+    except (OSError, ValueError, KeyError) as exc:
         report, failure = None, str(exc)
     shards: List[Any] = [None] * info.world_size
     torch.distributed.all_gather_object(shards, (report, failure))
@@ -81,7 +84,7 @@ def build_data(cfg: Config, info: DistInfo) -> TrainData:
         raise ValueError(f"data.batch_size ({d.batch_size}) must be divisible by the number of "
                          f"processes ({world}): it is the GLOBAL batch")
     local_batch = d.batch_size // world
-    schema = get_schema(d.dataset)
+    schema = root_schema(d.root, d.dataset or None)      # the root's description (or a built-in)
     train_set = FaceDataset(d.root, d.train_split, crop_size=tuple(d.crop_size),
                             augment=d.augment, flip=d.flip, channel_order=d.channel_order,
                             center_mode=d.center_mode, edge_width=d.edge_width,

@@ -181,7 +181,7 @@ class Trainer:
     def _spec(self) -> ModelSpec:
         """What every checkpoint of the run says about its model, classes and input."""
         d = self.cfg.data
-        return ModelSpec.for_dataset(self.model_name, self.model_kwargs, d.dataset,
+        return ModelSpec.for_dataset(self.model_name, self.model_kwargs, self.schema,
                                      crop_size=d.crop_size, channel_order=d.channel_order,
                                      center_mode=d.center_mode,
                                      output_scale=self.cfg.eval.output_scale)
@@ -287,7 +287,7 @@ class Trainer:
         start = time.time()
         metrics = evaluate_model(du.unwrap(model), self.val_set, batch_size=e.batch_size,
                                  workers=e.workers, device=self.device, flip=False, scales=(1.0,),
-                                 dataset_name=self.cfg.data.dataset, output_scale=e.output_scale)
+                                 output_scale=e.output_scale)
         metrics = {k: v for k, v in metrics.items() if k != "confusion"}
         stage, _ = self._stage_of(self.epoch - 1)
         line = {"epoch": self.epoch, "stage": stage, "cycle": cycle, "model": kind,

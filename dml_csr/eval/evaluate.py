@@ -11,14 +11,12 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import cv2
 import numpy as np
 
-from dml_csr.data.layout import dataset_of, read_label_names, read_split_list, split_list_path
-from dml_csr.data.schemas import get_schema
+from dml_csr.data.layout import read_split_list, root_schema, split_list_path
 from dml_csr.files import read_image, write_json
 
-from .metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, default_headline, \
-    protocol_description
+from .metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, protocol_description
 
-__all__ = ["EvaluationError", "parse_meta", "resolve_dataset", "evaluate_folder", "build_result",
+__all__ = ["EvaluationError", "parse_meta", "evaluate_folder", "build_result",
            "write_result", "load_result", "RESULT_KEYS"]
 
 RESULT_KEYS = ("f1", "iou", "mean_f1", "miou", "pixel_accuracy", "mean_accuracy", "headline",
@@ -37,26 +35,9 @@ def _from_layout(read, *args):
     """``read(*args)`` of ``dml_csr.data.layout`` with its errors raised as ``EvaluationError``."""
     try:
         return read(*args)
-    except (OSError, ValueError) as err:
-        raise EvaluationError(str(err)) from None
-
-
-def resolve_dataset(root, tokens: Sequence[str], dataset: Optional[str] = None) -> str:
-    """The data-set name of a data root, checked against its tokens.
-
-    ``dml_csr.data.layout.dataset_of``: ``dataset`` when given, else the root's ``dataset.json``,
-    else ``synthetic``/``synthetic19`` for a root holding the synthetic generator's
-    ``synthetic_info.json``, else a guess from the root folder's name (with a warning). Helen and
-    LaPa share their tokens but not their headline metric, so a guess never comes from the tokens
-    alone. Shared by ``evaluate_folder`` and the test runner (``runner.build_eval_dataset``).
-    """
-    tokens = tuple(tokens)
-    name = _from_layout(dataset_of, root, dataset)
-    schema = get_schema(name)
-    if schema.tokens != tokens:
-        raise EvaluationError(f"{root}/label_names.txt {list(tokens)} does not match the "
-                              f"{name!r} schema {list(schema.tokens)}")
-    return name
+    except (OSError, ValueError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise EvaluationError(str(message)) from None
 
 
 def _read_map(path: Path, what: str, problems: List[str]) -> Optional[np.ndarray]:
@@ -94,12 +75,12 @@ def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] =
     ignored). Returns the result dict of ``build_result``.
     """
     root, pred_dir = Path(data_root), Path(pred_dir)
-    tokens = _from_layout(read_label_names, root)
     meta = dict(meta or {})
     meta_dataset = meta.pop("dataset", None)
     if dataset and meta_dataset and dataset != meta_dataset:
         raise EvaluationError(f"dataset {dataset!r} and meta dataset={meta_dataset!r} disagree")
-    dataset = resolve_dataset(root, tokens, dataset or meta_dataset)
+    schema = _from_layout(root_schema, root, dataset or meta_dataset)   # the one answer
+    tokens = list(schema.tokens)
     # a line holding only the image path gets labels/<stem>.png (as the release's scorer does)
     entries = [(image, label or f"labels/{Path(image).stem}.png") for _, image, label in
                _from_layout(read_split_list, split_list_path(root, split), "")]
@@ -149,32 +130,38 @@ def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] =
             problems)
 
     meta.update(data_root=str(root), pred_dir=str(pred_dir))
-    return build_result(cm.hist, tokens, dataset=dataset, split=split, num_images=len(expected),
-                        meta=meta)
+    return build_result(cm.hist, schema, split=split, num_images=len(expected), meta=meta)
 
 
 _RESERVED_META = ("dataset", "split", "num_images")
 
 
-def build_result(hist, tokens: Sequence[str], *, dataset: str, split: str, num_images: int,
+def build_result(hist, labels, *, split: str, num_images: int, dataset: Optional[str] = None,
                  meta: Optional[Mapping[str, object]] = None,
                  headline: Optional[str] = None) -> dict:
     """The result record of one run (what ``write_result`` saves and make_tables reads).
 
-    Keys: every key of ``compute_metrics`` plus ``confusion`` (the pooled histogram as lists),
-    ``protocol`` (how it was computed) and ``meta`` (``dataset``, ``split``, ``num_images``, then
-    the caller's ``meta``, e.g. ``method``, ``row``, ``checkpoint``).
+    ``labels``: the data set's description (``Schema``), or its tokens with ``dataset`` naming
+    it (``metrics.compute_metrics``). Keys: every key of ``compute_metrics`` plus ``confusion``
+    (the pooled histogram as lists), ``protocol`` (how it was computed), ``meta`` (``dataset``,
+    ``split``, ``num_images``, then the caller's ``meta``, e.g. ``method``, ``row``,
+    ``checkpoint``) and, for a description, ``labels`` (it, so a table or a reader of the result
+    needs nothing else).
     """
+    from ..data.schemas import Schema
     meta = dict(meta or {})
     clash = [key for key in _RESERVED_META if key in meta]
     if clash:
         raise ValueError(f"meta keys {clash} are set from the arguments, do not pass them in meta")
-    headline = headline or default_headline(dataset)
+    if isinstance(labels, Schema):
+        dataset = dataset or labels.name
     hist = np.asarray(hist, dtype=np.int64)
-    result = compute_metrics(hist, tokens, dataset=dataset, headline=headline)
+    result = compute_metrics(hist, labels, dataset=dataset, headline=headline)
     result["confusion"] = hist.tolist()
-    result["protocol"] = protocol_description(headline)
+    result["protocol"] = protocol_description(result["headline"]["name"], result["merged_names"])
     result["meta"] = {"dataset": dataset, "split": split, "num_images": int(num_images), **meta}
+    if isinstance(labels, Schema):
+        result["labels"] = labels.to_dict()
     return result
 
 

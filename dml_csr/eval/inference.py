@@ -192,8 +192,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
                    device: Union[str, torch.device, None] = "cpu", flip: bool = False,
                    scales: Sequence[float] = (1.0,), pred_dir=None, overlay_dir=None,
                    save_logits: bool = False, progress: bool = False, *,
-                   dataset_name: Optional[str] = None, headline: Optional[str] = None,
-                   output_scale: float = 1.0) -> dict:
+                   headline: Optional[str] = None, output_scale: float = 1.0) -> dict:
     """Score ``model`` on a FaceDataset split with the release's protocol (module docstring).
 
     Args:
@@ -211,10 +210,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
             (``logits`` float16 (K, H, W)) with the crop's ``center``, ``scale``, ``rotation``
             and ``orig_size``, enough to redo steps 3 to 5 (needs ``pred_dir``).
         progress: show a tqdm bar (main process only).
-        dataset_name: data-set name for the headline metric (Helen -> overall F1, else mean F1);
-            default the dataset's schema name. Pass it for LaPa: LaPa and Helen share their
-            tokens, so a schema read from label_names.txt is named ``helen``.
-        headline: force ``"overall_f1"`` or ``"mean_f1"``.
+        headline: force ``"overall_f1"`` or ``"mean_f1"`` (default: the data set's
+            description's, ``dataset.schema``: Helen -> overall F1, else mean F1).
         output_scale: ask for the logits at ``round(output_scale * crop size)`` (FP-LIIF decodes
             there directly; other models are upsampled bilinearly) before the argmax and the
             warp back; the inverse crop is computed for that size, so the prediction covers the
@@ -309,8 +306,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
     if cm.num_pixels == 0:
         logger.warning("no labelled pixel in %r: nothing scored", base)
         return {"num_images": num_images, "num_pixels": 0}
-    metrics = compute_metrics(cm.hist, schema.tokens, dataset=dataset_name or schema.name,
-                              headline=headline)
+    metrics = compute_metrics(cm.hist, schema, headline=headline)
     metrics["num_images"] = num_images
     metrics["confusion"] = cm.hist.tolist()
     return metrics

@@ -5,7 +5,8 @@ the ignore value 255 are dropped), and every number is computed from that single
 
 - F1 of a set G of gt classes against a set P of predicted classes:
   ``2 * H[G, P].sum() / (H[G, :].sum() + H[:, P].sum())``; single classes use G = P = {c}; the
-  merged Helen names use G = P = the union, so confusions inside a merged set count as hits.
+  merged groups of the data set's description (Helen's eyes, brows, mouth, overall) use G = P =
+  the union, so confusions inside a merged set count as hits.
 - IoU_c = TP / max(1, TP + FP + FN); mIoU over all classes including background (release formula).
 - Mean F1 over every single class except background; pixel accuracy; mean class accuracy
   TP_c / max(1, H[c, :].sum()) averaged over all classes (release formula).
@@ -22,28 +23,29 @@ mIoU and mean accuracy); the ``absent`` field of the result lists such classes.
 All returned numbers are percentages.
 """
 import sys
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["IGNORE_INDEX", "MERGED_NAMES", "HEADLINES", "ConfusionMatrix", "confusion_histogram",
+__all__ = ["IGNORE_INDEX", "HEADLINES", "ConfusionMatrix", "confusion_histogram",
            "compute_metrics", "default_headline", "protocol_description"]
 
 IGNORE_INDEX = 255
-
-# Merged names of the release's scorer, defined over label_names.txt tokens. A merged name exists
-# only when all of its tokens do (Helen / LaPa tokens; CelebAMask-HQ has none).
-MERGED_NAMES: Dict[str, Tuple[str, ...]] = {
-    "eyes": ("le", "re"),
-    "brows": ("lb", "rb"),
-    "mouth": ("ulip", "imouth", "llip"),
-    "overall": ("le", "re", "lb", "rb", "nose", "ulip", "imouth", "llip"),
-}
-
-# Headline metric per data set: Helen reports the overall F1 (Table 1), every other data set the
-# mean F1 over the non-background classes (Tables 2 and 3).
 HEADLINES = ("overall_f1", "mean_f1")
-_HEADLINE_BY_DATASET = {"helen": "overall_f1"}
+
+
+def _description(labels, dataset: Optional[str] = None):
+    """(tokens, merged groups, default headline) of ``labels``: a data-set description
+    (``Schema``: its own groups and headline), or the K tokens alone (no merged group, mean F1),
+    unless ``dataset`` names a built-in description with exactly these tokens."""
+    from ..data.schemas import SCHEMAS, Schema
+    if isinstance(labels, Schema):
+        return list(labels.tokens), labels.merged_groups(), labels.headline
+    tokens = list(labels)
+    builtin = SCHEMAS.get(dataset) if dataset else None
+    if builtin is not None and list(builtin.tokens) == tokens:
+        return tokens, builtin.merged_groups(), builtin.headline
+    return tokens, {}, "mean_f1"
 
 
 def _is_torch_tensor(x) -> bool:
@@ -174,17 +176,19 @@ class ConfusionMatrix:
     def num_pixels(self) -> int:
         return int(self.hist.sum())
 
-    def compute(self, tokens: Sequence[str], dataset: Optional[str] = None,
+    def compute(self, labels, dataset: Optional[str] = None,
                 headline: Optional[str] = None) -> dict:
-        return compute_metrics(self.hist, tokens, dataset=dataset, headline=headline)
+        return compute_metrics(self.hist, labels, dataset=dataset, headline=headline)
 
     def __repr__(self) -> str:
         return f"ConfusionMatrix(num_classes={self.num_classes}, num_pixels={self.num_pixels})"
 
 
 def default_headline(dataset: Optional[str]) -> str:
-    """``overall_f1`` for Helen, ``mean_f1`` for every other (or an unknown) data set."""
-    return _HEADLINE_BY_DATASET.get(dataset, "mean_f1")
+    """The headline of the built-in description ``dataset`` (Helen: ``overall_f1``), else
+    ``mean_f1``."""
+    from ..data.schemas import SCHEMAS
+    return SCHEMAS[dataset].headline if dataset in SCHEMAS else "mean_f1"
 
 
 def _f1(hist: np.ndarray, ids: Sequence[int]) -> Optional[float]:
@@ -196,16 +200,18 @@ def _f1(hist: np.ndarray, ids: Sequence[int]) -> Optional[float]:
     return float(200.0 * hit / denom)
 
 
-def compute_metrics(hist, tokens: Sequence[str], *, dataset: Optional[str] = None,
+def compute_metrics(hist, labels, *, dataset: Optional[str] = None,
                     headline: Optional[str] = None) -> dict:
     """All scores of one pooled histogram, in percent.
 
     Args:
         hist: (K, K) counts, rows = ground truth, columns = prediction.
-        tokens: the K ``label_names.txt`` tokens, id order (first ``bg``).
-        dataset: data-set name; only used to pick the headline when ``headline`` is None.
-        headline: ``"overall_f1"`` or ``"mean_f1"``; default ``default_headline(dataset)``
-            (Helen -> overall F1, anything else -> mean F1).
+        labels: the data set's description (``Schema``: its tokens, its merged groups, its
+            headline), or its K ``label_names.txt`` tokens in id order (first ``bg``): then no
+            merged group, unless ``dataset`` names a built-in description with these tokens.
+        dataset: the name of a built-in description (with ``labels`` given as tokens).
+        headline: ``"overall_f1"`` (needs a merged group ``overall``) or ``"mean_f1"``;
+            default the description's (Helen -> overall F1, anything else -> mean F1).
 
     Returns:
         dict with ``classes`` (tokens), ``f1`` (token or merged name -> F1 or None when the class
@@ -215,7 +221,7 @@ def compute_metrics(hist, tokens: Sequence[str], *, dataset: Optional[str] = Non
         ``num_pixels``.
     """
     hist = np.asarray(hist)
-    tokens = list(tokens)
+    tokens, merged, default = _description(labels, dataset)
     k = len(tokens)
     if hist.shape != (k, k):
         raise ValueError(f"histogram shape {hist.shape} does not match {k} tokens")
@@ -227,9 +233,8 @@ def compute_metrics(hist, tokens: Sequence[str], *, dataset: Optional[str] = Non
 
     f1: Dict[str, Optional[float]] = {t: _f1(hist, [i]) for i, t in enumerate(tokens)}
     index = {t: i for i, t in enumerate(tokens)}
-    for name, members in MERGED_NAMES.items():
-        if name not in index and all(m in index for m in members):
-            f1[name] = _f1(hist, [index[m] for m in members])
+    for name, members in merged.items():
+        f1[name] = _f1(hist, [index[m] for m in members])
 
     tp = np.diag(hist)
     gt_count, pred_count = hist.sum(1), hist.sum(0)
@@ -248,21 +253,22 @@ def compute_metrics(hist, tokens: Sequence[str], *, dataset: Optional[str] = Non
         "absent": [t for i, t in enumerate(tokens) if gt_count[i] == 0 and pred_count[i] == 0],
         "num_pixels": int(hist.sum()),
     }
-    name = headline or default_headline(dataset)
+    name = headline or default
     if name == "overall_f1":
-        if "overall" not in f1:
-            raise ValueError(f"headline 'overall_f1' needs the Helen tokens "
-                             f"{MERGED_NAMES['overall']}, got {tokens}")
+        if "overall" not in merged:
+            raise ValueError(f"headline 'overall_f1' needs a merged group 'overall' (Helen's); "
+                             f"the data set of tokens {tokens} has none")
         value = f1["overall"]
     elif name == "mean_f1":
         value = out["mean_f1"]
     else:
         raise ValueError(f"unknown headline {name!r}; choose one of {HEADLINES}")
     out["headline"] = {"name": name, "value": value}
+    out["merged_names"] = {g: list(m) for g, m in merged.items()}
     return out
 
 
-def protocol_description(headline: str) -> dict:
+def protocol_description(headline: str, merged: Optional[Dict[str, Sequence[str]]] = None) -> dict:
     """How the numbers were computed, written into every result JSON."""
     return {
         "scorer": "dml_csr.eval.metrics (DML-CSR release protocol, docs/evaluation.md)",
@@ -270,7 +276,7 @@ def protocol_description(headline: str) -> dict:
         "ignore_index": IGNORE_INDEX,
         "f1": "2*H[G,P].sum()/(H[G,:].sum()+H[:,P].sum()), G=P={c} for a class, G=P=union for "
               "a merged name (confusions inside the set count as hits)",
-        "merged_names": {k: list(v) for k, v in MERGED_NAMES.items()},
+        "merged_names": {k: list(v) for k, v in (merged or {}).items()},
         "mean_f1": "mean single-class F1 over every class except background",
         "iou": "TP/max(1,TP+FP+FN); miou = mean over all classes including background",
         "mean_accuracy": "mean over all classes of TP/max(1,H[c,:].sum())",

@@ -16,7 +16,7 @@ from dml_csr.deploy.fold import optimize_for_inference
 from dml_csr.models.checkpoint import load_inference_model
 from dml_csr.models.registry import model_kwargs_from_config
 
-from .evaluate import build_result, resolve_dataset
+from .evaluate import build_result
 from .inference import INFERENCE_PROTOCOL, evaluate_model
 from .paper import result_row
 
@@ -27,15 +27,16 @@ logger = logging.getLogger(__name__)
 
 def build_eval_dataset(cfg, split: str, data_root: Optional[str] = None):
     """The un-augmented ``FaceDataset`` of ``split`` with ``cfg``'s crop, channel order and
-    centre convention; the label_names.txt of the root must match ``cfg.data.dataset``
-    (``evaluate.resolve_dataset``)."""
-    from dml_csr.data import FaceDataset, get_schema, read_label_names
+    centre convention; its description is the root's for ``cfg.data.dataset``
+    (``layout.root_schema``: the one answer every reader gives)."""
+    from dml_csr.data import FaceDataset
+    from dml_csr.data.layout import root_schema
 
     root = data_root or cfg.data.root
-    schema = get_schema(resolve_dataset(root, read_label_names(root), cfg.data.dataset))
     return FaceDataset(root, split, crop_size=tuple(cfg.data.crop_size), augment="none",
                        flip=False, channel_order=cfg.data.channel_order,
-                       center_mode=cfg.data.center_mode, with_edges=False, schema=schema)
+                       center_mode=cfg.data.center_mode, with_edges=False,
+                       schema=root_schema(root, cfg.data.dataset or None))
 
 
 def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[str] = None,
@@ -67,8 +68,15 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     ``calibrate``, then cached; CPU, one scale). ``meta.precision`` records it.
     ``trust_checkpoint``: unpickle a file that ``weights_only`` refuses (it may run code:
     ``models/checkpoint.py``)."""
-    model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset, config=cfg,
-                                       device=device, trust_checkpoint=trust_checkpoint)
+    model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset or None,
+                                       config=cfg, device=device,
+                                       trust_checkpoint=trust_checkpoint)
+    dataset = build_eval_dataset(cfg, split, data_root)
+    if tuple(spec.class_tokens) != dataset.schema.tokens:
+        raise ValueError(f"{checkpoint} predicts the classes of {spec.dataset!r} "
+                         f"{list(spec.class_tokens)}, but {dataset.root} holds "
+                         f"{dataset.schema.name!r} {list(dataset.schema.tokens)}: score it on "
+                         f"a root of its own classes")
     e = cfg.eval
     output_scale = float(e.output_scale if output_scale is None else output_scale)
     scales = e.scales if scales is None else scales
@@ -81,7 +89,6 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     if (spec.family, spec.model_kwargs) != (cfg.model.name, asked):
         logger.info("%s holds %s %s; the config names %s %s: the checkpoint's model is used",
                     checkpoint, spec.family, spec.model_kwargs, cfg.model.name, asked)
-    dataset = build_eval_dataset(cfg, split, data_root)
     flip = e.flip if flip is None else flip
     batch_size = e.batch_size if batch_size is None else batch_size
     workers = e.workers if workers is None else workers
@@ -89,7 +96,7 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     metrics = evaluate_model(model, dataset, batch_size=batch_size, workers=workers, device=device,
                              flip=flip, scales=scales, pred_dir=pred_dir, overlay_dir=overlay_dir,
                              save_logits=save_logits, progress=progress,
-                             dataset_name=cfg.data.dataset, output_scale=output_scale)
+                             output_scale=output_scale)
     seconds = time.perf_counter() - start
     if "confusion" not in metrics:
         raise ValueError(f"split {split!r} of {dataset.root} has no label files: nothing to score")
@@ -102,8 +109,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     if pred_dir is not None:
         info["pred_dir"] = str(pred_dir)
     info.update(meta or {})
-    result = build_result(metrics["confusion"], dataset.schema.tokens, dataset=cfg.data.dataset,
-                          split=split, num_images=metrics["num_images"], meta=info)
+    result = build_result(metrics["confusion"], dataset.schema, split=split,
+                          num_images=metrics["num_images"], meta=info)
     result["protocol"]["inference"] = dict(INFERENCE_PROTOCOL)
     return result
 

@@ -276,7 +276,10 @@ def load_imagenet_backbone(model: nn.Module, path: str, trust_checkpoint: bool =
 class ModelSpec:
     """What travels with the weights: the family and its arguments, the classes, the input.
 
-    ``schema()`` is the data set's label schema (flip pairs, palette) with the file's class names.
+    ``description`` is the data set's whole description (``dml_csr.data.schemas.Schema``: flip
+    pairs, palette, merged groups, headline), written into the file, so a data set of your own
+    needs nothing else; files written before it held one name a built-in data set.
+    ``schema()`` is that description with the file's class names.
     """
 
     family: str
@@ -290,6 +293,7 @@ class ModelSpec:
     mean: Tuple[float, float, float] = field(default=None)
     std: Tuple[float, float, float] = field(default=None)
     output_scale: float = 1.0          # logits at round(output_scale x crop) (eval.output_scale)
+    description: Any = None            # the data set's Schema (None: the built-in ``dataset``)
 
     def __post_init__(self):
         from ..data.transforms import MEAN, STD
@@ -306,13 +310,13 @@ class ModelSpec:
         return len(self.class_tokens)
 
     @classmethod
-    def for_dataset(cls, family: str, model_kwargs: Dict[str, Any], dataset: str,
+    def for_dataset(cls, family: str, model_kwargs: Dict[str, Any], dataset,
                     **input_facts) -> "ModelSpec":
-        """A spec whose classes are the data set's schema."""
-        from ..data.schemas import get_schema
-        schema = get_schema(dataset)
+        """A spec whose classes are the data set's: ``dataset`` is a description (``Schema``)
+        or the name of a built-in one."""
+        schema = _as_schema(dataset)
         return cls(family, dict(model_kwargs), schema.name, list(schema.tokens),
-                   list(schema.class_names), **input_facts)
+                   list(schema.class_names), description=schema, **input_facts)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Mapping[str, Any], source: str = "checkpoint") -> "ModelSpec":
@@ -327,13 +331,21 @@ class ModelSpec:
         if missing:
             raise CheckpointMismatchError(f"{source} lacks the checkpoint fields {missing}")
         tokens = list(ckpt["class_tokens"])
+        description = None
+        if ckpt.get("schema") is not None:
+            from ..data.schemas import Schema, SchemaError
+            try:
+                description = Schema.from_dict(ckpt["schema"], f"{source}'s description")
+            except SchemaError as exc:
+                raise CheckpointMismatchError(str(exc)) from None
         return cls(family=ckpt["model_name"], model_kwargs=dict(ckpt["model_kwargs"]),
                    dataset=ckpt["dataset"], class_tokens=tokens,
                    class_names=list(ckpt.get("class_names") or tokens),
                    crop_size=inp.get("crop_size", (473, 473)),
                    channel_order=inp.get("channel_order", "bgr"),
                    center_mode=inp.get("center_mode", "exact"), mean=inp.get("mean"),
-                   std=inp.get("std"), output_scale=inp.get("output_scale", 1.0))
+                   std=inp.get("std"), output_scale=inp.get("output_scale", 1.0),
+                   description=description)
 
     def with_input(self, crop_size: Optional[Sequence[int]] = None,
                    channel_order: Optional[str] = None) -> "ModelSpec":
@@ -341,31 +353,46 @@ class ModelSpec:
         return dataclasses.replace(self, crop_size=self.crop_size if crop_size is None else tuple(crop_size),
                           channel_order=channel_order or self.channel_order)
 
-    def with_dataset(self, dataset: str) -> "ModelSpec":
-        """This spec with the classes of data set ``dataset`` (every other fact kept)."""
-        from ..data.schemas import get_schema
-        schema = get_schema(dataset)
+    def with_dataset(self, dataset) -> "ModelSpec":
+        """This spec with the classes of ``dataset`` (a description, or a built-in's name;
+        every other fact kept)."""
+        schema = _as_schema(dataset)
         return dataclasses.replace(self, dataset=schema.name, class_tokens=list(schema.tokens),
-                                   class_names=list(schema.class_names))
+                                   class_names=list(schema.class_names), description=schema)
 
     def to_checkpoint(self) -> Dict[str, Any]:
-        """The fields this spec writes into a checkpoint dict."""
+        """The fields this spec writes into a checkpoint dict (and an ONNX file's metadata)."""
         return {"model_name": self.family, "model_kwargs": dict(self.model_kwargs),
                 "dataset": self.dataset, "class_tokens": list(self.class_tokens),
                 "class_names": list(self.class_names), "num_classes": self.num_classes,
+                "schema": self.schema().to_dict(),
                 "input": {"crop_size": list(self.crop_size), "channel_order": self.channel_order,
                           "center_mode": self.center_mode, "mean": list(self.mean),
                           "std": list(self.std), "output_scale": self.output_scale}}
 
     def schema(self):
-        """The data set's schema (flip pairs, palette) with this file's class names."""
-        from ..data.schemas import get_schema
-        schema = get_schema(self.dataset)
+        """The data set's description (flip pairs, palette, merged groups, headline) with this
+        file's class names: the one the file carries, else the built-in ``dataset``."""
+        schema = self.description if self.description is not None else _as_schema(self.dataset)
         if tuple(self.class_tokens) != schema.tokens:
             raise CheckpointMismatchError(
                 f"the checkpoint's class tokens {list(self.class_tokens)} are not the "
-                f"{self.dataset!r} schema's {list(schema.tokens)}")
+                f"{self.dataset!r} description's {list(schema.tokens)}")
         return dataclasses.replace(schema, class_names=tuple(self.class_names))
+
+
+def _as_schema(dataset):
+    """``dataset`` as a description: a ``Schema`` as it is, a name as its built-in one (a name
+    neither built in nor carried by the file: an error saying so)."""
+    from ..data.schemas import SCHEMAS, Schema
+    if isinstance(dataset, Schema):
+        return dataset
+    if dataset not in SCHEMAS:
+        raise CheckpointMismatchError(
+            f"data set {dataset!r} is not built in ({', '.join(sorted(SCHEMAS))}) and the file "
+            f"carries no description of it: name the data root it was trained on (its "
+            f"dataset.json holds the description)")
+    return SCHEMAS[dataset]
 
 
 def save_checkpoint(path: str, state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, *,
@@ -422,7 +449,8 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
 
     Args:
         checkpoint: a path, or a checkpoint already loaded (ours or a bare state_dict).
-        dataset: the label schema the caller expects. Ours: checked against the file (another
+        dataset: the data set the caller expects: a description (``Schema``, e.g. a data root's
+            ``layout.root_schema``) or a built-in's name. Ours: checked against the file (another
             class count is an error; the same count with another name is used, with a warning).
             A bare release state_dict: its data set (needed when the class count does not decide
             it: 11 classes are Helen or LaPa; 19 is CelebAMask-HQ).
@@ -442,26 +470,28 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
             if isinstance(checkpoint, (str, os.PathLike)) else checkpoint)
     if isinstance(ckpt, Mapping) and "model_name" in ckpt:
         spec = ModelSpec.from_checkpoint(ckpt, source)
-        if dataset and dataset != spec.dataset:
-            expected = get_schema(dataset).num_classes
+        name = getattr(dataset, "name", dataset)
+        if dataset and name != spec.dataset:
+            expected = _as_schema(dataset).num_classes
             if expected != spec.num_classes:
                 raise ValueError(
                     f"{source} predicts {spec.num_classes} classes ({spec.dataset}) but data set "
-                    f"{dataset!r} has {expected}: pass the data set it was trained on")
-            logger.warning("%s was trained on %s; using the %s schema as asked", source,
-                           spec.dataset, dataset)
+                    f"{name!r} has {expected}: pass the data set it was trained on")
+            logger.warning("%s was trained on %s; using the %s description as asked", source,
+                           spec.dataset, name)
             spec = spec.with_dataset(dataset)
     else:
         state = extract_state_dict(ckpt, source)
         if config is not None:           # a wrong class count fails in load_model_weights, by key
-            name = dataset or config.data.dataset
+            schema = _as_schema(dataset or config.data.dataset)
             d = config.data
             spec = ModelSpec.for_dataset(config.model.name, model_kwargs_from_config(
-                config.model, get_schema(name).num_classes), name, crop_size=d.crop_size,
+                config.model, schema.num_classes), schema, crop_size=d.crop_size,
                 channel_order=d.channel_order, center_mode=d.center_mode,
                 output_scale=config.eval.output_scale)
         else:
-            name = release_dataset(source, state_num_classes(state), dataset)
+            name = release_dataset(source, state_num_classes(state),
+                                   getattr(dataset, "name", dataset))
             # the release's input facts: 473 crops, BGR, and its crop geometry (whole-photo crops)
             spec = ModelSpec.for_dataset(
                 "dml_csr", {"num_classes": get_schema(name).num_classes, **RELEASE_ARCHITECTURE},
