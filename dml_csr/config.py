@@ -2,7 +2,7 @@
 
 Resolution order (later wins):
 
-1. the defaults below (the paper's settings for Helen);
+1. the defaults below (the paper's settings; no data set: a config file names one);
 2. the preset overlay ``configs/presets/<preset>.yaml`` (``paper`` or ``released``: only the
    keys where the paper and the authors' release disagree, docs/divergences.md); the preset is
    named on the command line, else by the experiment file, else ``paper``;
@@ -42,14 +42,19 @@ class ModelConfig:
     context: str = "ddgcn"                # ddgcn | ablation modules (configs/ablations)
     norm_backend: str = "auto"            # ABN backend: auto | native | compiled | memory
     pretrained: str = ""                  # path to resnet101-imagenet.pth ("" = random init)
+    init_from: str = ""                   # start from this checkpoint (ours or the authors'):
+                                          # every tensor whose name and shape match loads, the
+                                          # rest (another class count's heads) starts fresh
     # FP-LIIF (keyword arguments of dml_csr.models.FPLIIF; empty = its defaults)
     fp_liif: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "helen"                # schema name: helen | lapa | celebamask_hq | synthetic[19]
-    root: str = "data/helen"
+    dataset: str = ""                     # a built-in data set, or one the root's dataset.json
+                                          # declares (tools/prepare_data.py custom); empty:
+                                          # the one the root declares (layout.root_schema)
+    root: str = ""                        # the prepared data root
     crop_size: List[int] = field(default_factory=lambda: [473, 473])   # (h, w)
     augment: str = "paper"                # paper | released | none
     flip: bool = False                    # neither paper nor release flips

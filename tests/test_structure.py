@@ -223,3 +223,29 @@ if __name__ == "__main__":
         print(f"{len(found)} cycle(s) {title}")
         for c in found:
             print("  " + _show(c))
+
+
+def test_no_module_names_the_benchmarks_but_their_own():
+    """A data set is data: outside the built-in descriptions (data/schemas.py), the readers of
+    those data sets' raw files (data/prepare/), the authors' weights (deploy/pretrained.py) and
+    the paper's published numbers (eval/paper.py), no string in the package's code names
+    helen, lapa or celebamask_hq (docstrings and comments may explain)."""
+    import re
+    allowed = {"data/schemas.py", "data/prepare/common.py", "data/prepare/helen.py",
+               "data/prepare/lapa.py", "data/prepare/celebamask_hq.py", "deploy/pretrained.py",
+               "eval/paper.py"}
+    names = re.compile(r"\b(helen|lapa|celebamask_hq)\b", re.I)
+    found = []
+    for module, text in package_sources().items():
+        path = module.replace("dml_csr.", "", 1).replace(".", "/") + ".py"
+        if path in allowed or module == "dml_csr":
+            continue
+        tree = ast.parse(text)
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and n.body and isinstance(n.body[0], ast.Expr)
+                and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{path}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                  and id(n) not in docs and names.search(n.value)]
+    assert found == []

@@ -31,6 +31,10 @@ def main(argv=None) -> int:
                              "tools/prepare_data.py and tools/make_synthetic.py; older roots: "
                              "synthetic_info.json, else a guess from the folder name, with a "
                              "warning)")
+    parser.add_argument("--map", metavar="MAP",
+                        help="the predictions are in another id order: a class map (a YAML path "
+                             "or a shipped name: celebamask_hq_bisenet, celebamask_hq_farl, "
+                             "celebamask_hq_official; dml_csr/eval/classmap.py)")
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="extra meta entries, e.g. method=dml-csr row=ddgcn (repeatable)")
     parser.add_argument("--max-listed", type=int, default=20, help="problems listed on failure")
@@ -38,6 +42,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     result = evaluate_folder(args.data_root, args.split, args.pred_dir, dataset=args.dataset,
+                             class_map=args.map,
                              meta=parse_meta(args.meta), max_listed=args.max_listed)
     print(format_class_table(result))
     if table_for_dataset(result["meta"]["dataset"]) is not None:

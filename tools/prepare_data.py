@@ -4,6 +4,9 @@
     python tools/prepare_data.py helen         RAW_DIR OUT_DIR [--source auto|original|relabelled]
                                                                [--holdout N] [--link ...]
     python tools/prepare_data.py celebamask_hq RAW_DIR OUT_DIR [--partition FILE]
+    python tools/prepare_data.py custom        RAW_DIR OUT_DIR --name NAME [--flip-pairs 2,3 4,5]
+                                               [--palette FILE] [--merge GROUP=tok,tok ...]
+                                               [--headline mean_f1|overall_f1] [--seed 0]
     python tools/prepare_data.py check         ROOT [--splits train valid ...] [--dataset NAME]
                                                [--max-pixels N]
 
@@ -27,8 +30,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dml_csr.cli import add_debug_argument, add_max_pixels_argument, run
-from dml_csr.data.prepare import (HELEN_SOURCES, LINK_MODES, prepare_celebamask_hq, prepare_helen,
-                                  prepare_lapa)
+from dml_csr.data.prepare import (HELEN_SOURCES, LINK_MODES, prepare_celebamask_hq,
+                                  prepare_custom, prepare_helen, prepare_lapa)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +70,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="side of the part masks, hence of the outputs (default 512)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality (default 95)")
 
+    p = add("custom", "a data set of your own: RAW/images, RAW/labels (ids), RAW/label_names.txt "
+                      "(docs/datasets.md, 'Your own data set')")
+    p.add_argument("--name", required=True, help="the data set's name (data.dataset when training)")
+    p.add_argument("--flip-pairs", nargs="*", default=None, metavar="LEFT,RIGHT",
+                   help="class ids a horizontal flip swaps, e.g. 2,3 4,5 (default: found from "
+                        "the names: left X / right X; give it empty for none)")
+    p.add_argument("--palette", type=Path, help="one 'R G B' line per class (default: distinct "
+                                                "colours, black background)")
+    p.add_argument("--merge", nargs="*", default=[], metavar="GROUP=TOKEN,TOKEN",
+                   help="merged groups the scorer adds F1s for, e.g. eyes=left_eye,right_eye")
+    p.add_argument("--headline", default="mean_f1", choices=("mean_f1", "overall_f1"),
+                   help="the metric tables lead with (overall_f1 needs a group 'overall')")
+    p.add_argument("--seed", type=int, default=0, help="of the 80/10/10 split without lists")
+    p.add_argument("--link", choices=LINK_MODES, default="copy",
+                   help="how images and labels reach OUT_DIR (default: copy)")
+
     p = sub.add_parser("check", help="check every listed image and label of a prepared root")
     p.add_argument("root", type=Path, help="the data root (label_names.txt, <split>_list.txt)")
     p.add_argument("--splits", nargs="+", default=None,
@@ -95,6 +114,30 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items):
+    """``["2,3", "4,5"]`` -> ((2, 3), (4, 5)); None stays None (find them from the names)."""
+    if items is None:
+        return None
+    pairs = []
+    for item in items:
+        left, sep, right = item.partition(",")
+        if not (sep and left.strip().isdigit() and right.strip().isdigit()):
+            raise ValueError(f"--flip-pairs expects LEFT,RIGHT class ids, got {item!r}")
+        pairs.append((int(left), int(right)))
+    return pairs
+
+
+def _groups(items):
+    """``["eyes=le,re"]`` -> {"eyes": ["le", "re"]}."""
+    groups = {}
+    for item in items:
+        group, sep, members = item.partition("=")
+        if not sep or not group or not members:
+            raise ValueError(f"--merge expects GROUP=TOKEN,TOKEN,..., got {item!r}")
+        groups[group] = [m.strip() for m in members.split(",") if m.strip()]
+    return groups
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -106,6 +149,11 @@ def main(argv=None) -> int:
     elif args.dataset == "helen":
         report = prepare_helen(args.raw_dir, args.out_dir, source=args.source,
                                holdout=args.holdout, link=args.link, **common)
+    elif args.dataset == "custom":
+        report = prepare_custom(args.raw_dir, args.out_dir, name=args.name,
+                                flip_pairs=_pairs(args.flip_pairs), palette=args.palette,
+                                merged=_groups(args.merge), headline=args.headline,
+                                seed=args.seed, link=args.link, **common)
     else:
         report = prepare_celebamask_hq(args.raw_dir, args.out_dir, mask_size=args.mask_size,
                                        mapping_file=args.mapping, partition_file=args.partition,

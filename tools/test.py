@@ -52,6 +52,10 @@ def main(argv=None) -> int:
                         help="default: cuda when available")
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="extra meta entries, e.g. row=dml-csr method=ours (repeatable)")
+    parser.add_argument("--map", metavar="MAP",
+                        help="the checkpoint predicts another label set than the data root's: a "
+                             "class map from its classes to the root's (a YAML path or a "
+                             "shipped name; dml_csr/eval/classmap.py)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     add_trust_argument(parser)
     add_debug_argument(parser)
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
                       progress=args.progress, meta=parse_meta(args.meta),
                       precision=args.precision, calibrate=args.calibrate,
                       calibrate_count=args.calibrate_count,
-                      trust_checkpoint=args.trust_checkpoint)
+                      trust_checkpoint=args.trust_checkpoint, class_map=args.map)
     print(format_result_table(result))
     name, value = result["headline"]["name"], result["headline"]["value"]
     value = "n/a" if value is None else f"{value:.2f}"

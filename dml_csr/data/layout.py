@@ -100,9 +100,14 @@ def read_split_list(list_path: str, split_dir: str) -> List[Tuple[int, str, Opti
     return entries
 
 
-def split_list_text(names: Iterable[str]) -> str:
-    """The text of a ``<split>_list.txt`` for the samples ``names``."""
-    return "".join(f"images/{name}.jpg labels/{name}.png\n" for name in names)
+def split_list_text(names: Iterable[Union[str, Tuple[str, str]]]) -> str:
+    """The text of a ``<split>_list.txt`` for the samples ``names``: a name (a JPEG image), or
+    ``(name, image extension)`` for images kept in another format (``.png``)."""
+    lines = []
+    for item in names:
+        name, ext = (item, ".jpg") if isinstance(item, str) else item
+        lines.append(f"images/{name}{ext} labels/{name}.png\n")
+    return "".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 The trainer (``trainer.py``) holds the results and runs the schedule.
 """
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -24,7 +25,7 @@ from ..data import FaceDataset
 from ..data.layout import root_schema
 from ..data.check import DataCheckError, DataCheckReport, check_data
 from ..models import build_model, load_imagenet_backbone
-from ..models.checkpoint import check_backbone_file
+from ..models.checkpoint import check_backbone_file, load_matching_weights
 from ..layers.sync_bn import convert_sync_batchnorm1d
 from ..distributed import DistInfo
 
@@ -56,6 +57,9 @@ def check_run_data(cfg: Config, info: DistInfo) -> Optional[DataCheckReport]:
     d, pretrained = cfg.data, cfg.model.pretrained
     if pretrained:
         check_backbone_file(pretrained)
+    if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
+        raise FileNotFoundError(f"model.init_from {cfg.model.init_from} does not exist: the "
+                                f"checkpoint to start from (ours or the authors')")
     if not d.check:
         return None
     def check(**shard) -> DataCheckReport:
@@ -117,9 +121,11 @@ def build_student(cfg: Config, model_name: str, model_kwargs: Dict[str, Any],
                          f"model.pretrained=''")
     if cfg.model.pretrained:
         load_imagenet_backbone(model, cfg.model.pretrained, trust_checkpoint)
-    elif model.imagenet_backbone:
+    elif model.imagenet_backbone and not cfg.model.init_from:
         logger.warning("model.pretrained is empty: the backbone starts from RANDOM weights "
                        "(the paper uses ImageNet weights; fine only for the synthetic set)")
+    if cfg.model.init_from:         # fine-tuning: every matching tensor, e.g. another label set's
+        load_matching_weights(model, cfg.model.init_from, trust_checkpoint)
     if info.distributed:
         convert_sync_batchnorm1d(model)      # the DDGCN's BatchNorm1d layers; ABN syncs itself
     return model.to(info.device)

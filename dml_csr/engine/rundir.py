@@ -42,7 +42,8 @@ __all__ = ["RunDirError", "RUN_FILES", "LEGACY_DEFAULTS", "LEGACY_REMOVED", "RES
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log", "tb")
 # --resume of runs saved by earlier versions: fields added since (their behaviour then) and
 # fields removed since (the value that meant "no effect")
-LEGACY_DEFAULTS = {"train.optimizer": "sgd", "train.poly_horizon": "multitask"}
+LEGACY_DEFAULTS = {"train.optimizer": "sgd", "train.poly_horizon": "multitask",
+                   "model.init_from": ""}
 LEGACY_REMOVED = {"loss.total_scale": 1.0}
 # keys that may change on --resume without changing the run's results
 RESUME_FREE_KEYS = {"output_dir", "data.workers", "eval.workers", "eval.batch_size",

@@ -3,15 +3,18 @@ scoring, the paper's numbers and the tables.
 
 - ``metrics``: the scorer of the release (docs/evaluation.md): one pooled confusion histogram per
   split (``ConfusionMatrix``, ``confusion_histogram``), F1 / IoU / accuracies and the data set's
-  headline (``compute_metrics``, ``default_headline``).
+  headline, with the merged groups of the data set's description (``compute_metrics``,
+  ``default_headline``).
 - ``inference``: the evaluation protocol of the release: un-augmented crop, logits at the crop
   size with optional TTA (``predict_logits``, ``flip_logits``), argmax, warp back, scoring a model
   on a split (``evaluate_model``); ``INFERENCE_PROTOCOL`` describes it in result JSONs.
 - ``runner``: the config-driven test runner behind ``tools/test.py`` and ``tools/train.py
   --test``: config + checkpoint -> result JSON (``run_test``, ``build_eval_dataset``).
-- ``evaluate``: scoring a folder of predicted PNGs (``evaluate_folder``, ``tools/evaluate.py``),
-  the data-set name of a root (``resolve_dataset``) and the result JSON every run writes
-  (``build_result``, ``write_result``, ``load_result``).
+- ``evaluate``: scoring a folder of predicted PNGs (``evaluate_folder``, ``tools/evaluate.py``)
+  and the result JSON every run writes (``build_result``, ``write_result``, ``load_result``);
+  which data set a root holds is ``dml_csr.data.layout.root_schema``'s answer.
+- ``classmap``: class mappings, to score predictions of another label set or id order
+  (``load_class_map``; ``--map`` in ``tools/test.py`` and ``tools/evaluate.py``).
 - ``paper``: the published numbers as data (DML-CSR Tables 1 to 6, FP-LIIF) and the row keys.
 - ``tables``: ours-vs-paper tables from result JSONs (``make_tables``, ``tools/make_tables.py``).
 

@@ -65,14 +65,16 @@ def _format_problems(problems: Sequence[str], header: str, max_listed: int) -> s
 
 def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] = None,
                     meta: Optional[Mapping[str, object]] = None,
-                    max_listed: int = 20) -> dict:
+                    max_listed: int = 20, class_map=None) -> dict:
     """Score the predictions in ``pred_dir`` against ``data_root``'s ``split``.
 
     Every problem is collected first (missing or extra predictions, unreadable or multi-channel
     files, size mismatches, prediction ids outside [0, K), label ids outside [0, K) other than
     255); then one ``EvaluationError`` lists the first ``max_listed`` and the count. Only
     top-level ``*.png`` files of ``pred_dir`` count as predictions (sub-folders, other files are
-    ignored). Returns the result dict of ``build_result``.
+    ignored). ``class_map``: a mapping (path or shipped name, ``classmap.py``) from the
+    predictions' id order to the root's; ``meta.class_map`` records it. Returns the result dict
+    of ``build_result``.
     """
     root, pred_dir = Path(data_root), Path(pred_dir)
     meta = dict(meta or {})
@@ -81,6 +83,12 @@ def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] =
         raise EvaluationError(f"dataset {dataset!r} and meta dataset={meta_dataset!r} disagree")
     schema = _from_layout(root_schema, root, dataset or meta_dataset)   # the one answer
     tokens = list(schema.tokens)
+    cmap = None
+    if class_map is not None:
+        from .classmap import load_class_map
+        cmap = _from_layout(load_class_map, class_map, None, schema)
+        meta["class_map"] = cmap.to_dict()
+    k_pred = len(cmap.source) if cmap else len(tokens)
     # a line holding only the image path gets labels/<stem>.png (as the release's scorer does)
     entries = [(image, label or f"labels/{Path(image).stem}.png") for _, image, label in
                _from_layout(read_split_list, split_list_path(root, split), "")]
@@ -108,10 +116,10 @@ def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] =
             image_problems.append(f"wrong size: {pred_path} is {pred.shape[1]}x{pred.shape[0]} "
                                   f"(WxH), its label {label_path} is {gt.shape[1]}x{gt.shape[0]}")
         if pred is not None:
-            bad = np.unique(pred[pred >= k])
+            bad = np.unique(pred[pred >= k_pred])
             if bad.size:
                 image_problems.append(f"out-of-range ids in {pred_path}: {bad[:8].tolist()} "
-                                      f"(valid 0..{k - 1})")
+                                      f"(valid 0..{k_pred - 1})")
         if gt is not None:
             bad = np.unique(gt[(gt >= k) & (gt != IGNORE_INDEX)])
             if bad.size:
@@ -120,6 +128,8 @@ def evaluate_folder(data_root, split: str, pred_dir, *, dataset: Optional[str] =
         if image_problems:
             problems += image_problems
         else:
+            if cmap is not None:          # the other id order -> the root's
+                pred, gt = cmap.apply(pred, gt)
             cm.update(gt, pred)
 
     extra = sorted(p.name for p in pred_dir.glob("*.png") if p.name not in expected)

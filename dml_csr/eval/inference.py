@@ -192,7 +192,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
                    device: Union[str, torch.device, None] = "cpu", flip: bool = False,
                    scales: Sequence[float] = (1.0,), pred_dir=None, overlay_dir=None,
                    save_logits: bool = False, progress: bool = False, *,
-                   headline: Optional[str] = None, output_scale: float = 1.0) -> dict:
+                   headline: Optional[str] = None, output_scale: float = 1.0,
+                   class_map=None, model_flip: Optional[Sequence[int]] = None) -> dict:
     """Score ``model`` on a FaceDataset split with the release's protocol (module docstring).
 
     Args:
@@ -212,6 +213,10 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
         progress: show a tqdm bar (main process only).
         headline: force ``"overall_f1"`` or ``"mean_f1"`` (default: the data set's
             description's, ``dataset.schema``: Helen -> overall F1, else mean F1).
+        class_map: a loaded ``classmap.ClassMap`` when the model predicts another label set than
+            the data set's (its source): every prediction goes through it before it is saved
+            and scored (pixels predicted as an ignored class leave the score);
+            ``model_flip``: the flip permutation of the model's own classes (flip TTA).
         output_scale: ask for the logits at ``round(output_scale * crop size)`` (FP-LIIF decodes
             there directly; other models are upsampled bilinearly) before the argmax and the
             warp back; the inverse crop is computed for that size, so the prediction covers the
@@ -252,7 +257,9 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
     if save_logits:
         (pred_dir / "logits").mkdir(exist_ok=True)
     palette_bgr = np.array([c[::-1] for c in schema.palette], dtype=np.uint8)
-    perm = schema.flip_permutation()
+    perm = schema.flip_permutation() if class_map is None else model_flip
+    if class_map is not None and flip and perm is None:
+        raise ValueError("flip TTA with a class map needs the model's flip permutation")
 
     rank, world = get_rank(), get_world_size()
     samples: Dataset = _EvalSamples(dataset, base, with_image=overlay_dir is not None)
@@ -284,6 +291,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
                     size = gt.shape if gt is not None else tuple(batch["orig_size"][j].tolist())
                     label = warp_back(pred[j], center, scale, rotation, size, "nearest",
                                       center_mode=center_mode)
+                    if class_map is not None:   # the model's label set -> the data set's
+                        label, gt = class_map.apply(label, gt)
                     if gt is not None:
                         cm.update(gt, label)
                     name = batch["out_name"][j]

@@ -256,8 +256,8 @@ def compute_metrics(hist, labels, *, dataset: Optional[str] = None,
     name = headline or default
     if name == "overall_f1":
         if "overall" not in merged:
-            raise ValueError(f"headline 'overall_f1' needs a merged group 'overall' (Helen's); "
-                             f"the data set of tokens {tokens} has none")
+            raise ValueError(f"headline 'overall_f1' needs a merged group 'overall' in the data "
+                             f"set's description; the one of tokens {tokens} has none")
         value = f1["overall"]
     elif name == "mean_f1":
         value = out["mean_f1"]

@@ -47,7 +47,7 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
              meta: Optional[Mapping[str, object]] = None,
              output_scale: Optional[float] = None, precision: str = "fp32",
              calibrate: Optional[str] = None, calibrate_count: int = 32,
-             trust_checkpoint: bool = False) -> dict:
+             trust_checkpoint: bool = False, class_map=None) -> dict:
     """Evaluate ``checkpoint`` (built from ``cfg``) on ``split``; returns the result record of
     ``evaluate.build_result`` (the JSON of docs/evaluation.md) with the inference settings in
     ``meta`` and ``protocol.inference``. ``batch_size``, ``workers``, ``flip``, ``scales`` and
@@ -67,12 +67,18 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     (``deploy.quantize.int8_model``: calibrated once on ``calibrate_count`` images of
     ``calibrate``, then cached; CPU, one scale). ``meta.precision`` records it.
     ``trust_checkpoint``: unpickle a file that ``weights_only`` refuses (it may run code:
-    ``models/checkpoint.py``)."""
-    model, spec = load_inference_model(checkpoint, dataset=cfg.data.dataset or None,
-                                       config=cfg, device=device,
+    ``models/checkpoint.py``). ``class_map``: a mapping from the checkpoint's classes to the data
+    root's (a path or a shipped name; ``classmap.py``), to score a model of one label set on
+    another's labels; ``meta.class_map`` records it."""
+    model, spec = load_inference_model(checkpoint, dataset=None if class_map else
+                                       (cfg.data.dataset or None), config=cfg, device=device,
                                        trust_checkpoint=trust_checkpoint)
     dataset = build_eval_dataset(cfg, split, data_root)
-    if tuple(spec.class_tokens) != dataset.schema.tokens:
+    cmap = None
+    if class_map is not None:
+        from .classmap import load_class_map
+        cmap = load_class_map(class_map, spec.schema(), dataset.schema)
+    elif tuple(spec.class_tokens) != dataset.schema.tokens:
         raise ValueError(f"{checkpoint} predicts the classes of {spec.dataset!r} "
                          f"{list(spec.class_tokens)}, but {dataset.root} holds "
                          f"{dataset.schema.name!r} {list(dataset.schema.tokens)}: score it on "
@@ -96,7 +102,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     metrics = evaluate_model(model, dataset, batch_size=batch_size, workers=workers, device=device,
                              flip=flip, scales=scales, pred_dir=pred_dir, overlay_dir=overlay_dir,
                              save_logits=save_logits, progress=progress,
-                             output_scale=output_scale)
+                             output_scale=output_scale, class_map=cmap,
+                             model_flip=spec.schema().flip_permutation())
     seconds = time.perf_counter() - start
     if "confusion" not in metrics:
         raise ValueError(f"split {split!r} of {dataset.root} has no label files: nothing to score")
@@ -108,6 +115,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
             "precision": precision, "seconds": round(seconds, 3)}
     if pred_dir is not None:
         info["pred_dir"] = str(pred_dir)
+    if cmap is not None:
+        info["class_map"] = cmap.to_dict()
     info.update(meta or {})
     result = build_result(metrics["confusion"], dataset.schema, split=split,
                           num_images=metrics["num_images"], meta=info)

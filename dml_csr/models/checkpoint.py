@@ -42,6 +42,7 @@ __all__ = ["ModelSpec", "save_checkpoint", "load_inference_model", "release_data
            "extract_state_dict", "load_model_weights", "load_imagenet_backbone",
            "load_checkpoint_file", "state_num_classes", "check_backbone_file", "CheckpointError",
            "CheckpointMismatchError", "CheckpointReadError", "UntrustedCheckpointError",
+           "load_matching_weights",
            "BACKBONE_PREFIXES", "CLASSIFIER_KEY", "CHECKPOINT_FORMAT", "TRUST_ENV", "trusted"]
 
 CHECKPOINT_FORMAT = "dml_csr.checkpoint/2"
@@ -233,6 +234,39 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
                 f"config's model section (model.layers, model.width_mult, model.context) match it")
     model.load_state_dict(state, strict=not missing_edges)
     return model
+
+
+def load_matching_weights(model: nn.Module, path: str, trust_checkpoint: bool = False
+                          ) -> Tuple[List[str], List[str]]:
+    """``model.init_from``: copy into ``model`` every tensor of the checkpoint ``path`` (ours or
+    the authors' bare state_dict) whose name and shape match; the others keep their fresh
+    initialisation (a classifier for another class count, heads the file lacks). Logs what was
+    loaded and what was not, by module. Returns ``(loaded keys, fresh keys)``; an error when
+    nothing matches (another architecture)."""
+    state = extract_state_dict(load_checkpoint_file(path, trust_checkpoint), path)
+    target = model.state_dict()
+    loaded = [k for k, v in target.items() if k in state and tuple(state[k].shape) == tuple(v.shape)]
+    fresh = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
+    if not [k for k in loaded if not k.endswith("num_batches_tracked")]:
+        raise CheckpointMismatchError(f"{path} (model.init_from) shares no tensor name and shape "
+                                      f"with the model: it was saved from another architecture")
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+
+    def modules(keys):
+        groups: Dict[str, int] = {}
+        for k in keys:
+            top = ".".join(k.split(".")[:2]) if k.startswith(("layer6.", "edge_layer.", "decoder."))\
+                else k.split(".")[0]
+            groups[top] = groups.get(top, 0) + 1
+        return ", ".join(f"{g} ({n})" for g, n in groups.items()) or "none"
+    shapes = [k for k in fresh if k in state]
+    logger.info("model.init_from %s: loaded %d of %d tensors: %s", path, len(loaded), len(target),
+                modules(loaded))
+    logger.info("model.init_from: %d tensors start fresh: %s%s", len(fresh), modules(fresh),
+                f" ({len(shapes)} of them of another shape in the file, e.g. {shapes[0]}: "
+                f"{tuple(state[shapes[0]].shape)} there, {tuple(target[shapes[0]].shape)} here)"
+                if shapes else "")
+    return loaded, fresh
 
 
 def check_backbone_file(path: str) -> None:
@@ -476,7 +510,8 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
             if expected != spec.num_classes:
                 raise ValueError(
                     f"{source} predicts {spec.num_classes} classes ({spec.dataset}) but data set "
-                    f"{name!r} has {expected}: pass the data set it was trained on")
+                    f"{name!r} has {expected}: pass the data set it was trained on (or, to score "
+                    f"it on another label set, a class map: tools/test.py --map)")
             logger.warning("%s was trained on %s; using the %s description as asked", source,
                            spec.dataset, name)
             spec = spec.with_dataset(dataset)

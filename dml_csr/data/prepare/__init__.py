@@ -1,14 +1,17 @@
-"""Turn the hand-downloaded Helen, LaPa and CelebAMask-HQ archives into the project's data layout.
+"""Turn the hand-downloaded Helen, LaPa and CelebAMask-HQ archives, or a data set of your own,
+into the project's data layout.
 
 What lives here: one module per data set (:mod:`.helen` with HELEN*, :mod:`.lapa`,
-:mod:`.celebamask_hq`), each reading its raw download into a plan of samples; :mod:`.common`, the
+:mod:`.celebamask_hq`) and :mod:`.custom` (any label set: images, id labels, class names), each
+reading its raw files into a plan of samples; :mod:`.common`, the
 input side they share (errors, report, raw-file readers); :mod:`.publish`, the output side
 (atomic files, the runner that writes a plan into the prepared root). ``tools/prepare_data.py``
 is the command line.
 
 Target layout (what the loader and the scorer read, :mod:`dml_csr.data.layout`)::
 
-    OUT/dataset.json                         # the identity: data set, what produced it
+    OUT/dataset.json                         # the identity: the data set's description, what
+                                             # produced it
     OUT/label_names.txt                      # schema tokens, one per line, first ``bg``
     OUT/<split>_list.txt                     # lines ``images/NAME.jpg labels/NAME.png``
     OUT/<split>/images/NAME.jpg
@@ -29,8 +32,9 @@ Guarantees shared by the three preparers:
 """
 from .celebamask_hq import prepare_celebamask_hq
 from .common import EXPECTED_COUNTS, LINK_MODES, PrepareError, PrepareReport
+from .custom import prepare_custom
 from .helen import HELEN_SOURCES, prepare_helen
 from .lapa import prepare_lapa
 
 __all__ = ["PrepareError", "PrepareReport", "EXPECTED_COUNTS", "LINK_MODES", "HELEN_SOURCES",
-           "prepare_celebamask_hq", "prepare_helen", "prepare_lapa"]
+           "prepare_celebamask_hq", "prepare_helen", "prepare_lapa", "prepare_custom"]

@@ -201,6 +201,6 @@ def prepare_celebamask_hq(raw_dir: PathLike, out_dir: PathLike, *, mask_size: in
                                Path(partition_file) if partition_file else None)
     converter = _CelebAMerge(schema.num_classes, mask_size, jpeg_quality)
     options = {"mask_size": mask_size, "jpeg_quality": jpeg_quality}
-    return run_plan("celebamask_hq", schema, raw, out, plan, converter, workers, progress,
+    return run_plan(schema, raw, out, plan, converter, workers, progress,
                     EXPECTED_COUNTS["celebamask_hq"],
                     facts={"source": "celebamask_hq", "options": options})

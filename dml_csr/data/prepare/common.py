@@ -74,6 +74,7 @@ class Item:
     name: str
     image: Path
     labels: Tuple[Tuple[int, Path], ...]
+    image_ext: str = ".jpg"          # of the published image (verbatim copies keep theirs)
 
 
 Plan = Dict[str, List[Item]]  # output split -> samples, in list-file order
@@ -99,15 +100,20 @@ def read_gray(path: Path) -> np.ndarray:
     return _read(path, cv2.IMREAD_GRAYSCALE)
 
 
-def read_id_map(path: Path, num_classes: int) -> np.ndarray:
-    """A label PNG that must already hold class ids: single channel, uint8, ids < num_classes."""
+def read_id_map(path: Path, num_classes: int, ignore_ok: bool = False) -> np.ndarray:
+    """A label PNG that must already hold class ids: single channel, uint8, ids < num_classes
+    (and 255, the ignore value, when ``ignore_ok``)."""
     label = _read(path, cv2.IMREAD_UNCHANGED)
     if label.ndim != 2 or label.dtype != np.uint8:
         raise PrepareError(f"{path}: label must be a single-channel 8-bit PNG, got shape "
                            f"{label.shape} dtype {label.dtype}")
-    bad = np.unique(label[label >= num_classes])
+    out = label >= num_classes
+    if ignore_ok:
+        out &= label != 255
+    bad = np.unique(label[out])
     if bad.size:
-        raise PrepareError(f"{path}: label ids {bad.tolist()} outside 0..{num_classes - 1}")
+        allowed = f"0..{num_classes - 1}" + (" and 255 (ignored)" if ignore_ok else "")
+        raise PrepareError(f"{path}: label ids {bad.tolist()} outside {allowed}")
     return label
 
 

@@ -195,5 +195,5 @@ def prepare_helen(raw_dir: PathLike, out_dir: PathLike, *, source: str = "auto",
     else:
         plan, notes = _plan_helen_relabelled(raw, schema, holdout)
         converter, expected = CopyIdMap(schema.num_classes, link), None
-    return run_plan("helen", schema, raw, out, plan, converter, workers, progress, expected, notes,
+    return run_plan(schema, raw, out, plan, converter, workers, progress, expected, notes,
                     facts={"source": source, "options": {"holdout": holdout, "link": link}})

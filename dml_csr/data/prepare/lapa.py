@@ -30,6 +30,6 @@ def prepare_lapa(raw_dir: PathLike, out_dir: PathLike, *, link: str = "copy", wo
     check_out_dir(raw, out)
     schema = get_schema("lapa")
     plan = _plan_lapa(raw)
-    return run_plan("lapa", schema, raw, out, plan, CopyIdMap(schema.num_classes, link), workers,
+    return run_plan(schema, raw, out, plan, CopyIdMap(schema.num_classes, link), workers,
                     progress, EXPECTED_COUNTS["lapa"],
                     facts={"source": "lapa", "options": {"link": link}})

@@ -76,14 +76,17 @@ def matches_source(dst: Path, src: Path, link: str) -> bool:
 
 
 def output_is_valid(image_out: Path, label_out: Path, num_classes: int,
-                    size: Optional[int] = None) -> bool:
-    """Whether a sample written earlier is complete: both files decode, ids < num_classes, same
-    height and width (and ``size`` x ``size`` when given)."""
+                    size: Optional[int] = None, ignore_ok: bool = False) -> bool:
+    """Whether a sample written earlier is complete: both files decode, ids < num_classes (or
+    255 when ``ignore_ok``), same height and width (and ``size`` x ``size`` when given)."""
     if not (image_out.is_file() and label_out.is_file()):
         return False
     try:
         label = read_image(label_out, cv2.IMREAD_UNCHANGED)
-        if label.ndim != 2 or label.dtype != np.uint8 or label.max() >= num_classes:
+        if label.ndim != 2 or label.dtype != np.uint8:
+            return False
+        ids = label[label != 255] if ignore_ok else label
+        if ids.size and ids.max() >= num_classes:
             return False
         if size is not None and label.shape != (size, size):
             return False
@@ -94,19 +97,22 @@ def output_is_valid(image_out: Path, label_out: Path, num_classes: int,
 
 @dataclass(frozen=True)
 class CopyIdMap:
-    """LaPa and HELEN*: the label already holds ids; validate, then copy or link both files."""
+    """LaPa, HELEN* and data sets of your own: the label already holds ids; validate, then copy
+    or link both files. ``ignore_ok``: 255 (ignored pixels) is a valid id."""
 
     num_classes: int
     link: str
+    ignore_ok: bool = False
 
     def __call__(self, task: Tuple[Item, Path, Path]) -> bool:
         item, image_out, label_out = task
         label_src = item.labels[0][1]
         if (matches_source(image_out, item.image, self.link)
                 and matches_source(label_out, label_src, self.link)
-                and output_is_valid(image_out, label_out, self.num_classes)):
+                and output_is_valid(image_out, label_out, self.num_classes,
+                                    ignore_ok=self.ignore_ok)):
             return False
-        label = read_id_map(label_src, self.num_classes)
+        label = read_id_map(label_src, self.num_classes, self.ignore_ok)
         image = read_prepare_image(item.image)
         if image.shape[:2] != label.shape:
             raise PrepareError(f"{label_src}: label is {size_text(label)} but its image "
@@ -156,12 +162,14 @@ def _pool(workers: int) -> Iterator[Optional["multiprocessing.pool.Pool"]]:
         yield pool
 
 
-def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: Plan,
+def run_plan(schema: Schema, raw_dir: Path, out_dir: Path, plan: Plan,
              converter: Converter, workers: int, progress: bool, expected: Optional[Dict[str, int]],
              notes: Sequence[str] = (), facts: Optional[Dict[str, object]] = None
              ) -> PrepareReport:
-    """Write ``plan`` into ``out_dir`` with ``converter``; ``facts`` (the raw source, the options)
-    go into ``dataset.json`` after ``tool`` ``prepare_data`` and ``raw_dir``."""
+    """Write ``plan`` into ``out_dir`` with ``converter``; ``dataset.json`` holds ``schema`` (the
+    data set's description), then ``tool`` ``prepare_data``, ``raw_dir`` and ``facts`` (the raw
+    source, the options)."""
+    dataset = schema.name
     check_out_dir(raw_dir, out_dir, list(plan))
     check_existing_root(out_dir, dataset, schema)
     plan, renamed = _listable_names(plan)
@@ -178,7 +186,7 @@ def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: P
             labels_dir.mkdir(parents=True, exist_ok=True)
             for stale in [*images_dir.glob(PARTIAL_GLOB), *labels_dir.glob(PARTIAL_GLOB)]:
                 stale.unlink()  # left by an interrupted run
-            tasks = [(it, images_dir / f"{it.name}.jpg", labels_dir / f"{it.name}.png")
+            tasks = [(it, images_dir / f"{it.name}{it.image_ext}", labels_dir / f"{it.name}.png")
                      for it in items]
             results = pool.imap_unordered(converter, tasks, chunksize=16) if pool else \
                 map(converter, tasks)
@@ -188,15 +196,15 @@ def run_plan(dataset: str, schema: Schema, raw_dir: Path, out_dir: Path, plan: P
                 n_written += did_write
             written[split] = n_written
             skipped[split] = len(tasks) - n_written
-            warnings += _leftovers(images_dir, {f"{it.name}.jpg" for it in items}, split)
+            warnings += _leftovers(images_dir, {f"{it.name}{it.image_ext}" for it in items}, split)
             warnings += _leftovers(labels_dir, {f"{it.name}.png" for it in items}, split)
 
     # Written last: a tree with list files is complete.
     for split, items in plan.items():
         write_bytes(split_list_path(out_dir, split),
-                    split_list_text(it.name for it in items).encode(), fsync=True)
+                    split_list_text((it.name, it.image_ext) for it in items).encode(), fsync=True)
     write_bytes(out_dir / LABEL_NAMES, label_names_text(schema.tokens).encode(), fsync=True)
-    write_identity(out_dir, dataset, tool="prepare_data", raw_dir=os.path.abspath(raw_dir),
+    write_identity(out_dir, schema, tool="prepare_data", raw_dir=os.path.abspath(raw_dir),
                    **(facts or {}))
 
     counts = {split: len(items) for split, items in plan.items()}
