@@ -106,6 +106,8 @@ class TrainConfig:
     csr_lr_min: float = 0.0
     csr_lr_schedule: str = "cosine_epoch"  # cosine_epoch | cosine_iter | released
     teacher: str = "eq6"                  # eq6 | released (running mean of end-of-cycle weights)
+    sync_graph_norms: bool = True         # under DDP, the DDGCN's BatchNorm1d layers use the
+                                          # global batch's statistics (the release: per GPU)
     bn_reestimate: bool = True            # re-estimate ABN/BN statistics of the aggregated model
     bn_reestimate_batches: int = 0        # 0 = the whole training set
     seed: int = 0

@@ -184,6 +184,12 @@ def test_a_forced_one_process_group_trains_through_both_stages(tmp_path, monkeyp
         assert isinstance(trainer.ddp, DistributedDataParallel)
         assert any(isinstance(m, SyncBatchNorm1d) for m in trainer.model.modules())
         assert trainer.fit()["epochs_done"] == 3
+        # the released preset keeps the graph layers' BatchNorm1d per process, as the release
+        released = Trainer(load_config("synthetic", [f"data.root={root}", *TRAIN_OVERRIDES,
+                                                     "preset=released"]),
+                           output_dir=str(tmp_path / "released"), device="cpu")
+        bns = [m for m in released.model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+        assert bns and not any(isinstance(m, SyncBatchNorm1d) for m in bns)
     finally:
         du.cleanup()
 

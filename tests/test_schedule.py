@@ -37,14 +37,29 @@ def test_cosine_iter():
     assert s(7, 0) == pytest.approx(1e-5)                     # restart at cycle 2
 
 
-def test_released_warm_restarts_every_10_iterations():
-    s = _sched("released")
-    assert s(4, 0) == pytest.approx(5e-4)                     # lr / 2
-    assert s(4, 4) == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * 4 / 10)))
-    assert s(5, 0) == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
-    assert s(5, 4) == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
-    assert s(5, 5) == pytest.approx(5e-4)                     # iteration 10 of the cycle
-    assert s(7, 0) == pytest.approx(5e-4)                     # new cycle
+def _release_lr(lr, i, schp_start, cycle_epochs):
+    """The release's SGDRScheduler in its CSR stage, written out from its source: stepped once
+    per iteration, so its epoch counter is the global iteration i; eta_min = lr / 100,
+    cyclical_base_lr = lr / 2, start_cyclical = schp_start, cyclical_epoch = cycle_epochs."""
+    eta_min, base = lr / 100, lr / 2
+    t = (i - schp_start) % cycle_epochs
+    return eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / cycle_epochs)) / 2
+
+
+@pytest.mark.parametrize("lr, multitask, cycles, cycle_epochs, ipe", [
+    (1e-3, 150, 5, 10, 100),          # the README's settings
+    (2e-3, 15, 3, 5, 7),              # the issue's: 5.5e-4 off before
+    (5e-4, 8, 2, 3, 30),              # the synthetic preset's shape
+    (1e-2, 4, 2, 4, 9),
+])
+def test_released_csr_lr_equals_the_releases_at_every_iteration(lr, multitask, cycles,
+                                                                  cycle_epochs, ipe):
+    s = _sched("released", lr=lr, multitask_epochs=multitask, cycle_epochs=cycle_epochs,
+               iters_per_epoch=ipe, csr_lr=123.0, csr_lr_min=7.0)    # neither is read
+    for epoch in range(multitask, multitask + cycles * cycle_epochs):
+        for it in range(ipe):
+            want = _release_lr(lr, epoch * ipe + it, multitask, cycle_epochs)
+            assert s(epoch, it) == pytest.approx(want, rel=1e-12, abs=1e-15), (epoch, it)
 
 
 def test_unknown_mode():
@@ -65,11 +80,13 @@ def test_release_poly_runs_over_all_epochs_and_csr_floor():
     assert released(149, 99) == pytest.approx(1e-3 * (1 - 14999 / 20000) ** 0.9, rel=1e-9)
     assert 2.8e-4 < released(149, 99) < 3.0e-4
     assert paper(149, 99) == pytest.approx(1e-3 * (1 / 15000) ** 0.9, rel=1e-9)
-    # the release's SGDR floor is lr / 100 = 1e-5, reached at the end of each 10-iteration cycle
+    # the release's SGDR: from lr / 2 towards lr / 100 = 1e-5 over 10-iteration cycles; at the
+    # README's settings the phase starts at the stage's first iteration (150 * 100 - 150 is a
+    # multiple of 10)
     lows = [released(150, it) for it in range(10)]
     assert lows[0] == pytest.approx(5e-4) and min(lows) > 1e-5
-    assert cosine_lr(5e-4, released.csr_lr_min, 10, 10) == pytest.approx(1e-5)
-    assert released.csr_lr_min == pytest.approx(1e-5) and paper.csr_lr_min == 0.0
+    assert released(150, 10) == pytest.approx(5e-4)
+    assert cosine_lr(5e-4, 1e-5, 10, 10) == pytest.approx(1e-5)
 
 
 def test_poly_horizon_before_stage_end_is_refused():

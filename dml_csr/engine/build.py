@@ -126,7 +126,7 @@ def build_student(cfg: Config, model_name: str, model_kwargs: Dict[str, Any],
                        "(the paper uses ImageNet weights; fine only for the synthetic set)")
     if cfg.model.init_from:         # fine-tuning: every matching tensor, e.g. another label set's
         load_matching_weights(model, cfg.model.init_from, trust_checkpoint)
-    if info.distributed:
+    if cfg.train.sync_graph_norms and info.distributed:
         convert_sync_batchnorm1d(model)      # the DDGCN's BatchNorm1d layers; ABN syncs itself
     return model.to(info.device)
 

@@ -43,7 +43,7 @@ RUN_FILES = ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "train.log"
 # --resume of runs saved by earlier versions: fields added since (their behaviour then) and
 # fields removed since (the value that meant "no effect")
 LEGACY_DEFAULTS = {"train.optimizer": "sgd", "train.poly_horizon": "multitask",
-                   "model.init_from": ""}
+                   "model.init_from": "", "train.sync_graph_norms": True}
 LEGACY_REMOVED = {"loss.total_scale": 1.0}
 # keys that may change on --resume without changing the run's results
 RESUME_FREE_KEYS = {"output_dir", "data.workers", "eval.workers", "eval.batch_size",

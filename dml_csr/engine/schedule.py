@@ -8,18 +8,21 @@
   ``cosine_epoch``: ``lr_min + (csr_lr - lr_min) * (1 + cos(pi * e / N)) / 2`` for epoch e = 0..N-1
   of the cycle (constant within an epoch);
   ``cosine_iter``: the same with e and N counted in iterations of the cycle;
-  ``released``: the release's warm-restart cosine, from ``train.lr / 2`` (the release halves its
-  single learning rate for this stage) down to ``csr_lr_min``, stepped every iteration and
-  restarted every 10 iterations.
+  ``released``: the release's ``SGDRScheduler(total_epoch=epochs, eta_min=lr / 100,
+  warmup_epoch=10, start_cyclical=schp_start, cyclical_base_lr=lr / 2,
+  cyclical_epoch=cycle_epochs)``, stepped once per iteration from the first iteration of the run,
+  so that its "epoch" counter is the global iteration i. In the CSR stage iteration i gets
+  ``lr/100 + (lr/2 - lr/100) * (1 + cos(pi * ((i - schp_start) % cycle_epochs) / cycle_epochs))
+  / 2``: the period is ``cycle_epochs`` iterations, the phase counts from ``schp_start`` (the
+  multi-task epochs) as an iteration number, the floor is lr / 100, whatever the settings
+  (``train.csr_lr`` and ``train.csr_lr_min`` are not read).
 
 The schedule holds no state beyond its arguments: resuming at (epoch, iteration) gives the same lr.
 """
 import math
 from dataclasses import dataclass
 
-__all__ = ["poly_lr", "cosine_lr", "LRSchedule", "RELEASED_RESTART_ITERS"]
-
-RELEASED_RESTART_ITERS = 10
+__all__ = ["poly_lr", "cosine_lr", "LRSchedule", "released_csr_lr"]
 
 
 def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> float:
@@ -28,6 +31,14 @@ def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> 
         return base_lr
     frac = min(max(step / float(total_steps), 0.0), 1.0)
     return base_lr * (1.0 - frac) ** power
+
+
+def released_csr_lr(lr: float, iteration: int, schp_start: int, cycle_epochs: int) -> float:
+    """The release's CSR-stage lr at global iteration ``iteration`` (module docstring): its
+    scheduler's epoch counter is the iteration, ``schp_start`` and ``cycle_epochs`` are epoch
+    numbers read as iterations, the range is lr / 2 down to lr / 100."""
+    period = max(1, cycle_epochs)
+    return cosine_lr(lr / 2.0, lr / 100.0, (iteration - schp_start) % period, period)
 
 
 def cosine_lr(lr_max: float, lr_min: float, step: int, period: int) -> float:
@@ -49,7 +60,7 @@ class LRSchedule:
         poly_epochs: the poly horizon in epochs (default ``multitask_epochs``).
         cycle_epochs: N, epochs per CSR cycle.
         iters_per_epoch: optimiser steps per epoch.
-        csr_lr, csr_lr_min: the CSR cosine range.
+        csr_lr, csr_lr_min: the CSR cosine range (not read by ``released``: lr / 2 to lr / 100).
         csr_mode: ``cosine_epoch`` | ``cosine_iter`` | ``released``.
     """
     lr: float
@@ -82,9 +93,9 @@ class LRSchedule:
         if self.csr_mode == "cosine_iter":
             return cosine_lr(self.csr_lr, self.csr_lr_min, e * ipe + iteration,
                              self.cycle_epochs * ipe)
-        # released: T_0 = 10 iterations, counted from the start of the cycle
-        t = (e * ipe + iteration) % RELEASED_RESTART_ITERS
-        return cosine_lr(self.lr / 2.0, self.csr_lr_min, t, RELEASED_RESTART_ITERS)
+        # released: the release's scheduler, whose counter is the run's global iteration
+        return released_csr_lr(self.lr, epoch * ipe + iteration, self.multitask_epochs,
+                               self.cycle_epochs)
 
     @classmethod
     def from_config(cls, cfg, iters_per_epoch: int) -> "LRSchedule":

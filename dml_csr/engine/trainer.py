@@ -234,7 +234,7 @@ class Trainer:
     # ---------------------------------------------------------------- teacher
     def _make_teacher(self, state: Dict[str, torch.Tensor]) -> FrozenTeacher:
         model = self._new_model()
-        if self.info.distributed:
+        if self.cfg.train.sync_graph_norms and self.info.distributed:
             convert_sync_batchnorm1d(model)
         model.load_state_dict(state)
         return FrozenTeacher(model.to(self.device))
