@@ -38,7 +38,7 @@ __all__ = ["ImageReadError", "ImageTooLargeError", "WriteError", "DEFAULT_MAX_PI
            "MAX_PIXELS_ENV", "max_pixels", "image_header", "read_image_size", "read_image",
            "partial_path", "remove_partials", "write_bytes", "write_text", "write_json",
            "write_image", "write_npz", "save_torch", "append_line", "real_path",
-           "check_output_folder", "check_not_input"]
+           "check_output_folder", "check_not_input", "IMAGE_EXTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ DEFAULT_MAX_PIXELS = 178_956_970
 MAX_PIXELS_ENV = "DMLCSR_MAX_PIXELS"
 _HEADER_BYTES = 64 * 1024          # read before anything else; JPEG segments are walked past it
 _FORMATS = "JPEG, PNG, BMP, WebP, TIFF or PNM"
+# the file names a photo folder offers (infer, int8 calibration); PNM is read but not listed
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageReadError(ValueError):

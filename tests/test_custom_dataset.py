@@ -5,7 +5,6 @@ training fine-tuned from an 11-class checkpoint (``model.init_from``), ``tools/t
 class maps: the three CelebAMask-HQ id orders and scoring across label sets."""
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np

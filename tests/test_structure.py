@@ -5,8 +5,9 @@ The module graph comes from the source text alone (``ast``; nothing is imported)
 ``a -> b`` for every ``import b`` / ``from b import x`` in ``a`` that names a ``dml_csr`` module
 (relative imports resolved; ``from pkg import sub`` names the submodule ``pkg.sub``). Imports at
 module level (class bodies and module-level ``if``/``try`` included) run when the module is
-imported; a cycle of them is an error. Imports inside functions run later, when called; cycles
-through them are listed (``python tests/test_structure.py``) but allowed.
+imported; imports inside functions run later, when called. A cycle of either kind is an error:
+a function-level import that closes a circle still ties the two modules together
+(``python tests/test_structure.py`` lists both kinds).
 """
 import ast
 import os
@@ -167,6 +168,13 @@ def test_no_module_level_import_cycles():
     assert not found, "module-level import cycles:\n" + "\n".join(_show(c) for c in found)
 
 
+def test_no_import_cycles_through_function_level_imports():
+    top, lazy = import_graphs(package_sources())
+    found = function_level_cycles(top, lazy)
+    assert not found, "import cycles through imports inside functions:\n" + "\n".join(
+        _show(c) for c in found)
+
+
 def test_layers_do_not_import_models():
     top, lazy = import_graphs(package_sources())
     wrong = {(m, t) for g in (top, lazy) for m, targets in g.items() for t in targets
@@ -249,3 +257,29 @@ def test_no_module_names_the_benchmarks_but_their_own():
                   if isinstance(n, ast.Constant) and isinstance(n.value, str)
                   and id(n) not in docs and names.search(n.value)]
     assert found == []
+
+
+def _homes(match) -> List[str]:
+    """``path:line`` of every AST node of the package for which ``match(node)`` is true."""
+    found = []
+    for module, text in package_sources().items():
+        path = module.replace("dml_csr.", "", 1).replace(".", "/") + ".py"
+        found += [f"{path}:{n.lineno}" for n in ast.walk(ast.parse(text)) if match(n)]
+    return found
+
+
+def test_shared_facts_have_one_home():
+    """The release's resize (bilinear, ``align_corners=True``) is written once, in
+    ``layers/blocks.upsample``, and the ignore label value once, in ``data/schemas.py``: a change
+    of either is one edit."""
+    def aligned_resize(n):
+        return isinstance(n, ast.Call) and any(
+            k.arg == "align_corners" and isinstance(k.value, ast.Constant) and k.value.value is True
+            for k in n.keywords)
+
+    def ignore_defined(n):
+        return isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "IGNORE_INDEX" for t in n.targets)
+
+    assert [h.split(":")[0] for h in _homes(aligned_resize)] == ["layers/blocks.py"]
+    assert [h.split(":")[0] for h in _homes(ignore_defined)] == ["data/schemas.py"]

@@ -57,7 +57,7 @@ from dml_csr.cli import (add_debug_argument, add_max_pixels_argument,  # noqa: E
 def collect_inputs(items):
     """Expand files, folders and globs into a sorted list of file paths, each file once (by real
     path: a symbolic link and its target are one file)."""
-    from dml_csr.deploy.parser import IMAGE_EXTS
+    from dml_csr.files import IMAGE_EXTS
     files = []
     for item in items:
         if os.path.isdir(item):

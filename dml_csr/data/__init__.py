@@ -3,7 +3,8 @@
 What lives here:
 
 - ``schemas.py``: data-set descriptions (class names, tokens, flip pairs, palette, the scorer's
-  merged groups, the headline metric) and the built-in ones (the benchmarks, synthetic).
+  merged groups, the headline metric) and the built-in ones (the benchmarks, synthetic); the
+  ignore label value (``IGNORE_INDEX`` = 255) that the losses and the scorer share.
 - ``layout.py``: the one reader (and the writers' format) of a prepared data root: label names,
   split lists, the data set's identity and description (``dataset.json``) and which data set a
   root holds (``root_schema``).

@@ -26,13 +26,11 @@ from torch.utils.data import Dataset
 from ..files import read_image
 from .edges import binary_edges, category_edges
 from .layout import read_split_list, root_schema, split_list_path
-from .schemas import Schema
+from .schemas import IGNORE_INDEX, Schema
 from .transforms import (AUGMENT_MODES, CENTER_MODES, crop_params, normalize_image, sample_augmentation,
                          warp_image, warp_label)
 
 __all__ = ["FaceDataset", "validate_label", "IGNORE_INDEX"]
-
-IGNORE_INDEX = 255
 
 
 def validate_label(label: np.ndarray, path: str, num_classes: int,

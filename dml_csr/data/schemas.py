@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Tuple
 
-__all__ = ["Schema", "SCHEMAS", "RELEASE_DATASETS", "HEADLINES", "get_schema",
+__all__ = ["Schema", "SCHEMAS", "RELEASE_DATASETS", "HEADLINES", "IGNORE_INDEX", "get_schema",
            "datasets_with_classes", "describe_class_count",
            "default_palette", "SchemaError"]
 
 HEADLINES = ("mean_f1", "overall_f1")      # overall_f1 needs a merged group named "overall"
-MAX_CLASSES = 255                          # label maps are uint8 and 255 is the ignore value
+IGNORE_INDEX = 255                         # the label value that no loss or score counts
+MAX_CLASSES = IGNORE_INDEX                 # label maps are uint8 and 255 is the ignore value
 _WORD = re.compile(r"[A-Za-z0-9_.+-]+")
 
 

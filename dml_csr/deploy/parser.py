@@ -37,13 +37,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..data.schemas import Schema
-from ..files import read_image
+from ..files import IMAGE_EXTS, read_image
 from ..data.transforms import (MEAN, STD, crop_params, get_affine_matrix, normalize_image, warp_back,
                                warp_image)
 from ..models.checkpoint import ModelSpec, load_inference_model
+from ..models.contract import resize_logits_to
 from .detect import DEFAULT_MARGIN, as_detections, face_region, make_detector
 from .fold import PRECISIONS, optimize_for_inference
 from .pretrained import load_pretrained
@@ -149,9 +149,6 @@ class FaceParsingResult:
         return {"image_size": [int(h), int(w)], "dataset": self.dataset,
                 "class_names": list(self.class_names), "no_face": bool(self.no_face[image_id]),
                 "faces": faces}
-
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what folders offer
 
 
 def _as_bgr(image: ImageInput, rgb: bool) -> np.ndarray:
@@ -376,7 +373,7 @@ class FaceParser:
             raise RuntimeError(f"the model predicts {out.shape[1]} classes, the {self.schema.name} "
                                f"schema has {self.schema.num_classes}")
         if tuple(out.shape[-2:]) != self.output_size:
-            out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=True)
+            out = resize_logits_to(out, self.output_size)
         return out
 
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput]], *, rgb: bool = False,

@@ -38,7 +38,7 @@ from ..data.layout import read_split_list, split_list_path
 from ..data.transforms import crop_params, normalize_image, warp_image
 from ..models.checkpoint import ModelSpec
 from ..files import read_image, remove_partials, write_bytes
-from .parser import IMAGE_EXTS
+from ..files import IMAGE_EXTS
 
 __all__ = ["calibration_images", "calibration_crops", "quantize_onnx", "int8_model", "cache_dir",
            "FLOAT_LAYERS"]

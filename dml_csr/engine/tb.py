@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import MEAN, STD
+from ..layers.blocks import upsample
 from ..models import ParsingOutput
 
 __all__ = ["open_writer", "close_writer", "log_train_scalars", "log_val_scalars", "colorize",
@@ -77,8 +78,7 @@ def image_grid(batch: Dict[str, torch.Tensor], outputs: ParsingOutput, palette, 
     if model is not None:
         with torch.no_grad():
             outputs = model(batch["image"][:n])
-    up = lambda t: nn.functional.interpolate(t[:n].detach().float().cpu(), size=size,  # noqa: E731
-                                             mode="bilinear", align_corners=True)
+    up = lambda t: upsample(t[:n].detach().float().cpu(), size)  # noqa: E731
     rows = [img, colorize(batch["label"][:n].cpu(), palette),
             colorize(up(outputs.parsing).argmax(1), palette)]
     if outputs.binary_edge is not None:

@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dml_csr.data.transforms import warp_back
+from dml_csr.layers.blocks import upsample
 from dml_csr.distributed import all_reduce_sum, get_rank, get_world_size, unwrap
 from dml_csr.files import check_output_folder, write_image, write_npz
 
@@ -107,8 +107,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Tuple[int, 
         if s <= 0:
             raise ValueError(f"scales must be positive, got {s}")
         size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear",
-                                                        align_corners=True)
+        x = images if size == (h, w) else upsample(images, size)
         views = [False, True] if flip else [False]
         for flipped in views:
             logits = _forward_at(model, x.flip(-1) if flipped else x, out_size)

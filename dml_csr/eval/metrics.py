@@ -27,11 +27,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ..data.schemas import HEADLINES, IGNORE_INDEX
+
 __all__ = ["IGNORE_INDEX", "HEADLINES", "ConfusionMatrix", "confusion_histogram",
            "compute_metrics", "default_headline", "protocol_description"]
-
-IGNORE_INDEX = 255
-HEADLINES = ("overall_f1", "mean_f1")
 
 
 def _description(labels, dataset: Optional[str] = None):

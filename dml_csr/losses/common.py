@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.schemas import IGNORE_INDEX
+from ..layers.blocks import upsample
 from ..models.contract import ParsingOutput
 
 __all__ = ["IGNORE_INDEX", "split_outputs", "resize_logits", "pixel_cross_entropy", "masked_mean",
            "safe_divide"]
-
-IGNORE_INDEX = 255
 
 ModelOutputs = Union[Tensor, Sequence[Optional[Tensor]]]
 
@@ -36,7 +36,7 @@ def resize_logits(logits: Tensor, size: Tuple[int, int]) -> Tensor:
     logits = logits.float()  # cumulative sums and softmax in half precision lose counts
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+    return upsample(logits, tuple(size))
 
 
 def pixel_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:

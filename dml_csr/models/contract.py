@@ -14,8 +14,9 @@ arguments come from the config (``kwargs_from_config``); ``models/registry.py`` 
 from typing import Any, ClassVar, Dict, NamedTuple, Optional, Tuple
 
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..layers.blocks import upsample
 
 __all__ = ["ParsingOutput", "ParsingModel", "resize_logits_to"]
 
@@ -33,8 +34,7 @@ def resize_logits_to(logits: Tensor, size: Optional[Tuple[int, int]]) -> Tensor:
     """Bilinear (align_corners=True, the release's protocol) resize of (N, K, h, w) to ``size``."""
     if size is None or tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=tuple(int(s) for s in size), mode="bilinear",
-                         align_corners=True)
+    return upsample(logits, tuple(int(s) for s in size))
 
 
 class ParsingModel(nn.Module):
