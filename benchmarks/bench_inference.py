@@ -1,21 +1,17 @@
 """Inference speed of the DML-CSR inference form on this CPU: plain eval vs optimised vs ONNX Runtime.
 
     python benchmarks/bench_inference.py [--size 473 473] [--runs 5] [--batch 8] [--batch-runs 2]
-        [--threads N] [--no-onnx] [--int8] [--pt2e] [--parser] [--json OUT.json]
+        [--threads N] [--no-onnx] [--int8] [--pt2e] [--parser] [--fast-path] [--json OUT.json]
 
 Variants (same weights, same input):
 - ``plain``: ``model.eval()`` under ``torch.inference_mode`` (the reference);
-- ``folded``: ``optimize_for_inference(model, winograd=None)`` (norms folded into the
-  convolutions, channels_last, inference_mode);
-- ``optimised``: ``optimize_for_inference(model)``, what ``FaceParser`` uses on the CPU: folded,
-  plus Winograd F(4x4, 3x3) for the 3x3 convolutions with >= 256 x 256 channels whose
-  transformed filters fit 64 MiB (the context module's conva and bottleneck stay direct);
-- ``optimised-nocap``: the same without that cap (``max_filter_bytes=None``): all 29 such
-  convolutions in Winograd, about 250 MB more memory;
+- ``folded``: ``optimize_for_inference(model)`` (norms folded into the convolutions,
+  channels_last, in-place activations, inference_mode; ``FaceParser(backend="torch")``);
 - ``bf16``: ``optimize_for_inference(model, precision="bf16")``: folded, then cast to bfloat16
   (weights and activations, oneDNN's bf16 convolutions; not exact: see its parity columns);
 - ``onnxruntime``: the folded model exported by ``dml_csr.deploy.export_onnx`` (TorchScript exporter,
-  dynamic batch), run by onnxruntime's CPU provider with the same thread count;
+  dynamic batch), run by onnxruntime's CPU provider with the same thread count (what the parser
+  runs by default for float32 on the CPU);
 - ``onnxruntime-int8`` (``--int8``): that file quantized by ``dml_csr.deploy.quantize_onnx``
   (static QDQ, per-channel int8 weights, uint8 activations calibrated on 4 random inputs, the
   first stem convolution and the decoder left float32: what ``precision="int8"`` runs; its parity
@@ -29,9 +25,16 @@ then ``torch.compile`` with inductor freezing; the compile time is printed.
 ``--parser``: the whole ``FaceParser`` call, ``parser(image, detect=False)`` on a 473 x 473 photo
 (the astronaut of ``tests/data/photos`` resized: crop, normalisation, forward, upsampling, argmax,
 warp back), for ``FaceParser.from_checkpoint(CKPT, precision=...)`` with fp32 (the default
-optimised module), bf16 and int8 (calibrated on ``tests/data/photos``, cached in a temporary
+parser: onnxruntime), bf16 and int8 (calibrated on ``tests/data/photos``, cached in a temporary
 folder), CKPT being these random weights saved as a checkpoint; each against the plain module's
 forward timed in the same round (``speed-up`` = plain forward / parser call).
+
+``--fast-path``: the float32 fast path (docs/inference.md, "The float32 fast path"): the parser
+call ``parser(photos, detect=False)`` on 1 and on ``--batch`` photos (one call, ``max_batch`` 8)
+for two parsers of the same checkpoint: the default (``backend="auto"``: onnxruntime on the CPU)
+and ``backend="torch"`` (the folded module), in alternating rounds (``--runs`` rounds at batch 1,
+``--batch-runs`` at batch 8; median per parser), with the share of label-map pixels that agree
+with the first parser's.
 
 Weights: random, every norm randomised and then calibrated on two random images
 (``dml_csr.utils.random_weights``) so that each layer sees unit-scale activations as in a trained
@@ -56,6 +59,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dml_csr.models import DMLCSR  # noqa: E402
@@ -86,6 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pt2e", action="store_true", help="also time torchao PT2E int8 + torch.compile")
     ap.add_argument("--parser", action="store_true",
                     help="also time the whole parser call per precision against the plain forward")
+    ap.add_argument("--fast-path", action="store_true",
+                    help="only compare the parser's float32 paths (onnxruntime, the default, and "
+                         "torch) at batch 1 and --batch")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="skip the norm calibration (weak parity check)")
@@ -103,11 +110,16 @@ def main(argv=None) -> int:
                         weight_scale=0.5)
     for p in plain.parameters():
         p.requires_grad_(False)
-    folded = optimize_for_inference(plain, winograd=None)
-    fast = optimize_for_inference(plain)
-    nocap = optimize_for_inference(plain, max_filter_bytes=None)
+    if args.fast_path:
+        results = {"size": [h, w], "threads": threads, "batch": args.batch, "runs": args.runs,
+                   "batch_runs": args.batch_runs, "torch": torch.__version__,
+                   "fast_path": time_fast_paths(plain, (h, w), args)}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return 0
+    folded = optimize_for_inference(plain)
     bf16 = optimize_for_inference(plain, precision="bf16")
-    print(f"Winograd on {len(fast.winograd)} convolutions: {', '.join(fast.winograd[:3])}, ...", flush=True)
     x1 = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
     xb = torch.randn(args.batch, 3, h, w, generator=torch.Generator().manual_seed(2))
 
@@ -118,8 +130,7 @@ def main(argv=None) -> int:
         return run
 
     run_plain = logits_of(plain)
-    variants = {"plain": run_plain, "folded": logits_of(folded), "optimised": logits_of(fast),
-                "optimised-nocap": logits_of(nocap), "bf16": logits_of(bf16)}
+    variants = {"plain": run_plain, "folded": logits_of(folded), "bf16": logits_of(bf16)}
     if not args.no_onnx:
         from dml_csr.deploy import export_onnx
         from dml_csr.deploy.onnx import OnnxSession
@@ -220,12 +231,11 @@ def pt2e_int8(plain, x1, calibration):
     return run
 
 
-def time_parsers(plain, size, run_plain, x1, args) -> dict:
-    """The whole ``parser(image, detect=False)`` per precision against ``run_plain(x1)``, timed
-    alternately (module docstring); prints a table and returns its numbers."""
+def _parser_inputs(plain, size, args):
+    """A checkpoint of ``plain``'s weights in a temporary folder and a ``size`` photo."""
     import cv2
 
-    from dml_csr.deploy import FaceParser, read_image
+    from dml_csr.deploy import read_image
     from dml_csr.models import ModelSpec
     from dml_csr.models.checkpoint import save_checkpoint
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,6 +247,48 @@ def time_parsers(plain, size, run_plain, x1, args) -> dict:
     kwargs = {"num_classes": args.classes, "layers": list(args.layers), "width_mult": args.width_mult}
     save_checkpoint(ckpt, plain.state_dict(), ModelSpec.for_dataset(
         "dml_csr", kwargs, "helen" if args.classes == 11 else "celebamask_hq", crop_size=size))
+    return ckpt, image, photos
+
+
+def time_fast_paths(plain, size, args) -> dict:
+    """``--fast-path`` (module docstring): prints a table and returns its numbers."""
+    from dml_csr.deploy import FaceParser
+    ckpt, image, _ = _parser_inputs(plain, size, args)
+    parsers = {"default (onnxruntime)": FaceParser.from_checkpoint(ckpt, detector=None),
+               "backend=\"torch\" (folded)": FaceParser.from_checkpoint(ckpt, detector=None,
+                                                                    backend="torch")}
+    assert [p.backend_name for p in parsers.values()] == ["onnx", "torch"]
+    photos = [image] * args.batch
+    first = None
+    out = {}
+    for name, parser in parsers.items():             # warm-up, and the label maps' agreement
+        res = parser(photos, detect=False)
+        maps = np.stack(res.label_maps)
+        first = maps if first is None else first
+        out[name] = {"label_agreement": float((maps == first).mean()), "b1_s": [], "bn_s": []}
+    for r in range(max(args.runs, args.batch_runs)):
+        for name, parser in parsers.items():
+            if r < args.runs:
+                out[name]["b1_s"] += timed(lambda im: parser(im, detect=False), image, 1)
+            if r < args.batch_runs:
+                out[name]["bn_s"] += timed(lambda ims: parser(ims, detect=False), photos, 1)
+        print(f"round {r + 1} done", flush=True)
+    print("\n| parser call, detect=False | batch 1 (ms) | batch %d (img/s) | label maps agree |"
+          % args.batch)
+    print("|---|---|---|---|")
+    for name, r in out.items():
+        r["b1_ms"] = 1000 * statistics.median(r["b1_s"])
+        r["bn_img_s"] = args.batch / statistics.median(r["bn_s"]) if r["bn_s"] else None
+        print(f"| {name} | {r['b1_ms']:.0f} | {r['bn_img_s'] or float('nan'):.3f} | "
+              f"{100 * r['label_agreement']:.3f}% |", flush=True)
+    return out
+
+
+def time_parsers(plain, size, run_plain, x1, args) -> dict:
+    """The whole ``parser(image, detect=False)`` per precision against ``run_plain(x1)``, timed
+    alternately (module docstring); prints a table and returns its numbers."""
+    from dml_csr.deploy import FaceParser
+    ckpt, image, photos = _parser_inputs(plain, size, args)
     out = {}
     print("\n| parser call, detect=False, %dx%d photo | parser (ms) | plain forward (ms) | "
           "speed-up |" % size[::-1])

@@ -12,7 +12,7 @@ the scaled loss, the SGD step, the fp16 scale's update: the trainer's own step).
 random images with random labels and edges at ``--size``.
 
 Modes (all float32 unless named):
-- ``native``: ``model.norm_backend=native`` (the ABN of the earlier releases of this project);
+- ``native``: ``model.args.norm_backend=native`` (the ABN of the earlier releases of this project);
 - ``memory``: the memory-saving ABN (``memory``; what ``auto``, the default, picks for training
   on the CPU and on CUDA without the compiled package);
 - ``compiled``: the ``inplace-abn`` package (where ``scripts/build_inplace_abn.sh`` has been run;
@@ -48,7 +48,7 @@ def mode_overrides(mode: str):
     backend = {"native": "native", "compiled": "compiled"}.get(mode, "memory")
     extra = {"bf16": ["train.precision=bf16"], "fp16": ["train.precision=fp16"],
              "checkpoint": ["train.checkpoint_backbone=true"]}
-    return [f"model.norm_backend={backend}", *extra.get(mode, [])]
+    return [f"model.args.norm_backend={backend}", *extra.get(mode, [])]
 
 
 def child(mode: str, batch_size: int, stage_name: str, size: int, steps: int, device: str,

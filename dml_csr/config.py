@@ -11,6 +11,12 @@ Resolution order (later wins):
    the preset's, as it would on the command line;
 4. command-line ``section.key=value`` overrides (values parsed as YAML).
 
+``model.args`` are the family's constructor arguments, checked by the family: a layer that names
+another ``model.name`` than the layers before starts from that family's defaults (the earlier
+layers' arguments were another family's). Keys of earlier versions (``model.layers``,
+``model.width_mult``, ``model.context``, ``model.norm_backend``, ``model.fp_liif``) are read as
+``model.args`` keys, with a warning.
+
 Unknown keys and wrong types are rejected with the dotted key in the message. The resolved config
 is saved beside the checkpoints of a run, and inside every checkpoint.
 """
@@ -36,17 +42,21 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "dml_csr"                 # a model family (models/registry.py): dml_csr | fp_liif
-    # DML-CSR
-    layers: List[int] = field(default_factory=lambda: [3, 4, 23, 3])   # ResNet-101
-    width_mult: float = 1.0               # < 1 only for the CPU-sized synthetic preset
-    context: str = "ddgcn"                # ddgcn | ablation modules (configs/ablations)
-    norm_backend: str = "auto"            # ABN backend: auto | native | compiled | memory
+                                          # | one added by register_family
+    # the family's constructor arguments, checked by the family (ParsingModel.check_args); empty
+    # = its defaults. DML-CSR: layers ([3, 4, 23, 3]: ResNet-101), width_mult (1.0), context
+    # (ddgcn | the ablation modules of configs/ablations), norm_backend (ABN: auto | native |
+    # compiled | memory); FP-LIIF: the keyword arguments of dml_csr.models.FPLIIF
+    args: Dict[str, Any] = field(default_factory=dict)
     pretrained: str = ""                  # path to resnet101-imagenet.pth ("" = random init)
     init_from: str = ""                   # start from this checkpoint (ours or the authors'):
                                           # every tensor whose name and shape match loads, the
                                           # rest (another class count's heads) starts fresh
-    # FP-LIIF (keyword arguments of dml_csr.models.FPLIIF; empty = its defaults)
-    fp_liif: Dict[str, Any] = field(default_factory=dict)
+
+
+# Keys of earlier versions, read as what they became (files and checkpoints written before
+# model.args): model.KEY -> model.args.KEY; model.fp_liif's mapping -> model.args.
+LEGACY_MODEL_ARGS = ("layers", "width_mult", "context", "norm_backend")
 
 
 @dataclass
@@ -196,7 +206,7 @@ def _merge_into(obj: Any, data: Dict[str, Any], prefix: str = "") -> None:
                 raise ConfigError(f"config key {dotted!r} is a section; got {value!r}")
             _merge_into(current, value, dotted + ".")
         elif isinstance(current, dict) and isinstance(value, dict):
-            # a free-form mapping (e.g. model.fp_liif): later layers and overrides update it key
+            # a free-form mapping (e.g. model.args): later layers and overrides update it key
             # by key instead of replacing it, like the sections
             setattr(obj, key, _merge_mapping(current, _check_type(value, hints[key], dotted)))
         else:
@@ -267,9 +277,38 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
     return nested
 
 
+def _legacy_keys(layer: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """``layer`` with the model keys of earlier versions moved into ``model.args``
+    (``LEGACY_MODEL_ARGS``, ``model.fp_liif``); a warning names each one once per source."""
+    model = layer.get("model")
+    if not isinstance(model, dict):
+        return layer
+    old = [k for k in model if k in LEGACY_MODEL_ARGS or k == "fp_liif"]
+    if not old:
+        return layer
+    model = dict(model)
+    args = dict(model.get("args") or {}) if isinstance(model.get("args"), dict) else {}
+    moved = {}
+    for key in old:
+        value = model.pop(key)
+        if key == "fp_liif":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key 'model.fp_liif' expects a mapping, got {value!r}")
+            moved.update(value)
+        else:
+            moved[key] = value
+    model["args"] = {**moved, **args}          # model.args, where both are given, wins
+    import logging
+    logging.getLogger(__name__).warning(
+        "%s: %s %s now model.args (read as model.args.%s)", source,
+        ", ".join(f"model.{k}" for k in old), "is" if len(old) == 1 else "are",
+        ", model.args.".join("KEY" if k == "fp_liif" else k for k in old))
+    return {**layer, "model": model}
+
+
 def config_from_dict(data: Dict[str, Any]) -> Config:
     cfg = Config()
-    _merge_into(cfg, data)
+    _merge_into(cfg, _legacy_keys(data, "a stored config"))
     return cfg
 
 
@@ -286,7 +325,12 @@ def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = (
     if not os.path.isfile(preset_path):
         raise ConfigError(f"unknown preset {preset!r}: no file {preset_path}")
     cfg = Config()
-    for layer in [_read_yaml(preset_path)] + layers + [cli]:
+    sources = [preset_path] + [name_or_path] * len(layers) + ["the command line"]
+    for layer, source in zip([_read_yaml(preset_path)] + layers + [cli], sources):
+        layer = _legacy_keys(layer, source)
+        name = (layer.get("model") or {}).get("name") if isinstance(layer.get("model"), dict) else None
+        if name is not None and name != cfg.model.name:
+            cfg.model.args = {}      # the arguments of the family before do not apply to this one
         _merge_into(cfg, layer)
     cfg.preset = preset
     validate(cfg)
@@ -294,12 +338,10 @@ def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = (
 
 
 def validate(cfg: Config) -> None:
-    from .layers.abn import ABN_BACKENDS
     from .models.registry import FAMILIES
     choices = {
         "preset": (cfg.preset, ("paper", "released")),
         "model.name": (cfg.model.name, tuple(FAMILIES)),
-        "model.norm_backend": (cfg.model.norm_backend, ABN_BACKENDS),
         "data.augment": (cfg.data.augment, ("paper", "released", "none")),
         "data.channel_order": (cfg.data.channel_order, ("bgr", "rgb")),
         "data.center_mode": (cfg.data.center_mode, ("exact", "released")),
@@ -315,6 +357,10 @@ def validate(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key {key!r} must be one of {allowed}, got {value!r}")
+    try:
+        cfg.model.args = FAMILIES[cfg.model.name].check_args(cfg.model.args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     known_tasks = {"binary_edge", "binary_attention", "category_edge", "category_attention"}
     bad = [t for t in cfg.loss.tasks if t not in known_tasks]
     if bad:

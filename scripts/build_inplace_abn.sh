@@ -2,7 +2,7 @@
 # Optional: build the compiled inplace-abn package (1.1.0) into ./.venv (or DMLCSR_PYTHON's
 # environment).
 # Nothing needs it: without it the pure-PyTorch ABN (same names, same maths) is used.
-# With it, ABN layers on CUDA tensors use its kernels (model.norm_backend=auto|compiled).
+# With it, ABN layers on CUDA tensors use its kernels (model.args.norm_backend=auto|compiled).
 # It compiles C++ (and CUDA when nvcc and a CUDA build of torch are present): a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -25,6 +25,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_a_temporary_folder(tmp_path_factory):
+    """The ONNX files parsers make (deploy/cache.py) go to a folder of this run, never the
+    user's ~/.cache: a later run reads nothing an earlier one left."""
+    old = os.environ.get("DMLCSR_CACHE")
+    os.environ["DMLCSR_CACHE"] = str(tmp_path_factory.mktemp("dml_csr_cache"))
+    yield
+    if old is None:
+        os.environ.pop("DMLCSR_CACHE", None)
+    else:
+        os.environ["DMLCSR_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _cpu_unless_marked_cuda(request, monkeypatch):
     """CPU contracts stay on the CPU on a GPU machine too: ``device=auto`` resolves to the CPU,

@@ -182,7 +182,7 @@ def test_release_state_dict_schema_comes_from_its_class_count(tmp_path, monkeypa
         paths[k] = str(tmp_path / f"release{k}.pth")
         torch.save({f"module.{key}": v for key, v in state.items()}, paths[k])
     def load(k, **kw):
-        return FaceParser.from_checkpoint(paths[k], detector=None, fold_bn=False, **kw)
+        return FaceParser.from_checkpoint(paths[k], detector=None, optimize=False, **kw)
 
     with caplog.at_level(logging.INFO, logger="dml_csr"):          # 19 classes decide the schema
         assert load(19).schema.name == "celebamask_hq"
@@ -204,7 +204,7 @@ def test_release_state_dict_schema_comes_from_its_class_count(tmp_path, monkeypa
 
 def test_our_checkpoint_refuses_a_dataset_with_another_class_count(ckpt):
     with pytest.raises(ValueError) as err:
-        FaceParser.from_checkpoint(ckpt, dataset="celebamask_hq", detector=None, fold_bn=False)
+        FaceParser.from_checkpoint(ckpt, dataset="celebamask_hq", detector=None, optimize=False)
     assert ckpt in str(err.value) and "11 classes" in str(err.value) and "helen" in str(err.value)
 
 
@@ -281,3 +281,74 @@ def test_infer_cli_int8_needs_calibration_once(ckpt, tmp_path, monkeypatch):
         infer.main(["--checkpoint", ckpt, str(src), "--out", str(tmp_path / "o4"),
                     "--calibrate", str(src)])
     assert sorted(os.listdir(src)) == ["p0.png", "p1.png", "p2.png"]
+
+
+def test_float32_on_the_cpu_runs_onnxruntime_from_a_checked_cache(ckpt, tmp_path, monkeypatch,
+                                                                  caplog):
+    """The default float32 parser on the CPU runs the folded model's ONNX file with onnxruntime
+    (docs/inference.md, "The float32 fast path"): exported once into the cache, opened by later
+    parsers, never used when planted or truncated; it labels like the torch module."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DMLCSR_CACHE", str(cache))
+    parser = FaceParser.from_checkpoint(ckpt, detector=None)
+    files = sorted(cache.glob("*.fp32.onnx"))
+    assert parser.backend_name == "onnx" and len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    torch_parser = FaceParser.from_checkpoint(ckpt, detector=None, backend="torch")
+    assert torch_parser.backend_name == "torch"
+    photo = _photo(50, 80)
+    a = parser(photo, detect=False, return_logits=True)
+    b = torch_parser(photo, detect=False, return_logits=True)
+    scale = float(np.abs(b.logits[0]).max())
+    assert np.abs(a.logits[0] - b.logits[0]).max() < 1e-4 * max(1.0, scale)
+    assert (a.label_maps[0] == b.label_maps[0]).mean() > 0.99
+    again = FaceParser.from_checkpoint(ckpt, detector=None)
+    assert sorted(cache.glob("*.fp32.onnx")) == files and files[0].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again(photo, detect=False).label_maps[0], a.label_maps[0])
+    # the plain module, bf16 and multi-scale TTA stay on torch
+    assert FaceParser.from_checkpoint(ckpt, detector=None, optimize=False).backend_name == "torch"
+    assert FaceParser.from_checkpoint(ckpt, detector=None, scales=(0.75, 1)).backend_name == "torch"
+    with pytest.raises(ValueError, match="multi-scale TTA"):
+        FaceParser.from_checkpoint(ckpt, detector=None, backend="onnx", scales=(0.75, 1))
+    with pytest.warns(DeprecationWarning, match="optimize"):
+        assert FaceParser.from_checkpoint(ckpt, detector=None, fold_bn=False).backend_name == "torch"
+    # a file of other weights planted under the name, then a truncated one: set aside, rebuilt
+    good = files[0].read_bytes()
+    other = tmp_path / "other.pth"
+    torch.manual_seed(5)
+    save_checkpoint(str(other), DMLCSR(with_edges=False, **KW).state_dict(),
+                    ModelSpec.for_dataset("dml_csr", KW, "helen", crop_size=CROP))
+    FaceParser.from_checkpoint(str(other), detector=None)
+    planted = [p for p in cache.glob("*.fp32.onnx") if p != files[0]]
+    assert len(planted) == 1
+    for bad in (planted[0].read_bytes(), good[: len(good) // 2]):
+        files[0].write_bytes(bad)
+        caplog.clear()
+        rebuilt = FaceParser.from_checkpoint(ckpt, detector=None)
+        assert "set aside" in caplog.text and str(files[0]) in caplog.text
+        assert files[0].with_name(files[0].name + ".rejected").is_file()
+        np.testing.assert_array_equal(rebuilt(photo, detect=False).label_maps[0], a.label_maps[0])
+
+
+def test_infer_cli_flip_and_scales_are_the_protocol_tta(ckpt, tmp_path):
+    """--flip / --scales reach the parser: the saved logits are the TTA's (log of the mean
+    softmax of the passes), equal to FaceParser(flip=True, scales=...)'s, not the one pass's."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("infer_tool", os.path.join(REPO, "tools", "infer.py"))
+    infer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer)
+    src = tmp_path / "a.png"
+    cv2.imwrite(str(src), _photo(40, 60, seed=2))
+    outs = {}
+    for name, extra in (("one", []), ("tta", ["--flip", "--scales", "0.75", "1.0"])):
+        out = tmp_path / name
+        assert infer.main(["--checkpoint", ckpt, str(src), "--out", str(out), "--no-detect",
+                           "--save-logits", *extra]) == 0
+        outs[name] = np.load(out / "a_logits.npz")["face0"].astype(np.float32)
+    want = FaceParser.from_checkpoint(ckpt, detector=None, flip=True, scales=(0.75, 1.0))(
+        str(src), detect=False, return_logits=True).logits[0]
+    np.testing.assert_allclose(outs["tta"], want, atol=2e-2, rtol=2e-3)     # saved as float16
+    assert np.abs(outs["tta"] - outs["one"]).max() > 0.1
+    assert (np.exp(outs["tta"]).sum(0) - 1).__abs__().max() < 1e-2       # log-probabilities
+    with pytest.raises(SystemExit):
+        infer.main(["--checkpoint", ckpt, str(src), "--out", str(tmp_path / "x"), "--scales", "0"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = ["model.layers=[1,1,1,1]", "model.width_mult=0.125"]
+TINY_MODEL = ["model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125"]
 SMOKE = {
     "bench_data": ["--n", "2", "--reps", "1", "--crop", "32"],
     "bench_data_check": ["--smoke"],
@@ -26,7 +26,6 @@ SMOKE = {
     "bench_train": ["--size", "32", "--batches", "2", "--modes", "fp16", "--steps", "1",
                     *TINY_MODEL],
     "bench_upright": ["--checkpoint", "{ckpt}", "--data", "{data}", "--limit", "1"],
-    "bench_winograd": ["--smoke"],
 }
 
 

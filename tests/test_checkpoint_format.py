@@ -49,7 +49,7 @@ def _edited(saved, tmp_path, edit):
 
 
 def _parse(path, photo):
-    parser = dml_csr.FaceParser.from_checkpoint(path, detector=None, fold_bn=False)
+    parser = dml_csr.FaceParser.from_checkpoint(path, detector=None, optimize=False)
     return parser, parser(photo, detect=False, return_logits=True)
 
 

@@ -49,7 +49,7 @@ def files(tmp_path_factory):
     make_synthetic(d / "data", num_train=4, num_valid=2, num_test=2, size=32)
     (d / "tiny.yaml").write_text(
         f"name: tiny\ndata:\n  dataset: synthetic\n  root: {d / 'data'}\n  crop_size: [32, 32]\n"
-        "  batch_size: 2\n  workers: 0\nmodel:\n  layers: [1, 1, 1, 1]\n  width_mult: 0.125\n"
+        "  batch_size: 2\n  workers: 0\nmodel:\n  args:\n    layers: [1, 1, 1, 1]\n    width_mult: 0.125\n"
         "train:\n  epochs: 1\n  cycles: 0\neval:\n  workers: 0\n")
     torch.manual_seed(0)
     for k in (11, 19):

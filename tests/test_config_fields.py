@@ -56,7 +56,7 @@ def _overrides(root):
             "eval.batch_size=2"]
 
 
-RUNS = {"synthetic": ["model.layers=[1,1,1,1]", "model.width_mult=0.125", "train.optimizer=sgd"],
+RUNS = {"synthetic": ["model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125", "train.optimizer=sgd"],
         "fp_liif_synthetic": ["train.query_samples=256"]}
 
 
@@ -117,3 +117,27 @@ def test_a_value_the_experiment_file_sets_wins_over_the_preset(tmp_path):
     assert load_config(str(exp), ["preset=released"]).loss.category_edge_weighting == "frequency"
     assert load_config("lapa", ["preset=released"]).loss.category_edge_weight == 0.2
     assert load_config("lapa").loss.category_edge_weight == 1.0
+
+
+def test_model_args_and_the_keys_of_earlier_versions(tmp_path, caplog):
+    """A family's arguments are ``model.args``, checked by the family; the keys of earlier
+    versions (model.layers, model.width_mult, model.context, model.norm_backend, model.fp_liif)
+    are read as model.args keys with a warning naming them (old files and run folders keep
+    working); naming another family drops the earlier layers' arguments."""
+    from dml_csr.config import ConfigError, config_from_dict, load_config
+    old = tmp_path / "old.yaml"
+    old.write_text("_base_: %s\nmodel:\n  layers: [1, 1, 1, 1]\n  context: psp\n"
+                   % os.path.join(C.CONFIG_DIR, "synthetic.yaml"))
+    cfg = load_config(str(old), ["model.width_mult=0.125"])
+    assert cfg.model.args == {"layers": [1, 1, 1, 1], "width_mult": 0.125, "context": "psp",
+                              "norm_backend": "native"}
+    assert "model.layers, model.context are now model.args" in caplog.text
+    liif = load_config("synthetic", ["model.name=fp_liif", "model.fp_liif.width=8"])
+    assert liif.model.args == {"width": 8}                 # synthetic's DML-CSR args dropped
+    stored = config_from_dict({"model": {"name": "fp_liif", "fp_liif": {"width": 8}}})
+    assert stored.model.args == {"width": 8}
+    with pytest.raises(ConfigError, match=r"model.args.context must be one of"):
+        load_config("synthetic", ["model.args.context=unet"])
+    with pytest.raises(ConfigError, match=r"model.args.widht is not an argument of the "
+                                          r"'dml_csr' family; its arguments: \['layers'"):
+        load_config("synthetic", ["model.args.widht=2"])

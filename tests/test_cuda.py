@@ -8,8 +8,8 @@ import torch
 pytestmark = pytest.mark.cuda
 
 KW = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
-TINY = ["data.crop_size=[64,64]", "data.batch_size=2", "data.workers=0", "model.layers=[1,1,1,1]",
-        "model.width_mult=0.125", "train.epochs=3", "train.cycles=1", "train.cycle_epochs=1",
+TINY = ["data.crop_size=[64,64]", "data.batch_size=2", "data.workers=0", "model.args.layers=[1,1,1,1]",
+        "model.args.width_mult=0.125", "train.epochs=3", "train.cycles=1", "train.cycle_epochs=1",
         "train.image_log_interval=0", "eval.workers=0", "eval.batch_size=2"]
 
 

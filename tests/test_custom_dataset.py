@@ -19,7 +19,7 @@ NAMES = ["background", "skin", "left eye", "right eye", "nose", "mouth", "hair"]
 TOKENS = ["bg", "skin", "left_eye", "right_eye", "nose", "mouth", "hair"]
 # synthetic (Helen order) ids -> the 7 classes: brows become skin, the three mouth parts mouth
 TO_SEVEN = np.array([0, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6] + [255] * 245, np.uint8)
-TINY = ["model.layers=[1,1,1,1]", "model.width_mult=0.125", "data.crop_size=[48,48]",
+TINY = ["model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125", "data.crop_size=[48,48]",
         "data.batch_size=2", "data.workers=0", "train.epochs=3", "train.cycles=1",
         "train.cycle_epochs=1", "train.image_log_interval=0", "eval.workers=0",
         "eval.batch_size=2"]
@@ -219,7 +219,7 @@ def test_a_model_of_one_label_set_scored_on_another(tmp_path):
     mapping = tmp_path / "to11.yaml"
     mapping.write_text("source: synthetic19\ntarget: synthetic\nclasses:\n" + "\n".join(lines))
     cfg = load_config("synthetic", [f"data.root={root}", "data.crop_size=[48,48]",
-                                    "model.layers=[1,1,1,1]", "model.width_mult=0.125"])
+                                    "model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125"])
     with pytest.raises(ValueError, match="predicts 19 classes .* --map"):
         run_test(cfg, str(ckpt), "test", workers=0)
     preds = tmp_path / "preds"

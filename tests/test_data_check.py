@@ -52,7 +52,7 @@ def _broken_copy(clean_root, dest):
 def _cfg(root, *extra):
     return load_config("synthetic", [
         f"data.root={root}", f"data.crop_size=[{SIZE},{SIZE}]", "data.batch_size=2",
-        "data.workers=0", "model.layers=[1,1,1,1]", "model.width_mult=0.125", "train.epochs=1",
+        "data.workers=0", "model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125", "train.epochs=1",
         "train.cycles=0", "eval.workers=0", *extra])
 
 

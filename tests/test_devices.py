@@ -113,8 +113,8 @@ def test_two_runs_on_one_machine_do_not_fight_over_a_port(tmp_path):
         pass                                   # already taken by something else: all the same
     try:
         proc = _bash(["scripts/train.sh", "lapa", "2", f"data.root={tmp_path / 'data'}",
-                      "data.dataset=synthetic", "model.pretrained=", "model.layers=[1,1,1,1]",
-                      "model.width_mult=0.125", "data.crop_size=[32,32]", "data.batch_size=2",
+                      "data.dataset=synthetic", "model.pretrained=", "model.args.layers=[1,1,1,1]",
+                      "model.args.width_mult=0.125", "data.crop_size=[32,32]", "data.batch_size=2",
                       "data.workers=0", "train.epochs=1", "train.cycles=0", "eval.workers=0",
                       "train.image_log_interval=0", "--output-dir", str(tmp_path / "run"),
                       "--device", "cpu"], OMP_NUM_THREADS="1", MASTER_PORT="")

@@ -199,8 +199,8 @@ def test_a_forced_one_process_group_trains_through_both_stages(tmp_path, monkeyp
 # --------------------------------------------------------------------------------------------
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_OVERRIDES = [                   # 2 multi-task epochs + 1 CSR cycle of 1 epoch, 32 px
-    "data.crop_size=[32,32]", "data.batch_size=2", "data.workers=0", "model.layers=[1,1,1,1]",
-    "model.width_mult=0.125", "train.epochs=3", "train.cycles=1", "train.cycle_epochs=1",
+    "data.crop_size=[32,32]", "data.batch_size=2", "data.workers=0", "model.args.layers=[1,1,1,1]",
+    "model.args.width_mult=0.125", "train.epochs=3", "train.cycles=1", "train.cycle_epochs=1",
     "train.image_log_interval=0", "eval.workers=0", "eval.batch_size=2"]
 
 

@@ -1,9 +1,12 @@
-"""One set of contracts over every model family (DML-CSR, FP-LIIF, an ablation context module):
-the trainer's two stages, the checkpoint round trip, the parser API and the ONNX export.
+"""One set of contracts over every registered model family (``dml_csr.models.FAMILIES``: DML-CSR,
+FP-LIIF) and an ablation context module: the trainer's two stages, the checkpoint round trip, the
+parser API and the ONNX export.
 
-A new family (a ParsingModel subclass plus one registry line) gets these tests by adding a row
-to ``FAMILIES``.
+The cases come from the registry and the facts each family declares (``example_config``,
+``tiny_args``, ``decodes_any_size``): a family added to the package gets these tests with no
+edit here. A family from outside the package: tests/test_own_family.py.
 """
+import json
 import os
 
 import numpy as np
@@ -13,19 +16,26 @@ import torch
 import dml_csr
 from dml_csr.config import load_config
 from dml_csr.engine.trainer import Trainer
+from dml_csr.models import FAMILIES as REGISTERED
 from dml_csr.models import ParsingOutput, load_inference_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = 32
-FAMILIES = {
-    "dml_csr": ("synthetic", ["model.layers=[1,1,1,1]", "model.width_mult=0.125"]),
-    "fp_liif": ("fp_liif_synthetic", ["train.query_samples=128", "model.fp_liif={width: 8, "
-                                      "blocks: [1, 1, 1], reduce_dims: [16, 8], decoder_dims: [16]}"]),
-    "psp_context": ("synthetic", ["model.layers=[1,1,1,1]", "model.width_mult=0.125",
-                                  "model.context=psp"]),
-}
+
+
+def tiny_case(cls, extra=()):
+    """(config, overrides) of a CPU-sized run of family ``cls``: its quick-start config with its
+    ``tiny_args``; a family that decodes at query points is trained on 128 of them."""
+    overrides = [f"model.name={cls.family}", f"model.args={json.dumps(cls.tiny_args)}"]
+    if cls.decodes_any_size:
+        overrides.append("train.query_samples=128")
+    return cls.example_config, overrides + list(extra)
+
+
+FAMILIES = {name: tiny_case(cls) for name, cls in REGISTERED.items()}
+FAMILIES["psp_context"] = tiny_case(REGISTERED["dml_csr"], ["model.args.context=psp"])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +76,9 @@ def test_both_stages_train_through_the_contract(run):
     for _, outputs in seen:
         assert isinstance(outputs, ParsingOutput) and torch.isfinite(outputs.parsing).all()
         has_edges = outputs.binary_edge is not None
-        assert has_edges == (cfg.model.name == "dml_csr")      # DML-CSR's training form only
+        training_form = REGISTERED[cfg.model.name].build({"num_classes": 3, **cfg.model.args},
+                                                         training=True)
+        assert has_edges == training_form.has_edge_heads      # DML-CSR's training form only
 
 
 def test_checkpoint_round_trip(run):
@@ -123,7 +135,7 @@ def test_bf16_parses_like_float32(run, data_root):
 
 def test_int8_onnx_export_is_calibrated_and_parses(run, data_root, tmp_path):
     """tools/export_onnx.py --int8: a QDQ file calibrated on the data root's images, carrying the
-    label facts and leaving the family's FLOAT_LAYERS in float32; the parser runs it and labels
+    label facts and leaving the family's float_layers in float32; the parser runs it and labels
     most pixels as float32 does (measured on the quick-start models: 99.56 % / 99.05 %,
     docs/inference.md)."""
     import glob
@@ -163,14 +175,14 @@ def test_int8_calibration_sources(data_root, tmp_path):
 
 
 def _assert_float_layers_kept(proto, family):
-    """The convolutions of ``FLOAT_LAYERS`` read float weights, the others int8 weights."""
+    """The convolutions of the family's ``float_layers`` read float weights, the others int8 weights."""
     import re
 
-    from dml_csr.deploy.quantize import FLOAT_LAYERS, _top_module
+    from dml_csr.deploy.quantize import _top_module, float_layers
     inits = {i.name for i in proto.graph.initializer}
     from_dq = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    kept = [n for n in convs if re.fullmatch(FLOAT_LAYERS[family], _top_module(n, inits) or "")]
+    kept = [n for n in convs if re.fullmatch(float_layers(family), _top_module(n, inits) or "")]
     assert kept and len(kept) < len(convs)
     for n in convs:
         assert (n.input[1] in from_dq) != (n in kept), n.name
@@ -202,13 +214,13 @@ def test_int8_parser_calibrates_once(run, data_root, tmp_path, monkeypatch):
     same = np.mean([(a == b).mean() for a, b in zip(fp32.label_maps, int8.label_maps)])
     assert same > 0.8, same
     again = dml_csr.FaceParser.from_checkpoint(ckpt, detector=None, precision="int8")
-    assert list((tmp_path / "cache").iterdir()) == files and files[0].stat().st_mtime_ns == stamp
+    assert sorted((tmp_path / "cache").glob("*.int8.onnx")) == files and files[0].stat().st_mtime_ns == stamp
     assert all((a == b).all() for a, b in zip(again(photos, detect=False).label_maps,
                                               int8.label_maps))
     dml_csr.FaceParser.from_checkpoint(ckpt, detector=None, precision="int8",
                                        calibrate=data_root, calibrate_count=2)
     meta = {p.key: p.value for p in onnx.load(str(files[0]), load_external_data=False).metadata_props}
-    assert '"count": 2' in meta["dml_csr.calibration"] and len(list(files[0].parent.iterdir())) == 1
+    assert '"count": 2' in meta["dml_csr.calibration"] and len(list(files[0].parent.glob("*.int8.onnx"))) == 1
 
 
 def test_int8_scored_by_the_protocol(run, data_root, tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """FP-LIIF through the whole project pipeline on a tiny synthetic set (48 px, 4 training images, a
-tiny FPLIIF via ``model.fp_liif`` overrides of configs/fp_liif_synthetic.yaml):
+tiny FPLIIF via ``model.args`` overrides of configs/fp_liif_synthetic.yaml):
 
 (a) the Trainer trains it (AdamW, no CSR cycles) and writes a best.pth that tools/test.py scores
     with the pooled-F1 protocol;
@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=CROP)
     cfg = load_config("fp_liif_synthetic", [
         f"data.root={root}", f"data.crop_size=[{CROP},{CROP}]", "data.batch_size=2",
-        "data.workers=0", f"model.fp_liif={TINY}", "train.epochs=2", "train.image_log_interval=2",
+        "data.workers=0", f"model.args={TINY}", "train.epochs=2", "train.image_log_interval=2",
         "train.query_samples=500",                          # the config samples 4096 of 128 x 128
         "eval.workers=0", "eval.batch_size=2"])
     out = str(tmp_path_factory.mktemp("run"))
@@ -58,15 +58,15 @@ def test_optimizer_field():
 
 
 def test_model_kwarg_override_updates_the_config_mapping(tmp_path):
-    """`model.fp_liif.KEY=VALUE` changes one keyword argument and keeps the config's others (it
+    """`model.args.KEY=VALUE` changes one keyword argument and keeps the config's others (it
     used to replace the whole mapping, silently training a default-size FP-LIIF)."""
-    base = load_config("fp_liif_synthetic").model.fp_liif
-    cfg = load_config("fp_liif_synthetic", ["model.fp_liif.stem_stride=2", "model.fp_liif.width=48"])
-    assert cfg.model.fp_liif == {**base, "stem_stride": 2, "width": 48}
+    base = load_config("fp_liif_synthetic").model.args
+    cfg = load_config("fp_liif_synthetic", ["model.args.stem_stride=2", "model.args.width=48"])
+    assert cfg.model.args == {**base, "stem_stride": 2, "width": 48}
     derived = tmp_path / "derived.yaml"                 # a _base_ layer's mapping is updated too
-    derived.write_text("_base_: %s\nmodel:\n  fp_liif:\n    blocks: [1, 1, 1]\n"
+    derived.write_text("_base_: %s\nmodel:\n  args:\n    blocks: [1, 1, 1]\n"
                        % os.path.join(REPO, "configs", "fp_liif_synthetic.yaml"))
-    assert load_config(str(derived)).model.fp_liif == {**base, "blocks": [1, 1, 1]}
+    assert load_config(str(derived)).model.args == {**base, "blocks": [1, 1, 1]}
 
 
 def test_sample_queries_gathers_the_pixels_it_samples():
@@ -120,7 +120,7 @@ def test_trainer_with_sampled_queries_in_both_stages(tmp_path):
     make_synthetic(root, num_train=4, num_valid=2, num_test=2, size=CROP)
     cfg = load_config("fp_liif_synthetic", [
         f"data.root={root}", f"data.crop_size=[{CROP},{CROP}]", "data.batch_size=2",
-        "data.workers=0", f"model.fp_liif={TINY}", "train.epochs=2", "train.cycles=1",
+        "data.workers=0", f"model.args={TINY}", "train.epochs=2", "train.cycles=1",
         "train.cycle_epochs=1", "train.image_log_interval=1", "train.query_samples=300",
         "eval.workers=0", "eval.batch_size=2"])
     trainer = Trainer(cfg, output_dir=str(tmp_path / "run"))

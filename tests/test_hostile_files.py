@@ -39,8 +39,8 @@ from dml_csr.models.checkpoint import ModelSpec, UntrustedCheckpointError, save_
 REPO = Path(__file__).resolve().parents[1]
 KW = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
 CROP = (32, 32)
-TINY = ["data.crop_size=[32,32]", "data.batch_size=2", "data.workers=0", "model.layers=[1,1,1,1]",
-        "model.width_mult=0.125", "train.epochs=1", "train.cycles=0", "eval.workers=0",
+TINY = ["data.crop_size=[32,32]", "data.batch_size=2", "data.workers=0", "model.args.layers=[1,1,1,1]",
+        "model.args.width_mult=0.125", "train.epochs=1", "train.cycles=0", "eval.workers=0",
         "eval.batch_size=2", "train.image_log_interval=0"]
 
 
@@ -482,7 +482,7 @@ def test_a_planted_or_truncated_int8_cache_file_is_never_used(photos, tmp_path, 
     shutil.copy(planted, path)                             # another model's file under my name
     with pytest.raises(ValueError, match="set aside as .*rejected") as err:
         int8_model(mine, spec, cache=cache)
-    assert str(path) in caplog.text and "not calibrated for these weights" in caplog.text
+    assert str(path) in caplog.text and "not made for these weights" in caplog.text
     assert not path.exists() and path.with_name(path.name + ".rejected").is_file()
     del err
     path.write_bytes(good[: len(good) // 2])               # truncated

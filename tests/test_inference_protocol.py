@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from dml_csr.data import FaceDataset, get_schema
 from dml_csr.eval.evaluate import evaluate_folder
-from dml_csr.eval.inference import evaluate_model, flip_logits, predict_logits
+from dml_csr.eval.inference import evaluate_model
+from dml_csr.predict import flip_logits, predict_logits
 from dml_csr.models import DMLCSR
 from dml_csr.models.contract import ParsingModel, ParsingOutput, resize_logits_to
 from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
@@ -334,7 +335,7 @@ def test_cli_end_to_end_with_both_checkpoint_formats(data_root, tmp_path):
     torch.save({f"module.{k}": v for k, v in state.items()}, bare)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"name: tiny\ndata:\n  dataset: synthetic\n  root: {data_root}\n"
-                   "  crop_size: [64, 64]\nmodel:\n  layers: [1, 1, 1, 1]\n  width_mult: 0.125\n")
+                   "  crop_size: [64, 64]\nmodel:\n  args:\n    layers: [1, 1, 1, 1]\n    width_mult: 0.125\n")
 
     inference = DMLCSR(with_edges=False, **kwargs)
     inference.load_state_dict({k: v for k, v in state.items() if not k.startswith("edge_layer.")})
@@ -361,3 +362,61 @@ def test_cli_end_to_end_with_both_checkpoint_formats(data_root, tmp_path):
         assert folder["f1"] == result["f1"]
         results.append(result)
     assert results[0]["f1"] == results[1]["f1"]
+
+
+class RandomConv(GridDouble):
+    """A random conv at the DML-CSR output stride: input-dependent maps, not flip-equivariant
+    (flip TTA changes them)."""
+
+    def __init__(self, seed=1):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, K, 5, padding=2)
+        with torch.no_grad():
+            self.conv.weight.mul_(6)
+
+    def logits(self, x):
+        return F.avg_pool2d(self.conv(x), 4)
+
+
+@pytest.mark.parametrize("family", ["double", "dml_csr"])
+def test_the_parser_map_equals_the_protocol_prediction(data_root, tmp_path, family):
+    """The parser (deploy/parser.py) and the benchmark protocol (eval/inference.py) run one
+    test-time path (dml_csr/predict.py): on the data set's whole-image crop the parser's map is
+    the protocol's saved prediction pixel for pixel, with and without test-time augmentation."""
+    from dml_csr.deploy import FaceParser
+    if family == "double":
+        model = RandomConv()
+        parser_of = lambda **tta: FaceParser(model, SCHEMA, crop_size=(64, 64), detector=None,  # noqa: E731
+                                             **tta)
+    else:   # through a checkpoint file, as tools/infer.py and tools/test.py load it
+        from dml_csr.utils.random_weights import calibrate_norms, randomise_norms
+        kwargs = dict(num_classes=K, layers=[1, 1, 1, 1], width_mult=0.125)
+        torch.manual_seed(0)
+        model = randomise_norms(DMLCSR(with_edges=False, **kwargs))
+        calibrate_norms(model, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+        with torch.no_grad():      # a sharp classifier: maps that follow the image
+            model.layer6.conv4.weight.mul_(5)
+        model.eval()
+        ckpt = tmp_path / "tiny.pth"
+        save_checkpoint(str(ckpt), model.state_dict(),
+                        ModelSpec.for_dataset("dml_csr", kwargs, "synthetic", crop_size=(64, 64)))
+        parser_of = lambda **tta: FaceParser.from_checkpoint(  # noqa: E731
+            ckpt, detector=None, optimize=False, **tta)
+    ds = _dataset(data_root, 64)
+    maps = {}
+    for name, tta in (("none", {}), ("flip", {"flip": True}),
+                      ("flip+scales", {"flip": True, "scales": (0.75, 1.0, 1.25)})):
+        pred = tmp_path / f"pred_{name}"
+        evaluate_model(model, ds, batch_size=2, pred_dir=pred, **tta)
+        protocol = _read_preds(pred)
+        parser = parser_of(**tta)
+        for png, want in protocol.items():
+            res = parser(str(data_root / "test" / "images" / png), detect=False)
+            assert res.label_maps[0].shape == want.shape
+            np.testing.assert_array_equal(res.label_maps[0], want, err_msg=f"{name} {png}")
+        maps[name] = protocol
+        assert all(len(np.unique(m)) >= 3 for m in protocol.values()), name   # not a constant map
+    # the options reached the model: each augmentation changes some pixels
+    for name in ("flip", "flip+scales"):
+        assert any((maps[name][p] != maps["none"][p]).any() for p in maps["none"]), name

@@ -29,7 +29,7 @@ def test_short_synthetic_run_learns(tmp_path):
     make_synthetic(root, num_train=128, num_valid=8, num_test=16, size=64, seed=1)
     cfg = load_config("synthetic", [
         f"data.root={root}", "data.crop_size=[64,64]", "data.batch_size=8", "data.workers=0",
-        "model.layers=[1,1,1,1]", "model.width_mult=0.25", "train.epochs=12", "train.cycles=2",
+        "model.args.layers=[1,1,1,1]", "model.args.width_mult=0.25", "train.epochs=12", "train.cycles=2",
         "train.cycle_epochs=2", "train.image_log_interval=0", "eval.workers=0"])
     trainer = Trainer(cfg, output_dir=str(tmp_path / "run"))
     trainer.fit()

@@ -210,7 +210,7 @@ def test_the_parser_and_the_cli_by_name(official_dir, tmp_path, no_env):
     from dml_csr.deploy import FaceParser
     root, _ = official_dir
     parser = FaceParser.from_pretrained("dml-csr-lapa", weights_dir=root, detector=None,
-                                        fold_bn=False)
+                                        optimize=False)
     assert parser.crop_size == (473, 473) and parser.channel_order == "bgr"
     assert parser.center_mode == "released" and parser.schema.name == "lapa"
     res = parser(np.zeros((40, 30, 3), np.uint8), detect=False)

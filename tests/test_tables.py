@@ -100,7 +100,8 @@ def test_row_of_a_result():
     assert paper.result_row(None, "dml_csr") == "dml-csr"         # else the model family
     assert paper.result_row("", "fp_liif") == "fp-liif"
     assert paper.result_row("ddgcn", None) == "ddgcn"
-    assert set(paper.MODEL_ROWS.values()) <= set(paper.ROW_LABELS)
+    from dml_csr.models import DMLCSR, FPLIIF
+    assert {DMLCSR.row(), FPLIIF.row()} <= set(paper.ROW_LABELS)     # the paper's families' rows
     with pytest.raises(ValueError, match="no meta.row and no meta.model"):
         paper.result_row(None, None)
     with pytest.raises(ValueError, match="unknown model 'unet'"):
@@ -292,13 +293,13 @@ def test_run_test_writes_the_row_of_the_config_and_make_tables_keeps_them_apart(
     root = tmp_path / "data"
     make_synthetic(root, num_train=1, num_valid=1, num_test=2, size=32)
     common = [f"data.root={root}", "data.crop_size=[32,32]", "eval.workers=0"]
-    small_dml = ["model.layers=[1,1,1,1]", "model.width_mult=0.125"]
+    small_dml = ["model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125"]
     configs = {
         "dml-csr": load_config("synthetic", common + small_dml),
         "ddgcn": load_config(str(REPO / "configs" / "ablations" / "synthetic" / "ddgcn.yaml"),
                              common + small_dml),
         "fp-liif": load_config("fp_liif_synthetic", common + ["train.query_samples=0",
-            "model.fp_liif={width: 8, blocks: [1, 1, 1], reduce_dims: [16, 8], "
+            "model.args={width: 8, blocks: [1, 1, 1], reduce_dims: [16, 8], "
             "decoder_dims: [16]}"]),
     }
     assert configs["dml-csr"].row == "" and configs["fp-liif"].row == ""   # rows from the model

@@ -26,7 +26,7 @@ def data_root(tmp_path_factory):
 def _cfg(root, preset="paper", *extra):
     return load_config("synthetic", [
         f"preset={preset}", f"data.root={root}", "data.crop_size=[32,32]", "data.batch_size=2",
-        "data.workers=0", "model.layers=[1,1,1,1]", "model.width_mult=0.125", "train.epochs=3",
+        "data.workers=0", "model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125", "train.epochs=3",
         "train.cycles=1", "train.cycle_epochs=1", "train.image_log_interval=3", "eval.workers=0",
         "eval.batch_size=2", *extra])
 

@@ -14,7 +14,7 @@ printed; the exit code is 1 when it exceeds ``--tol``.
 
 ``--int8``: the float32 file is quantized (onnxruntime static QDQ: per-channel int8 weights, uint8
 activations calibrated on ``--calibrate-count`` images of ``--calibrate DIR``, a prepared data
-root or a folder of images; the layers of ``quantize.FLOAT_LAYERS`` stay float32;
+root or a folder of images; the family's ``float_layers`` stay float32;
 ``dml_csr/deploy/quantize.py``) and ``--out`` is the int8 file, always with a dynamic batch
 (onnxruntime ran the fixed-batch int8 graph of the full DML-CSR 1.7x slower); the
 share of output pixels whose label agrees with PyTorch's float32 on the calibration crops is

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from dml_csr.cli import run  # noqa: E402
 
-TINY_MODEL = ["model.layers=[1,1,1,1]", "model.width_mult=0.125"]
+TINY_MODEL = ["model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125"]
 TINY_TRAIN = ["data.crop_size=[64,64]", "data.batch_size=2", "data.workers=0", "train.epochs=3",
               "train.cycles=1", "train.cycle_epochs=1", "train.image_log_interval=0",
               "eval.workers=0", "eval.batch_size=2", *TINY_MODEL]

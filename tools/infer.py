@@ -3,7 +3,8 @@
     python tools/infer.py (--checkpoint CKPT | --model NAME [--weights-dir DIR] | --onnx FILE)
         INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
         [--save-logits] [--device cpu] [--precision fp32|bf16|int8 [--calibrate DIR]]
-        [--batch-size N] [--margin M] [--max-pixels N] [--trust-checkpoint]
+        [--batch-size N] [--margin M] [--flip] [--scales 0.75 1.0 1.25] [--max-pixels N]
+        [--trust-checkpoint]
 
 INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
 
@@ -21,6 +22,11 @@ INPUT: image files, folders (their images, not recursive) or glob patterns. Per 
 checkpoint needs ``--calibrate DIR`` (a prepared data root or a folder of face photos; 32 images,
 ``--calibrate-count``), later runs find the calibrated file in the cache (``$DMLCSR_CACHE``, else
 ``~/.cache/dml_csr``; docs/inference.md).
+
+``--flip`` / ``--scales``: the benchmark protocol's test-time augmentation (``tools/test.py``'s
+options, the same code: ``dml_csr/predict.py``): add horizontally flipped passes and passes at
+these resize factors of the crop, averaged as softmax probabilities; off by default (one pass per
+face, each option multiplies the time per face).
 
 ``--model``: dml-csr-lapa, dml-csr-helen or dml-csr-celebamask-hq, the authors' files, read from
 ``--weights-dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``); nothing is downloaded.
@@ -116,6 +122,10 @@ def parse_args(argv=None):
                     help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
     ap.add_argument("--margin", type=float, default=None,
                     help="face region margin: side = (1 + 2 margin) x face size (default 0.5)")
+    ap.add_argument("--flip", action="store_true",
+                    help="flip test-time augmentation (twice the passes; off by default)")
+    ap.add_argument("--scales", type=float, nargs="+", default=(1.0,),
+                    help="multi-scale test-time augmentation factors (default: 1.0, one pass)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_max_pixels_argument(ap)
     add_trust_argument(ap)
@@ -129,6 +139,9 @@ def parse_args(argv=None):
         ap.error("--precision goes with --checkpoint or --model: an ONNX file runs as it was "
                  "exported (tools/export_onnx.py --int8 writes an int8 one)")
     check_precision_arguments(ap, args)
+    bad = [s for s in args.scales if not s > 0]
+    if bad:
+        ap.error(f"--scales must be positive, got {bad[0]}")
     if args.dataset and args.model:
         ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     return args
@@ -161,7 +174,8 @@ def main(argv=None) -> int:
     precision = dict(precision=args.precision)
     if args.precision == "int8":
         precision.update(calibrate=args.calibrate, calibrate_count=args.calibrate_count)
-    common = dict(detector=detector, margin=margin, max_batch=args.batch_size)
+    common = dict(detector=detector, margin=margin, max_batch=args.batch_size, flip=args.flip,
+                  scales=args.scales)
     if args.onnx:
         parser = FaceParser.from_onnx(args.onnx, **common)
     elif args.model:

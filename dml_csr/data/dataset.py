@@ -27,8 +27,8 @@ from ..files import read_image
 from .edges import binary_edges, category_edges
 from .layout import read_split_list, root_schema, split_list_path
 from .schemas import IGNORE_INDEX, Schema
-from .transforms import (AUGMENT_MODES, CENTER_MODES, crop_params, normalize_image, sample_augmentation,
-                         warp_image, warp_label)
+from .transforms import (AUGMENT_MODES, CENTER_MODES, crop_input, crop_params, sample_augmentation,
+                         warp_label)
 
 __all__ = ["FaceDataset", "validate_label", "IGNORE_INDEX"]
 
@@ -205,10 +205,9 @@ class FaceDataset(Dataset):
             coin = rng.random()
             do_flip = self.flip and coin < self.flip_prob
 
-        crop = warp_image(image, center, scale, rotation, self.crop_size, self.center_mode)
-        if do_flip:
-            crop = crop[:, ::-1]
-        sample = {"image": normalize_image(crop, self.channel_order)}
+        crop = crop_input(image, center, scale, rotation, self.crop_size, self.center_mode,
+                          self.channel_order)
+        sample = {"image": crop.flip(-1) if do_flip else crop}
         if label is not None:
             lab = warp_label(label, center, scale, rotation, self.crop_size, IGNORE_INDEX,
                              self.center_mode)

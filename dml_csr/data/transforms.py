@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 __all__ = ["MEAN", "STD", "crop_params", "get_affine_matrix", "warp_image", "warp_label",
-           "warp_back", "normalize_image", "sample_augmentation", "AUGMENT_MODES"]
+           "warp_back", "normalize_image", "crop_input", "sample_augmentation", "AUGMENT_MODES"]
 
 # ImageNet statistics in RGB order. With channel_order="bgr" they are applied, as in the release,
 # to the B, G, R channels in that order (official checkpoints expect exactly this input).
@@ -206,6 +206,16 @@ def normalize_image(image: np.ndarray, channel_order: str = "bgr",
         np.multiply(image[:, :, src[c]], np.float32(a), out=out[c], dtype=np.float32)
         out[c] += np.float32(b)
     return torch.from_numpy(out)
+
+
+def crop_input(image: np.ndarray, center, scale: float, rotation: float,
+               crop_size: Tuple[int, int], center_mode: str = "exact", channel_order: str = "bgr",
+               mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
+    """The network input of one region: uint8 (H, W, 3) BGR image -> float32 (3, *crop_size)
+    tensor, the affine crop (``warp_image``) normalised (``normalize_image``). The data sets'
+    crops and the parser's are this one function (``dml_csr/predict.py``)."""
+    return normalize_image(warp_image(image, center, scale, rotation, crop_size, center_mode),
+                           channel_order, mean, std)
 
 
 def sample_augmentation(rng: np.random.Generator, mode: str) -> Tuple[float, float]:

@@ -3,18 +3,20 @@
 - ``parser.py``: the parser API, :class:`FaceParser` (``dml_csr.FaceParser``) and its
   :class:`FaceParsingResult`, overlays (:func:`colorize`, :func:`draw_overlay`), image reading
   (:func:`read_image`, from ``dml_csr/files.py``),
-  the torch and onnxruntime backends (docs/inference.md);
+  the torch and onnxruntime backends (docs/inference.md), running the test-time path of
+  ``dml_csr/predict.py``;
 - ``detect.py``: face detection with landmarks (YuNet through ``yuface``; OpenCV's Haar cascade as
   the fallback) and the upright square crop region of a face;
 - ``pretrained.py``: the authors' official checkpoints by name (:func:`find_pretrained`,
   :func:`load_pretrained`), read from a folder the user fills by hand;
 - ``onnx.py``: :func:`export_onnx` and :func:`read_onnx_metadata` (the file's metadata carries the
   model's facts), ``OnnxSession`` (onnxruntime) and ``OnnxParsingModel`` (a file in the models'
-  contract, for the evaluation protocol); ``quantize.py``: int8 ONNX files by onnxruntime's static
-  quantization, calibrated once on the user's images and cached (``precision="int8"``);
+  contract: what the parser and the evaluation protocol run); ``quantize.py``: int8 ONNX files by
+  onnxruntime's static quantization, calibrated once on the user's images (``precision="int8"``);
+  ``cache.py``: the cache of ONNX files made from weights (the float32 file the parser runs on the
+  CPU by default, the int8 file), each checked by the key stored inside it;
 - ``fold.py``: :func:`optimize_for_inference` (norms folded into convolutions, channels_last,
-  in-place activations, Winograd, bf16), :func:`set_inference_threads`;
-- ``winograd.py``: :class:`WinogradConv2d`, the F(m x m, 3 x 3) convolution ``fold.py`` uses.
+  in-place activations, bf16), :func:`set_inference_threads`.
 """
 from .detect import (DEFAULT_MARGIN, HaarFaceDetector, LandmarkFallbackWarning, YuNetDetector,
                      face_region, make_detector)
@@ -22,10 +24,9 @@ from .fold import fold_norms, optimize_for_inference, set_inference_threads
 from .onnx import export_onnx, read_onnx_metadata
 from .parser import FaceParser, FaceParsingResult, NoFaceWarning, colorize, draw_overlay, read_image
 from .pretrained import PRETRAINED, find_pretrained, load_pretrained
-from .winograd import WinogradConv2d
 
 __all__ = ["FaceParser", "FaceParsingResult", "NoFaceWarning", "colorize", "draw_overlay",
            "read_image", "HaarFaceDetector", "YuNetDetector", "make_detector",
            "LandmarkFallbackWarning", "face_region", "DEFAULT_MARGIN", "export_onnx",
            "read_onnx_metadata", "optimize_for_inference", "fold_norms", "set_inference_threads",
-           "WinogradConv2d", "find_pretrained", "load_pretrained", "PRETRAINED"]
+           "find_pretrained", "load_pretrained", "PRETRAINED"]

@@ -32,14 +32,9 @@ rounding (a test checks 1e-4 against the plain eval-mode module):
    activation tensor per layer. On the CPU a batch is run ``micro_batch`` images at a time
    (default 1: DML-CSR at 473 runs faster per image at batch 1 than at batch 8 on the project's
    CPU, docs/inference.md).
-5. **Winograd** (CPU only, ``winograd="auto"``): the 3x3 stride-1 convolutions with at least
-   256 x 256 channels become :class:`~dml_csr.deploy.winograd.WinogradConv2d` F(4x4, 3x3) (2.25
-   multiplies per output and channel pair instead of 9; see :func:`winograd_tile`): the only way
-   to a lower batch-1 latency where the direct convolutions already run at the CPU's peak. Its
-   rounding error is of the order of the folding's own (docs/inference.md).
-6. **Precision** (``precision``): ``"fp32"`` (everything above); ``"bf16"``: on the CPU the
-   folded module is cast to bfloat16 (weights and activations; oneDNN's bf16 convolutions, no
-   Winograd: its transforms lose too much in 8 mantissa bits), inputs are cast on the way in and
+5. **Precision** (``precision``): ``"fp32"`` (everything above); ``"bf16"``: on the CPU the
+   folded module is cast to bfloat16 (weights and activations; oneDNN's bf16 convolutions),
+   inputs are cast on the way in and
    outputs come back float32; on CUDA the float32 module runs under bf16 autocast. Not exact: its
    agreement with float32 is measured, not assumed (docs/inference.md).
 
@@ -53,25 +48,22 @@ import torch.nn as nn
 
 from ..layers.abn import ABN
 from ..models.contract import ParsingOutput
-from .winograd import WinogradConv2d, winograd_eligible
 
 PRECISIONS = ("fp32", "bf16")
 
 __all__ = ["optimize_for_inference", "fold_norms", "fold_conv_norm", "InferenceModule", "PRECISIONS",
-           "set_inference_threads", "FOLD_ATTRIBUTE_PAIRS", "apply_winograd", "winograd_tile",
-           "inplace_activations", "INPLACE_ACTIVATIONS"]
+           "set_inference_threads", "folded_norms", "inplace_activations"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONV = (nn.Conv1d, nn.Conv2d)
 
-# class name -> (conv attribute, norm attribute, a ReLU always follows the norm)
-FOLD_ATTRIBUTE_PAIRS = {
-    "Bottleneck": (("conv1", "bn1", True), ("conv2", "bn2", True), ("conv3", "bn3", False)),
-    "DMLCSR": (("conv1", "bn1", True), ("conv2", "bn2", True), ("conv3", "bn3", True)),
-    "DDualGCN": (("phi", "bn_phi", False), ("theta", "bn_theta", False), ("conv3", "bn3", False),
-                 ("conv_adj", "bn_adj", False), ("conv_wg", "bn_wg", False)),
-    "SpatialGCN": (("conv_wg", "bn_wg", False),),
-}
+
+def folded_norms(module: nn.Module) -> Tuple[Tuple[str, str, bool], ...]:
+    """The attribute pairs a module class declares foldable: its ``folded_norms`` class
+    attribute, ``(conv attribute, norm attribute, a ReLU always follows the norm)`` per pair,
+    for convolutions whose output goes to the norm only (a layer's own file says so: the
+    Bottleneck, the DML-CSR stem, the DDGCN's graph units)."""
+    return tuple(getattr(type(module), "folded_norms", ()))
 
 
 def _norm_affine(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +127,7 @@ def fold_norms(model: nn.Module) -> List[str]:
                 if _foldable(conv, norm):
                     module._modules[nk] = fold_conv_norm(conv, norm)
                     folded.append(prefix + nk)
-        for conv_attr, norm_attr, relu_follows in FOLD_ATTRIBUTE_PAIRS.get(type(module).__name__, ()):
+        for conv_attr, norm_attr, relu_follows in folded_norms(module):
             conv, norm = getattr(module, conv_attr, None), getattr(module, norm_attr, None)
             if conv is not None and norm is not None and _foldable(conv, norm):
                 setattr(module, norm_attr, fold_conv_norm(conv, norm, relu_follows))
@@ -143,12 +135,8 @@ def fold_norms(model: nn.Module) -> List[str]:
     return folded
 
 
-# class name -> activation attributes that are only ever applied to a temporary tensor (after
-# folding: conv -> Identity -> activation, or a sum), so running them in place is safe.
-INPLACE_ACTIVATIONS = {"Bottleneck": ("relu",), "DMLCSR": ("relu1", "relu2", "relu3"),
-                       "ResidualBlock": ("act",)}
 _ACTS = (nn.ReLU, nn.LeakyReLU)
-_PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Linear, WinogradConv2d)
+_PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def inplace_activations(model: nn.Module) -> List[str]:
@@ -163,63 +151,16 @@ def inplace_activations(model: nn.Module) -> List[str]:
                 if isinstance(act, _ACTS) and isinstance(prev, _PRODUCERS):
                     act.inplace = True
                     names.append(prefix + key)
-        kind = type(module).__name__
-        # a folded attribute norm became an activation of its convolution's output (a temporary)
-        folded_norms = tuple(norm for _, norm, _ in FOLD_ATTRIBUTE_PAIRS.get(kind, ()))
-        for attr in INPLACE_ACTIVATIONS.get(kind, ()) + folded_norms:
+        # a class's ``temporary_activations`` are only ever applied to a temporary tensor (after
+        # folding: conv -> Identity -> activation, or a sum); a folded attribute norm became an
+        # activation of its convolution's output (a temporary too)
+        temporaries = tuple(getattr(type(module), "temporary_activations", ()))
+        for attr in temporaries + tuple(norm for _, norm, _ in folded_norms(module)):
             act = getattr(module, attr, None)
             if isinstance(act, _ACTS):
                 act.inplace = True
                 names.append(prefix + attr)
     return names
-
-
-# Winograd for the large 3x3 convolutions only: benchmarks/bench_winograd.py measured F(4x4, 3x3)
-# faster than the direct convolution from 256 x 256 channels up, about even at 128 x 128 and slower
-# below (the transforms are memory-bound); F(2x2, 3x3) was slower than F(4x4, 3x3). The numbers:
-# docs/inference.md.
-WINOGRAD_MIN_CHANNEL_PRODUCT = 256 * 256
-WINOGRAD_AUTO_TILE = 4
-# The transformed filters of F(4x4) are 4x the weights. Above this size a layer stays direct: in
-# DML-CSR the context module's conva and bottleneck (151 and 189 MB of filters, and the largest
-# transient inputs), which would take the parser's peak on a 12 MP photo with 6 faces from about
-# 1.3 GB to 1.65 GB for 0.4 s less per face (docs/inference.md).
-WINOGRAD_MAX_FILTER_BYTES = 64 * 2 ** 20
-
-
-def winograd_tile(conv: nn.Module,
-                  max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES) -> Optional[int]:
-    """The Winograd tile ``optimize_for_inference(winograd="auto")`` uses for ``conv``:
-    ``WINOGRAD_AUTO_TILE`` for an eligible 3x3 convolution with ``C_in * C_out >=
-    WINOGRAD_MIN_CHANNEL_PRODUCT`` whose transformed filters fit ``max_filter_bytes`` (None: any
-    size), else None (direct convolution)."""
-    if not winograd_eligible(conv):
-        return None
-    pairs = conv.in_channels * conv.out_channels
-    filters = (WINOGRAD_AUTO_TILE + 2) ** 2 * pairs * conv.weight.element_size()
-    large = pairs >= WINOGRAD_MIN_CHANNEL_PRODUCT and (max_filter_bytes is None
-                                                       or filters <= max_filter_bytes)
-    return WINOGRAD_AUTO_TILE if large else None
-
-
-def apply_winograd(model: nn.Module, tile: Union[str, int] = "auto",
-                   max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES) -> List[str]:
-    """Replace 3x3 convolutions of ``model`` by :class:`WinogradConv2d` in place (after folding,
-    so folded biases travel along). ``tile="auto"``: :func:`winograd_tile` per convolution (with
-    ``max_filter_bytes``); ``2`` or ``4``: every eligible convolution with that tile. Returns the
-    replaced names."""
-    targets = []
-    for name, module in model.named_modules():
-        for child_name, child in module.named_children():
-            m = (winograd_tile(child, max_filter_bytes) if tile == "auto"
-                 else (int(tile) if winograd_eligible(child) else None))
-            if m is not None:
-                targets.append((module, child_name, m, f"{name}.{child_name}" if name else child_name))
-    for module, child_name, m, _ in targets:
-        # one convolution at a time, no reference kept: each original is freed once replaced (the
-        # transformed filters are 4x the weights; holding both for every layer doubled the peak)
-        setattr(module, child_name, WinogradConv2d(getattr(module, child_name), m))
-    return [t[3] for t in targets]
 
 
 class InferenceModule(nn.Module):
@@ -229,8 +170,7 @@ class InferenceModule(nn.Module):
     """
 
     def __init__(self, model: nn.Module, channels_last: bool = True, folded: Iterable[str] = (),
-                 winograd: Iterable[str] = (), micro_batch: Optional[int] = None,
-                 precision: str = "fp32"):
+                 micro_batch: Optional[int] = None, precision: str = "fp32"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -238,7 +178,6 @@ class InferenceModule(nn.Module):
         self.precision = precision
         self.channels_last = channels_last
         self.folded = tuple(folded)
-        self.winograd = tuple(winograd)
         if micro_batch is not None and micro_batch < 1:
             raise ValueError(f"micro_batch must be positive or None, got {micro_batch}")
         self.micro_batch = micro_batch
@@ -280,22 +219,14 @@ class InferenceModule(nn.Module):
 
 def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: bool = True,
                            inplace: bool = False,
-                           winograd: Union[str, int, None] = "auto",
                            micro_batch: Union[str, int, None] = "auto",
-                           max_filter_bytes: Optional[int] = WINOGRAD_MAX_FILTER_BYTES,
                            precision: str = "fp32") -> InferenceModule:
     """An eval-only copy of ``model`` with norms folded (module docstring); outputs equal the plain
     eval-mode module's to float rounding (~1e-5). ``inplace=True`` reuses ``model``'s weights.
 
-    ``winograd``: ``"auto"`` (default) applies :func:`apply_winograd` when the model is on the CPU
-    (on CUDA, cuDNN chooses its own algorithms); ``2`` / ``4`` force that tile on every eligible
-    convolution; ``None`` keeps the direct convolutions. ``micro_batch``: ``"auto"`` = 1 on the
-    CPU and None (whole batches) on CUDA; an int or None sets it. ``max_filter_bytes``: the
-    ``"auto"`` rule's cap on one layer's transformed filters (:func:`winograd_tile`; None: no cap,
-    faster and about 250 MB larger for DML-CSR). ``precision``: ``"fp32"`` or ``"bf16"`` (module
-    docstring; on the CPU ``"bf16"`` implies no Winograd)."""
-    if winograd not in ("auto", 2, 4, None):
-        raise ValueError(f"winograd must be 'auto', 2, 4 or None, got {winograd!r}")
+    ``micro_batch``: ``"auto"`` = 1 on the CPU and None (whole batches) on CUDA; an int or None
+    sets it. ``precision``: ``"fp32"`` or ``"bf16"`` (module docstring). On the CPU the parser's
+    float32 default is onnxruntime, which runs this folded form faster (docs/inference.md)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if isinstance(model, InferenceModule):
@@ -307,9 +238,6 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: b
     folded = fold_norms(m) if fold else []
     on_cpu = all(p.device.type == "cpu" for p in m.parameters())
     cast = precision == "bf16" and on_cpu
-    replaced = []
-    if winograd is not None and (winograd != "auto" or on_cpu) and not cast:
-        replaced = apply_winograd(m, winograd, max_filter_bytes)
     inplace_activations(m)
     if cast:
         m = m.to(torch.bfloat16)
@@ -317,7 +245,7 @@ def optimize_for_inference(model: nn.Module, fold: bool = True, channels_last: b
         m = m.to(memory_format=torch.channels_last)
     if micro_batch == "auto":
         micro_batch = 1 if on_cpu else None
-    return InferenceModule(m, channels_last=channels_last, folded=folded, winograd=replaced,
+    return InferenceModule(m, channels_last=channels_last, folded=folded,
                            micro_batch=micro_batch, precision=precision)
 
 

@@ -11,13 +11,18 @@ Pipeline per photo (docs/inference.md):
    face becomes an upright square region ``(center, scale, angle)`` grown by ``margin``
    (``face_region``); ``detect=False``: the whole photo is one face (aligned crops, the benchmark
    protocol: longer side fitted, shorter padded);
+Steps 2 to 4 are the test-time path of the benchmark protocol (``dml_csr/predict.py``), so a
+whole-photo map equals ``tools/test.py --save-pred``'s for the same image and settings:
+
 2. crop: the training/evaluation affine crop (centre, scale, the face's angle ->
-   ``get_affine_matrix``) to ``crop_size``, normalised with the checkpoint's channel order; parts
-   of the region outside the photo are black (padded crops);
-3. forward passes of ``max_batch`` faces; DML-CSR's 1/4-size logits upsampled bilinearly
-   (align_corners=True) to the crop, FP-LIIF asked for the crop size;
-4. argmax in crop space, warped back (nearest, background outside the crop) onto the face's own
-   REGION of the photo: the pixel box ``regions[i] = x0, y0, x1, y1`` around its turned square,
+   ``get_affine_matrix``) to ``crop_size``, normalised with the checkpoint's channel order
+   (``crop_input``); parts of the region outside the photo are black (padded crops);
+3. logits (``predict_logits``), ``max_batch`` faces per forward pass: DML-CSR's 1/4-size logits
+   upsampled bilinearly (align_corners=True) to the crop, FP-LIIF asked for the crop size; with
+   ``flip=True`` / ``scales=`` the protocol's test-time augmentation (more passes, log of the
+   mean softmax);
+4. argmax in crop space (``labels_of``), warped back (nearest, background outside the crop)
+   onto the face's own REGION of the photo: the pixel box ``regions[i] = x0, y0, x1, y1`` around its turned square,
    clipped to the photo; logits / probabilities (only when asked) warped back bilinearly onto the
    same region. Memory grows with the faces, not with the photo;
 5. the combined map of a photo (overlap rule): a pixel is background unless some face claims a
@@ -40,20 +45,21 @@ import torch.nn as nn
 
 from ..data.schemas import Schema
 from ..files import IMAGE_EXTS, read_image
-from ..data.transforms import (MEAN, STD, crop_params, get_affine_matrix, normalize_image, warp_back,
-                               warp_image)
+from ..data.transforms import MEAN, STD, crop_input, crop_params, get_affine_matrix, warp_back
 from ..models.checkpoint import ModelSpec, load_inference_model
-from ..models.contract import resize_logits_to
+from ..predict import check_tta, labels_of, model_device, predict_logits
 from .detect import DEFAULT_MARGIN, as_detections, face_region, make_detector
 from .fold import PRECISIONS, optimize_for_inference
 from .pretrained import load_pretrained
-from .onnx import OnnxSession, export_onnx, read_onnx_metadata
+from .cache import float32_model
+from .onnx import OnnxParsingModel
 
 __all__ = ["FaceParser", "FaceParsingResult", "colorize", "draw_overlay", "read_image",
            "NoFaceWarning", "IMAGE_EXTS", "PARSER_PRECISIONS"]
 
 # what the parser runs: the torch module's precisions (fold.py) and int8 through onnxruntime
 PARSER_PRECISIONS = PRECISIONS + ("int8",)
+BACKENDS = ("auto", "torch", "onnx")
 
 logger = logging.getLogger(__name__)
 
@@ -203,23 +209,15 @@ def draw_overlay(image_bgr: np.ndarray, label_map: np.ndarray, class_names: Sequ
     return np.concatenate([out, legend[:out.shape[0]]], axis=1)
 
 
-# ------------------------------------------------------------------------------------ backends
-class _TorchBackend:
-    def __init__(self, model: nn.Module, device: torch.device):
-        self.model, self.device = model, device
-
-    def __call__(self, batch: torch.Tensor, crop_size: Tuple[int, int]) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(batch.to(self.device), size=crop_size).parsing.float().cpu()
-
-
 # ------------------------------------------------------------------------------------- parser
 class FaceParser:
     """Face parser for whole photographs (module docstring). Build it with :meth:`from_checkpoint`,
     :meth:`from_pretrained` or :meth:`from_onnx`; call it on images.
 
     Args:
-        backend: callable ``(N, 3, H, W) normalised crops, crop_size -> (N, K, h, w) logits``.
+        model: the network, on its device and in eval mode (the builders' optimised module, an
+            ONNX file's ``OnnxParsingModel``, any ``ParsingModel``), or a callable
+            ``(N, 3, H, W) normalised crops, size -> (N, K, h, w) logits`` (``dml_csr/predict.py``).
         schema: label facts of the weights.
         crop_size: (h, w) network input. channel_order: ``bgr`` | ``rgb`` of the weights.
         mean, std: the input normalisation of the weights. output_scale: the logits' grid is
@@ -231,17 +229,29 @@ class FaceParser:
         margin: square region side = (1 + 2 * margin) * the face size (``face_region``).
         max_batch: faces per forward pass. center_mode: crop geometry of the whole-photo crop
             (``crop_params``; detected faces use ``face_region``).
+        flip, scales: the benchmark protocol's test-time augmentation (``predict_logits``): add
+            horizontally flipped passes (left/right classes swapped back with the schema's flip
+            pairs) and passes at these resize factors of the crop; off by default (one pass).
+        backend_name: ``"torch"`` or ``"onnx"``, what runs ``model`` (for messages and tests).
     """
 
-    def __init__(self, backend: Callable, schema: Schema, crop_size: Tuple[int, int] = (473, 473),
+    def __init__(self, model: Union[nn.Module, Callable], schema: Schema,
+                 crop_size: Tuple[int, int] = (473, 473),
                  channel_order: str = "bgr", detector: Union[str, Detector, None] = "auto",
                  margin: float = DEFAULT_MARGIN, max_batch: int = 8, center_mode: str = "exact",
                  backend_name: str = "torch", mean: Sequence[float] = MEAN,
-                 std: Sequence[float] = STD, output_scale: float = 1.0):
+                 std: Sequence[float] = STD, output_scale: float = 1.0, flip: bool = False,
+                 scales: Sequence[float] = (1.0,)):
         if channel_order not in ("bgr", "rgb"):
             raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
-        self.backend = backend
+        if isinstance(model, nn.Module):
+            model.eval()
+        self.model = model
+        self.device = model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
         self.backend_name = backend_name
+        self.flip = bool(flip)
+        self.flip_permutation = schema.flip_permutation() if self.flip else None
+        self.scales = check_tta(self.flip, self.flip_permutation, scales)
         self.schema = schema
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         if not output_scale > 0:
@@ -262,39 +272,54 @@ class FaceParser:
                         detector: Union[str, Detector, None] = "auto",
                         crop_size: Optional[Sequence[int]] = None,
                         channel_order: Optional[str] = None, margin: float = DEFAULT_MARGIN,
-                        fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
+                        optimize: bool = True, backend: str = "auto", max_batch: int = 8,
                         output_size: Optional[Sequence[int]] = None,
                         precision: str = "fp32",
                         calibrate: Optional[Union[str, os.PathLike]] = None,
                         calibrate_count: int = 32,
-                        trust_checkpoint: bool = False) -> "FaceParser":
+                        trust_checkpoint: bool = False, flip: bool = False,
+                        scales: Sequence[float] = (1.0,),
+                        fold_bn: Optional[bool] = None) -> "FaceParser":
         """Parser from a local checkpoint: ours (self-describing: model, dataset, crop size and
         channel order come from the file) or the release's bare state_dict (DML-CSR, crop 473 x 473,
         bgr; the data set from its class count when that decides it, 19: celebamask_hq; 11-class
         files need ``dataset="helen"`` or ``"lapa"``). Explicit arguments override the file's
         values; a ``dataset`` with another class count than the weights is an error.
 
-        ``fold_bn``: run :func:`dml_csr.deploy.fold.optimize_for_inference` (same outputs, faster).
+        ``backend``: ``"auto"`` (default): float32 on the CPU runs as ``"onnx"`` (without
+        multi-scale TTA, which needs other crop sizes than the exported one), the rest as
+        ``"torch"``. ``"onnx"``: the inference form (norms folded) exported once to an ONNX file
+        kept in the cache (``deploy/cache.py``: ``$DMLCSR_CACHE``, else ``~/.cache/dml_csr``;
+        checked before use) and run by onnxruntime, the CPU's fastest float32 path
+        (docs/inference.md); ``"torch"``: the PyTorch module. A ``.onnx`` path is handed to
+        :meth:`from_onnx`.
+        ``optimize``: run the torch module as :func:`dml_csr.deploy.fold.optimize_for_inference`
+        makes it (norms folded into the convolutions, channels_last, in-place activations,
+        one face per forward pass on the CPU: same outputs to float rounding, faster); False:
+        the plain eval-mode module (also with ``backend="auto"``). ``fold_bn``: the former name
+        of ``optimize`` (deprecated).
+        ``flip``, ``scales``: test-time augmentation (class docstring).
         ``precision``: ``"fp32"``, ``"bf16"`` (bfloat16 weights and activations on the CPU,
         autocast on CUDA) or ``"int8"`` (CPU: an int8 ONNX file run by onnxruntime, calibrated
         once on ``calibrate_count`` images of ``calibrate``, a data root or an image folder, and
         cached: ``dml_csr/deploy/quantize.py``, ``int8_model``); faster, not exact:
         docs/inference.md.
-        ``backend="onnx"``: export the inference form to a temporary ONNX file (dynamic batch) and
-        run it with onnxruntime; a ``.onnx`` path is handed to :meth:`from_onnx`.
         ``trust_checkpoint``: unpickle a file that ``torch.load(weights_only=True)`` refuses (an
         older file of ours); it runs any code the file holds (``models/checkpoint.py``).
         """
         if str(path).endswith(".onnx"):
-            return cls.from_onnx(path, detector=detector, margin=margin, max_batch=max_batch)
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+            return cls.from_onnx(path, detector=detector, margin=margin, max_batch=max_batch,
+                                 flip=flip, scales=scales)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         model, spec = load_inference_model(path, dataset=dataset,
                                            trust_checkpoint=trust_checkpoint)
         return cls._from_model(model, spec.with_input(crop_size, channel_order), device=device,
-                               detector=detector, margin=margin, fold_bn=fold_bn, backend=backend,
-                               max_batch=max_batch, output_size=output_size, precision=precision,
-                               calibrate=calibrate, calibrate_count=calibrate_count)
+                               detector=detector, margin=margin, optimize=optimize,
+                               backend=backend, max_batch=max_batch, output_size=output_size,
+                               precision=precision, calibrate=calibrate,
+                               calibrate_count=calibrate_count, flip=flip, scales=scales,
+                               fold_bn=fold_bn)
 
     @classmethod
     def from_pretrained(cls, name: str, weights_dir: Optional[Union[str, os.PathLike]] = None,
@@ -304,7 +329,8 @@ class FaceParser:
         ``weights_dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``), directly or in the
         archive's ``DML_CSR/`` folder. Nothing is downloaded: a missing file is an error that says
         which file to put where and where the authors publish it. ``kwargs``: as
-        :meth:`from_checkpoint` (device, detector, margin, fold_bn, backend, max_batch, ...)."""
+        :meth:`from_checkpoint` (device, detector, margin, optimize, backend, max_batch, flip,
+        scales, ...)."""
         model, spec = load_pretrained(name, weights_dir, trust_checkpoint)
         return cls._from_model(model, spec, **kwargs)
 
@@ -312,12 +338,18 @@ class FaceParser:
     def _from_model(cls, model: nn.Module, spec: ModelSpec,
                     device: Union[str, torch.device] = "cpu",
                     detector: Union[str, Detector, None] = "auto", margin: float = DEFAULT_MARGIN,
-                    fold_bn: bool = True, backend: str = "torch", max_batch: int = 8,
+                    optimize: bool = True, backend: str = "auto", max_batch: int = 8,
                     output_size: Optional[Sequence[int]] = None,
                     precision: str = "fp32",
                     calibrate: Optional[Union[str, os.PathLike]] = None,
-                    calibrate_count: int = 32) -> "FaceParser":
-        kw = dict(detector=detector, margin=margin, max_batch=max_batch)
+                    calibrate_count: int = 32, flip: bool = False,
+                    scales: Sequence[float] = (1.0,),
+                    fold_bn: Optional[bool] = None) -> "FaceParser":
+        if fold_bn is not None:
+            warnings.warn("FaceParser's fold_bn= is now optimize= (it does more than fold the "
+                          "norms); fold_bn will be removed", DeprecationWarning, stacklevel=3)
+            optimize = fold_bn
+        kw = dict(detector=detector, margin=margin, max_batch=max_batch, flip=flip, scales=scales)
         if precision not in PARSER_PRECISIONS:
             raise ValueError(f"precision must be one of {PARSER_PRECISIONS}, got {precision!r}")
         if precision != "int8" and calibrate is not None:
@@ -328,32 +360,44 @@ class FaceParser:
             from .quantize import int8_model
             return cls.from_onnx(int8_model(model, spec, calibrate, calibrate_count,
                                             output_size), **kw)
+        device = torch.device(device)
+        if backend == "auto":      # an exported file takes one crop size: no multi-scale TTA
+            fast = device.type == "cpu" and precision == "fp32" and optimize
+            backend = "onnx" if fast and tuple(scales) in ((1.0,), (1,)) else "torch"
         if backend == "onnx" and precision != "fp32":
             raise ValueError(f"precision {precision!r} runs on the torch backend; the ONNX "
                              f"backend is float32 or int8")
-        if backend == "onnx":        # the session holds the graph: the file goes at once
-            import tempfile
-            with tempfile.TemporaryDirectory(prefix="dml_csr_onnx_") as folder:
-                tmp = os.path.join(folder, "model.onnx")
-                export_onnx(model, tmp, spec, dynamic_batch=True, output_size=output_size)
-                return cls.from_onnx(tmp, **kw)
-        device = torch.device(device)
+        if backend == "onnx":
+            if device.type != "cpu":
+                raise ValueError(f"the ONNX backend runs on the CPU, not {device}")
+            path = float32_model(model, spec, output_size)
+            # the loaded module is ours alone and onnxruntime holds the weights now: free its
+            # tensors before the session loads (about 260 MB less peak for DML-CSR)
+            model.to("meta")
+            return cls.from_onnx(path, **kw)
         model = model.to(device).eval()
-        if fold_bn or precision != "fp32":
+        if optimize or precision != "fp32":
             # in place: the loaded model is ours alone, and a copy would double the load's peak
-            model = optimize_for_inference(model, fold=fold_bn, channels_last=device.type == "cpu",
+            model = optimize_for_inference(model, fold=optimize, channels_last=device.type == "cpu",
                                            inplace=True, precision=precision)
-        return cls(_TorchBackend(model, device), backend_name="torch", **_input_facts(spec), **kw)
+        return cls(model, backend_name="torch", **_input_facts(spec), **kw)
 
     @classmethod
     def from_onnx(cls, path: Union[str, os.PathLike], detector: Union[str, Detector, None] = "auto",
                   margin: float = DEFAULT_MARGIN, max_batch: int = 8,
-                  providers: Optional[Sequence[str]] = None, threads: int = 0) -> "FaceParser":
+                  providers: Optional[Sequence[str]] = None, threads: int = 0,
+                  flip: bool = False, scales: Sequence[float] = (1.0,)) -> "FaceParser":
         """Parser running an ONNX file written by :func:`export_onnx` (tools/export_onnx.py) with
-        onnxruntime; label names, dataset, channel order and crop size come from its metadata."""
-        spec = read_onnx_metadata(path)
-        return cls(OnnxSession(path, providers, threads), detector=detector, margin=margin,
-                   max_batch=max_batch, backend_name="onnx", **_input_facts(spec))
+        onnxruntime; label names, dataset, channel order and crop size come from its metadata.
+        ``scales`` other than 1 need a file exported without a fixed crop size."""
+        model = OnnxParsingModel(path, threads=threads, providers=providers)
+        fixed = model.session.fixed_hw
+        if fixed is not None and any(float(s) != 1.0 for s in scales):
+            raise ValueError(f"multi-scale TTA (scales={tuple(scales)}) needs other crop sizes; "
+                             f"{path} takes {fixed[0]}x{fixed[1]} crops only: run the "
+                             f"checkpoint with backend='torch'")
+        return cls(model, detector=detector, margin=margin, max_batch=max_batch, flip=flip,
+                   scales=scales, backend_name="onnx", **_input_facts(model.spec))
 
     # ------------------------------------------------------------------------------- parsing
     def faces(self, image_bgr: np.ndarray, detect: bool = True):
@@ -367,13 +411,15 @@ class FaceParser:
         return rows, [face_region(r, self.margin) for r in rows]
 
     def _logits(self, crops: List[torch.Tensor]) -> torch.Tensor:
-        """(N, 3, H, W) crops -> (N, K, h, w) logits on ``output_size`` over the crop region."""
-        out = self.backend(torch.stack(crops), self.output_size)
+        """(N, 3, H, W) crops -> (N, K, h, w) float logits on ``output_size`` over the crop
+        region, on the CPU (``predict_logits`` with the parser's TTA)."""
+        with torch.inference_mode():
+            out = predict_logits(self.model, torch.stack(crops).to(self.device), self.output_size,
+                                 flip=self.flip, flip_permutation=self.flip_permutation,
+                                 scales=self.scales).float().cpu()
         if out.shape[1] != self.schema.num_classes:
             raise RuntimeError(f"the model predicts {out.shape[1]} classes, the {self.schema.name} "
                                f"schema has {self.schema.num_classes}")
-        if tuple(out.shape[-2:]) != self.output_size:
-            out = resize_logits_to(out, self.output_size)
         return out
 
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput]], *, rgb: bool = False,
@@ -410,11 +456,12 @@ class FaceParser:
         label_maps, confs, logits = [], [], [] if return_logits else None
         for start in range(0, len(squares), self.max_batch):       # max_batch faces at a time
             chunk = range(start, min(start + self.max_batch, len(squares)))
-            crops = [normalize_image(warp_image(photos[ids[i]], *squares[i], self.crop_size, mode),
-                                     self.channel_order, self.mean, self.std) for i in chunk]
+            crops = [crop_input(photos[ids[i]], *squares[i], self.crop_size, mode,
+                                self.channel_order, self.mean, self.std) for i in chunk]
             out = self._logits(crops)
+            labels = labels_of(out)                                              # (N, h, w)
             probs = torch.softmax(out, dim=1)
-            conf, labels = probs.max(dim=1)                                      # (N, h, w)
+            conf = probs.amax(dim=1)      # how sure each face is where faces overlap
             for k, i in enumerate(chunk):
                 center, scale, angle = squares[i]
                 x0, y0, x1, y1 = region_boxes[i]
@@ -426,7 +473,7 @@ class FaceParser:
                     if return_logits:
                         logits.append(np.zeros((out.shape[1],) + size, np.float32))
                     continue
-                label_maps.append(warp_back(labels[k].numpy().astype(np.uint8), local, scale,
+                label_maps.append(warp_back(labels[k].numpy(), local, scale,
                                             angle, size, center_mode=mode))
                 confs.append(warp_back(conf[k].numpy(), local, scale, angle, size,
                                        interpolation="nearest", center_mode=mode))

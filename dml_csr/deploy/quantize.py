@@ -3,8 +3,9 @@
 The float32 inference form (``export_onnx``: norms folded) is quantized by onnxruntime's static
 QDQ quantizer: per-channel int8 weights, uint8 activations whose ranges are calibrated (min/max)
 on the crops of N images the user names (a prepared data root, whose ``train_list.txt`` is
-sampled evenly, or a folder of images). A few layers stay float32 (``FLOAT_LAYERS``: the ones
-whose rounding moved the labels most, measured layer by layer; docs/inference.md). The result is
+sampled evenly, or a folder of images). A few layers stay float32 (the family's
+``float_layers``, declared in its own file: the ones whose rounding moved the labels most,
+measured layer by layer; docs/inference.md). The result is
 a new ONNX file with the float file's metadata (label facts, crop size, channel order) plus
 ``dml_csr.precision = "int8"`` and ``dml_csr.calibration``.
 
@@ -13,7 +14,7 @@ Two ways to the file, both calibrating once:
   ``FaceParser.from_onnx`` / ``tools/infer.py --onnx``;
 - :func:`int8_model` (``FaceParser.from_checkpoint(..., precision="int8", calibrate=DIR)``,
   ``tools/infer.py`` / ``tools/test.py --precision int8``): the file is cached under
-  :func:`cache_dir`, named by a digest of the weights and the input facts (the key), and reused
+  ``cache.cache_dir()``, named by a digest of the weights and the input facts (the key), and reused
   by later calls without ``calibrate`` once the key stored inside it is checked: a file planted
   under that name, truncated or made for other weights is set aside and rebuilt.
 
@@ -21,15 +22,13 @@ onnxruntime's quantizer logs through the root logger; its lines go to this modul
 DEBUG level. Biases shared by the exporter (``Identity`` of an initializer) get their own copy
 first, so that every quantized convolution gets an int32 bias (:func:`_own_initializers`).
 """
-import hashlib
 import json
 import logging
 import os
 import re
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch.nn as nn
@@ -38,24 +37,25 @@ from ..data.layout import read_split_list, split_list_path
 from ..data.transforms import crop_params, normalize_image, warp_image
 from ..models.checkpoint import ModelSpec
 from ..files import read_image, remove_partials, write_bytes
+from .cache import CACHE_KEY, cache_dir, cached_metadata, weights_key
 from ..files import IMAGE_EXTS
 
-__all__ = ["calibration_images", "calibration_crops", "quantize_onnx", "int8_model", "cache_dir",
-           "FLOAT_LAYERS"]
+__all__ = ["calibration_images", "calibration_crops", "quantize_onnx", "int8_model",
+           "float_layers"]
 
 logger = logging.getLogger(__name__)
 
-# Layers left in float32, per model family: a pattern (re.fullmatch) of the top-level module a
-# graph node belongs to. DML-CSR: the first stem convolution and the decoder (layer6); FP-LIIF:
-# everything after the encoder (the reduction convolutions and the LIIF decoder, whose coordinate
-# inputs and MLP lose most in 8 bits). Chosen by quantizing one layer at a time on the quick-start
-# models (docs/inference.md, "int8"). A node whose module cannot be told stays float32 too.
-FLOAT_LAYERS: Dict[str, str] = {
-    "dml_csr": r"conv1|layer6",
-    "fp_liif": r"(?!encoder$).*",
-}
+
+
+def float_layers(family: str) -> str:
+    """The pattern (``re.fullmatch``) of the top-level modules of ``family``'s graph left in
+    float32: the family's ``float_layers`` (``models/contract.py``; chosen by quantizing one
+    layer at a time on the quick-start models, docs/inference.md); none for a family this
+    process does not know. A node whose module cannot be told stays float32 too."""
+    from ..models.registry import FAMILIES
+    cls = FAMILIES.get(family)
+    return (cls.float_layers if cls is not None else "") or r"(?!)"
 RECIPE = "qdq-minmax-perchannel/2"   # part of the cache key: bump when the recipe changes
-CACHE_KEY = "dml_csr.cache_key"      # the cache's name for a file, stored inside it
 
 
 def calibration_images(source: Union[str, os.PathLike], count: int = 32) -> List[str]:
@@ -115,9 +115,9 @@ def _top_module(node, initializers) -> Optional[str]:
 
 def float_nodes(model_proto, family: str) -> List[str]:
     """The node names of ``model_proto`` (an ``export_onnx`` graph of ``family``) to leave in
-    float32: those of ``FLOAT_LAYERS[family]``'s modules and those of no known module. A graph
+    float32: those of :func:`float_layers`'s modules and those of no known module. A graph
     where that leaves no convolution to quantize is a ValueError."""
-    pattern = FLOAT_LAYERS.get(family, r"(?!)")
+    pattern = float_layers(family)
     inits = {i.name for i in model_proto.graph.initializer}
     keep, quantized = [], 0
     for node in model_proto.graph.node:
@@ -183,7 +183,8 @@ def quantize_onnx(src: Union[str, os.PathLike], dst: Union[str, os.PathLike],
                   cache_key: Optional[str] = None) -> str:
     """Quantize the float32 ONNX file ``src`` (from ``export_onnx``) into ``dst``: QDQ format,
     per-channel int8 weights, int32 biases, uint8 activations calibrated (min/max) on ``crops``
-    (float32 (1, 3, H, W) inputs), the family's ``FLOAT_LAYERS`` left in float32. ``dst`` keeps
+    (float32 (1, 3, H, W) inputs), the family's float layers (:func:`float_layers`) left in
+    float32. ``dst`` keeps
     ``src``'s metadata and adds ``dml_csr.precision``, ``dml_csr.calibration_images``,
     ``dml_csr.recipe``, ``dml_csr.calibration`` (``calibration``: what the caller wants recorded,
     e.g. the source) and, when given, ``dml_csr.cache_key`` (what :func:`int8_model` checks). The
@@ -234,49 +235,6 @@ def quantize_onnx(src: Union[str, os.PathLike], dst: Union[str, os.PathLike],
     return dst
 
 
-# ----------------------------------------------------------------------- the calibration cache
-def cache_dir() -> Path:
-    """Where :func:`int8_model` keeps its files: ``$DMLCSR_CACHE``, else
-    ``$XDG_CACHE_HOME/dml_csr``, else ``~/.cache/dml_csr``."""
-    if os.environ.get("DMLCSR_CACHE"):
-        return Path(os.environ["DMLCSR_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dml_csr"
-
-
-def _digest(model: nn.Module, spec: ModelSpec, output_size) -> str:
-    """What the int8 file depends on: the weights (every tensor of the state_dict), the input
-    facts, the output size, the recipe and onnxruntime's version."""
-    import onnxruntime
-    h = hashlib.blake2b(digest_size=12)
-    facts = {"spec": spec.to_checkpoint(), "output_size": output_size, "recipe": RECIPE,
-             "onnxruntime": onnxruntime.__version__}
-    h.update(json.dumps(facts, sort_keys=True, default=list).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _cached_calibration(path: Path, key: str) -> dict:
-    """The calibration record of the cached file ``path``; ValueError saying why it cannot be
-    used: unreadable or truncated, or its ``dml_csr.cache_key`` is not ``key`` (a file made for
-    other weights, by an earlier version, or put there by hand)."""
-    import onnx
-    try:
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unusable
-        raise ValueError(f"it cannot be read as ONNX ({type(exc).__name__}): truncated or "
-                         f"damaged") from None
-    if meta.get(CACHE_KEY) != json.dumps(key):
-        raise ValueError("it was not calibrated for these weights and settings (its "
-                         f"{CACHE_KEY} is {meta.get(CACHE_KEY)!r})")
-    try:
-        return dict(json.loads(meta.get("dml_csr.calibration", "{}")))
-    except (ValueError, TypeError):
-        raise ValueError("its calibration record is not JSON") from None
-
-
 def int8_model(model: nn.Module, spec: ModelSpec, calibrate: Optional[Union[str, os.PathLike]] = None,
                count: int = 32, output_size: Optional[Sequence[int]] = None,
                cache: Optional[Union[str, os.PathLike]] = None) -> str:
@@ -290,29 +248,25 @@ def int8_model(model: nn.Module, spec: ModelSpec, calibrate: Optional[Union[str,
     unreadable, truncated or holds another key is never used: it is set aside (renamed
     ``NAME.rejected``, with a warning naming it) and rebuilt when ``calibrate`` is given. A call
     whose ``calibrate`` or ``count`` differ from the cached file's calibrates again and replaces
-    it. ``cache``: the folder (default :func:`cache_dir`). Without ``calibrate`` and without a
+    it. ``cache``: the folder (default ``cache.cache_dir()``). Without ``calibrate`` and without a
     usable cached file: ValueError saying what to pass. Returns the file's path."""
     output_size = None if output_size is None else [int(v) for v in output_size]
-    folder = Path(cache) if cache is not None else cache_dir()
-    key = f"{spec.family}-{spec.dataset}-{_digest(model, spec, output_size)}"
+    folder = cache_dir(cache)
+    key = weights_key(model, spec, output_size, RECIPE)
     path = folder / f"{key}.int8.onnx"
     wanted = None
     if calibrate is not None:
         wanted = {"source": os.path.abspath(os.fspath(calibrate)), "count": int(count)}
-    refused = None
-    if path.is_file():
+    meta, refused = cached_metadata(path, key, "int8")
+    if meta is not None:
         try:
-            have = _cached_calibration(path, key)
-        except ValueError as exc:
-            refused = path.with_name(path.name + ".rejected")
-            os.replace(path, refused)
-            logger.warning("int8 cache file %s is not used: %s; set aside as %s", path, exc,
-                           refused.name)
-        else:
-            if wanted is None or all(have.get(k) == v for k, v in wanted.items()):
-                logger.info("int8 model from the cache: %s (calibrated on %s images of %s)", path,
-                            have.get("images"), have.get("source"))
-                return str(path)
+            have = dict(json.loads(meta.get("dml_csr.calibration", "{}")))
+        except (ValueError, TypeError):
+            have = {}                     # no record: calibrated again when calibrate is given
+        if wanted is None or all(have.get(k) == v for k, v in wanted.items()):
+            logger.info("int8 model from the cache: %s (calibrated on %s images of %s)", path,
+                        have.get("images"), have.get("source"))
+            return str(path)
     if wanted is None:
         why = (f"the cached file was not usable and was set aside as {refused}" if refused
                else "these weights have no calibrated file yet")

@@ -5,9 +5,10 @@ scoring, the paper's numbers and the tables.
   split (``ConfusionMatrix``, ``confusion_histogram``), F1 / IoU / accuracies and the data set's
   headline, with the merged groups of the data set's description (``compute_metrics``,
   ``default_headline``).
-- ``inference``: the evaluation protocol of the release: un-augmented crop, logits at the crop
-  size with optional TTA (``predict_logits``, ``flip_logits``), argmax, warp back, scoring a model
-  on a split (``evaluate_model``); ``INFERENCE_PROTOCOL`` describes it in result JSONs.
+- ``inference``: the evaluation protocol of the release: the data set's un-augmented crop, then
+  the test-time path that the parser shares (``dml_csr/predict.py``: logits at the crop size
+  with optional TTA, argmax, warp back), scoring a model on a split (``evaluate_model``);
+  ``INFERENCE_PROTOCOL`` describes it in result JSONs.
 - ``runner``: the config-driven test runner behind ``tools/test.py`` and ``tools/train.py
   --test``: config + checkpoint -> result JSON (``run_test``, ``build_eval_dataset``).
 - ``evaluate``: scoring a folder of predicted PNGs (``evaluate_folder``, ``tools/evaluate.py``)

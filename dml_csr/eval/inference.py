@@ -3,27 +3,25 @@
 Per test image (``evaluate_model``):
 
 1. the ``FaceDataset`` crop without augmentation (whole image, longer side fitted, no rotation);
-2. parsing logits at the crop size (``predict_logits``): DML-CSR's 1/4-size logits upsampled
-   bilinearly with ``align_corners=True``; a model whose ``forward`` takes ``size=`` (FP-LIIF) is
-   asked for the crop size directly; optional flip / multi-scale test-time augmentation;
-3. argmax in crop space;
+2. parsing logits at the crop size (``dml_csr.predict.predict_logits``): DML-CSR's 1/4-size
+   logits upsampled bilinearly with ``align_corners=True``; a model whose ``forward`` takes
+   ``size=`` (FP-LIIF) is asked for the crop size directly; optional flip / multi-scale
+   test-time augmentation;
+3. argmax in crop space (``dml_csr.predict.labels_of``);
 4. the label map warped back onto the ORIGINAL label size with the inverse affine (nearest,
    border 0 = background);
 5. one confusion histogram pooled over every pixel of the split against the label file read from
    disk at its own size (255 dropped), scored by ``metrics.compute_metrics``.
 
-Test-time augmentation (off by default; neither the paper nor the release uses it): every pass
-(each scale, each with and without a horizontal flip) gives logits at the crop size; their
-softmax probabilities are averaged and the log of the mean is returned. Probabilities rather than
-logits because passes at different scales are not calibrated alike and a single over-confident pass
-would dominate a logit average. Without TTA the model's logits are returned unchanged.
+Steps 1 to 4 are the test-time path that the parser for photos (``deploy/parser.py``) runs too:
+``dml_csr/predict.py`` (with the test-time augmentation, off by default).
 
 The config-driven test runner behind ``tools/test.py`` (config + checkpoint -> result JSON) is
 ``dml_csr.eval.runner``.
 """
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -32,13 +30,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dml_csr.data.transforms import warp_back
-from dml_csr.layers.blocks import upsample
 from dml_csr.distributed import all_reduce_sum, get_rank, get_world_size, unwrap
 from dml_csr.files import check_output_folder, write_image, write_npz
+from dml_csr.predict import labels_of, model_device, predict_logits
 
 from .metrics import ConfusionMatrix, compute_metrics
 
-__all__ = ["predict_logits", "flip_logits", "evaluate_model", "INFERENCE_PROTOCOL"]
+__all__ = ["evaluate_model", "INFERENCE_PROTOCOL"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,74 +52,6 @@ INFERENCE_PROTOCOL = {
     "tta": "passes averaged as softmax probabilities; flip passes are flipped back and their "
            "left/right channels swapped",
 }
-
-
-def _forward_at(model: nn.Module, x: torch.Tensor, out_size: Tuple[int, int]) -> torch.Tensor:
-    """(N, 3, h, w) -> (N, K, *out_size) parsing logits of one pass (``ParsingModel`` contract)."""
-    return model(x, size=out_size).parsing
-
-
-def flip_logits(logits: torch.Tensor, flip_permutation: Sequence[int]) -> torch.Tensor:
-    """Mirror (N, K, H, W) logits of a flipped input back: flip the width and swap left/right.
-
-    ``flip_permutation[c]`` is the class that ``c`` becomes under a flip (``Schema.
-    flip_permutation``); channel ``c`` of the result is channel ``flip_permutation[c]`` of the
-    mirrored input's logits.
-    """
-    perm = torch.as_tensor(list(flip_permutation), dtype=torch.long, device=logits.device)
-    if perm.numel() != logits.shape[1]:
-        raise ValueError(f"flip permutation has {perm.numel()} entries, logits {logits.shape[1]} "
-                         "channels")
-    return logits.flip(-1).index_select(1, perm)
-
-
-def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Tuple[int, int], *,
-                   flip: bool = False, flip_permutation: Optional[Sequence[int]] = None,
-                   scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-    """Parsing logits of a batch of crops at ``out_size``.
-
-    Args:
-        model: any model family (``models.contract.ParsingModel``: ``model(x, size=...)``
-            returns a ``ParsingOutput``), or a wrapper keeping that contract.
-        images: (N, 3, H, W) normalised crops, on the model's device.
-        out_size: (H, W) of the returned logits, normally the crop size.
-        flip: add horizontally flipped passes (needs ``flip_permutation``).
-        flip_permutation: left/right class permutation of the label schema.
-        scales: resize factors of the input crop; each pass is resized back to ``out_size``.
-
-    Returns:
-        (N, K, H, W) float logits: the model's own for a single pass; with TTA the log of the mean
-        softmax probability over all passes (module docstring).
-    """
-    out_size = (int(out_size[0]), int(out_size[1]))
-    if flip and flip_permutation is None:
-        raise ValueError("flip TTA needs the schema's flip_permutation to swap left/right classes")
-    if not scales:
-        raise ValueError("scales must hold at least one factor")
-    model = unwrap(model)   # DDP is bypassed at evaluation (uneven shards, buffer syncs)
-    h, w = images.shape[-2:]
-    passes = 0
-    single: Optional[torch.Tensor] = None
-    prob_sum: Optional[torch.Tensor] = None
-    for s in scales:
-        if s <= 0:
-            raise ValueError(f"scales must be positive, got {s}")
-        size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-        x = images if size == (h, w) else upsample(images, size)
-        views = [False, True] if flip else [False]
-        for flipped in views:
-            logits = _forward_at(model, x.flip(-1) if flipped else x, out_size)
-            if flipped:
-                logits = flip_logits(logits, flip_permutation)
-            passes += 1
-            if len(scales) == 1 and not flip:
-                single = logits
-                break
-            prob = logits.float().softmax(1)
-            prob_sum = prob if prob_sum is None else prob_sum.add_(prob)
-    if single is not None:
-        return single
-    return (prob_sum / passes).clamp_min_(1e-12).log_()
 
 
 class _EvalSamples(Dataset):
@@ -172,14 +102,6 @@ def _base_dataset(dataset: Dataset):
     return base
 
 
-def _model_device(model: nn.Module) -> Optional[torch.device]:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return None
-
-
 def _overlay(image_bgr: np.ndarray, label: np.ndarray, palette_bgr: np.ndarray,
              alpha: float = 0.5) -> np.ndarray:
     colour = palette_bgr[label]
@@ -201,7 +123,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
         dataset: ``FaceDataset`` (or a ``Subset`` of one) built with ``augment="none"``.
         batch_size, workers: of the DataLoader.
         device: where the crops go; ``None`` = the model's device. Must match the model's.
-        flip, scales: test-time augmentation, see ``predict_logits``.
+        flip, scales: test-time augmentation, see ``dml_csr.predict.predict_logits``.
         pred_dir: write one uint8 id PNG per image, named like its label file (``NAME.png``) and
             of the label's size, as ``tools/evaluate.py`` scores them.
         overlay_dir: write ``NAME.jpg``: the original image with the prediction in the schema's
@@ -239,10 +161,10 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
         raise ValueError(f"output_scale must be positive, got {output_scale}")
     out_size = tuple(max(1, int(round(v * output_scale))) for v in crop_size)
     inner = unwrap(model)
-    model_device = _model_device(inner)
-    device = torch.device(device) if device is not None else (model_device or torch.device("cpu"))
-    if model_device is not None and model_device.type != device.type:
-        raise ValueError(f"the model lives on {model_device} but evaluate_model was asked for "
+    where = model_device(inner)
+    device = torch.device(device) if device is not None else where
+    if where.type != device.type:
+        raise ValueError(f"the model lives on {where} but evaluate_model was asked for "
                          f"device={device}; move the model first (or pass device=None)")
     if save_logits and pred_dir is None:
         raise ValueError("save_logits needs pred_dir")
@@ -280,7 +202,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, batch_size: int = 8, work
                 images = batch["image"].to(device, non_blocking=True)
                 logits = predict_logits(inner, images, out_size, flip=flip,
                                         flip_permutation=perm, scales=scales)
-                pred = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (N, H, W), K <= 255
+                pred = labels_of(logits).cpu().numpy()                 # (N, H, W)
                 logits_np = logits.half().cpu().numpy() if save_logits else None
                 for j in range(pred.shape[0]):
                     center = batch["center"][j].numpy()

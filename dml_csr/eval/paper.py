@@ -29,14 +29,15 @@ key                 experiment                                       tables
 ``canonical_row`` also accepts the paper's labels (``+DDGCN``, ``+DML``, ``all``, ``+CSR``,
 ``PSP-pooling``, ``dml_csr``, ``fp_liif``, ...).
 
-The row of a result is ``result_row(meta.row, meta.model)``: ``meta.row`` when set, else the row of
-the model family (``MODEL_ROWS``: ``dml_csr`` -> ``dml-csr``, ``fp_liif`` -> ``fp-liif``); a result
-with neither, or of a model family without a row, is an error, never a default row.
+The row of a result is ``result_row(meta.row, meta.model)``: ``meta.row`` when set, else the row the
+model family declares (``ParsingModel.row()``: ``dml_csr`` -> ``dml-csr``, ``fp_liif`` ->
+``fp-liif``, a family of your own its own name); a result with neither, or of a family this process
+does not know, is an error, never a default row.
 """
 from typing import Dict, Optional, Tuple
 
 __all__ = ["DATASETS", "DATASET_TITLES", "CLASS_TABLES", "PER_CLASS_F1", "TABLE4", "TABLE5",
-           "TABLE6", "ABLATION_TABLES", "ROW_LABELS", "TABLE_ROW_LABELS", "MODEL_ROWS",
+           "TABLE6", "ABLATION_TABLES", "ROW_LABELS", "TABLE_ROW_LABELS",
            "canonical_row", "result_row", "table_for_dataset"]
 
 # Column order of Tables 4 to 6.
@@ -68,10 +69,6 @@ _ALIASES = {
 }
 
 
-# The row of each model family (``model.name`` of a config, ``meta.model`` of a result), for a
-# result whose config names no row.
-MODEL_ROWS: Dict[str, str] = {"dml_csr": "dml-csr", "fp_liif": "fp-liif"}
-
 
 def canonical_row(row: str) -> str:
     """The stable key of a row name; unknown names come back stripped. No name is an error."""
@@ -87,16 +84,18 @@ def canonical_row(row: str) -> str:
 
 def result_row(row: Optional[str], model: Optional[str]) -> str:
     """The row of a result: ``canonical_row(row)`` when ``row`` is set (not None or empty), else
-    ``MODEL_ROWS[model]``. Raises ``ValueError`` when neither says (never a default row)."""
+    the row family ``model`` declares. Raises ``ValueError`` when neither says (never a default
+    row)."""
     if row is not None and str(row).strip():
         return canonical_row(row)
     if model is None or not str(model).strip():
         raise ValueError("no meta.row and no meta.model, so no table row; set meta.row (e.g. "
                          "tools/evaluate.py / tools/test.py --meta row=dml-csr)")
-    if model not in MODEL_ROWS:
-        raise ValueError(f"no meta.row and an unknown model {model!r} (rows by model: "
-                         f"{MODEL_ROWS}); set meta.row")
-    return MODEL_ROWS[model]
+    from ..models.registry import FAMILIES       # the row is the family's own fact
+    if model not in FAMILIES:
+        raise ValueError(f"no meta.row and an unknown model {model!r} (known families: "
+                         f"{sorted(FAMILIES)}); set meta.row")
+    return canonical_row(FAMILIES[model].row())
 
 
 # Tables 1 to 3: (data set, title, columns). A column is (key, label): key is a token, a merged

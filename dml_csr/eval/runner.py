@@ -54,8 +54,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     ``output_scale`` left at None take the config's ``eval.*`` values.
 
     ``meta.row`` (the table row of ``tools/make_tables.py``) is ``cfg.row`` when the config sets
-    one (the ablation configs), else the model family's (``paper.MODEL_ROWS``: ``dml-csr`` or
-    ``fp-liif``); a ``row`` in ``meta`` overrides both, like every key of ``meta``.
+    one (the ablation configs), else the row the model family declares (``dml-csr``,
+    ``fp-liif``, a registered family's own name); a ``row`` in ``meta`` overrides both, like every key of ``meta``.
 
     Under torch.distributed EVERY process must call it (``evaluate_model`` all-reduces the
     histograms of the per-rank shards); each returns the same numbers and writes only its own
@@ -89,7 +89,7 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
     if precision == "int8":
         model = _int8_model(model, spec, device, scales, output_scale, calibrate, calibrate_count)
     elif precision != "fp32":
-        model = optimize_for_inference(model, inplace=True, winograd=None, micro_batch=None,
+        model = optimize_for_inference(model, inplace=True, micro_batch=None,
                                        precision=precision)
     asked = model_kwargs_from_config(cfg.model, spec.num_classes)
     if (spec.family, spec.model_kwargs) != (cfg.model.name, asked):

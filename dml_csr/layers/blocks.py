@@ -54,6 +54,10 @@ class Bottleneck(nn.Module):
     leaky_relu(0.01) as in the release, followed by ReLU where the release applies one."""
 
     expansion = 4
+    # norm folding (deploy/fold.py): (conv, norm, a ReLU follows the norm); activations that
+    # only ever see a temporary (safe in place at inference)
+    folded_norms = (("conv1", "bn1", True), ("conv2", "bn2", True), ("conv3", "bn3", False))
+    temporary_activations = ("relu",)
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
                  downsample: Optional[nn.Module] = None, norm: NormLayer = ABN):

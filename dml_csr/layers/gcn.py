@@ -44,6 +44,8 @@ class SpatialGCN(nn.Module):
             ``gamma`` parameter.
     """
 
+    folded_norms = (("conv_wg", "bn_wg", False),)          # deploy/fold.py
+
     def __init__(self, planes: int, norm: NormLayer = ABN, fusion: str = "learned"):
         super().__init__()
         self.fusion = _check_fusion(fusion)
@@ -83,6 +85,9 @@ class DDualGCN(nn.Module):
         local_stride: stride of the three depthwise convolutions of the spatial branch (2 = the
             release and DGCNet, 60 -> 8; 1 = "-pooling": the spatial graph runs at full size).
     """
+
+    folded_norms = (("phi", "bn_phi", False), ("theta", "bn_theta", False), ("conv3", "bn3", False),
+                    ("conv_adj", "bn_adj", False), ("conv_wg", "bn_wg", False))   # deploy/fold.py
 
     def __init__(self, planes: int, ratio: int = 4, norm: NormLayer = ABN, fusion: str = "learned",
                  local_stride: int = 2):

@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import os
 import pickle
-import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -42,19 +41,13 @@ __all__ = ["ModelSpec", "save_checkpoint", "load_inference_model", "release_data
            "extract_state_dict", "load_model_weights", "load_imagenet_backbone",
            "load_checkpoint_file", "state_num_classes", "check_backbone_file", "CheckpointError",
            "CheckpointMismatchError", "CheckpointReadError", "UntrustedCheckpointError",
-           "load_matching_weights",
-           "BACKBONE_PREFIXES", "CLASSIFIER_KEY", "CHECKPOINT_FORMAT", "TRUST_ENV", "trusted"]
+           "load_matching_weights", "classifier_key", "CHECKPOINT_FORMAT", "TRUST_ENV",
+           "trusted"]
 
 CHECKPOINT_FORMAT = "dml_csr.checkpoint/2"
 RELEASE_ARCHITECTURE: Dict[str, Any] = {}   # the authors' files: DMLCSR(num_classes) as it stands
 READABLE_FORMATS = (CHECKPOINT_FORMAT, "dml_csr.train/1")   # /1 holds the same fields
 TRUST_ENV = "DMLCSR_TRUST_CHECKPOINT"   # 1: unpickle files that weights_only refuses (unsafe)
-
-BACKBONE_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
-                     "layer1.", "layer2.", "layer3.", "layer4.")
-EDGE_PREFIX = "edge_layer."
-CLASSIFIER_KEY = "layer6.conv4.weight"          # DML-CSR's parsing classifier: (K, C, 1, 1)
-_FPLIIF_DECODER = re.compile(r"decoder\.(\d+)\.weight")   # FP-LIIF's MLP; the last is (K, C)
 
 
 class CheckpointError(RuntimeError):
@@ -135,17 +128,30 @@ def _read_error(path: str, exc: BaseException) -> CheckpointReadError:
         f"truncated, damaged or not a PyTorch checkpoint; copy or download it again")
 
 
-def _classifier_key(state: Mapping[str, torch.Tensor]) -> Optional[str]:
-    if CLASSIFIER_KEY in state:
-        return CLASSIFIER_KEY
-    decoder = [(int(m.group(1)), k) for k in state for m in [_FPLIIF_DECODER.fullmatch(k)] if m]
-    return max(decoder)[1] if decoder else None
+def classifier_key(state: Mapping[str, torch.Tensor], family: Optional[str] = None
+                   ) -> Optional[str]:
+    """The key of the final classifier's weight in ``state``: the one ``family`` declares
+    (``ParsingModel.classifier``), else the first registered family's that ``state`` holds;
+    None when there is none."""
+    from .registry import FAMILIES
+    classes = [FAMILIES[family]] if family is not None else list(FAMILIES.values())
+    for cls in classes:
+        key = cls.classifier_key(state)
+        if key is not None:
+            return key
+    return None
 
 
-def state_num_classes(state: Mapping[str, torch.Tensor]) -> Optional[int]:
-    """The class count K of a DML-CSR or FP-LIIF state_dict (``module.`` prefixes stripped): the
-    first dimension of the final classifier's weight; None when neither classifier is present."""
-    key = _classifier_key(state)
+def _registered() -> Tuple[str, ...]:
+    from .registry import FAMILIES
+    return tuple(FAMILIES)
+
+
+def state_num_classes(state: Mapping[str, torch.Tensor], family: Optional[str] = None
+                      ) -> Optional[int]:
+    """The class count K of a state_dict (``module.`` prefixes stripped): the first dimension of
+    the final classifier's weight (:func:`classifier_key`); None when there is none."""
+    key = classifier_key(state, family)
     return None if key is None else int(state[key].shape[0])
 
 
@@ -170,9 +176,9 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
 
     - ``module.`` prefixes are stripped; ``num_batches_tracked`` entries are dropped when the model
       has none and zero-filled when the model has them but the file does not.
-    - Edge-branch keys are dropped (with an info message) when the model has no edge branch; when
-      the model has one but the file does not, the edge layers keep their fresh initialisation and
-      a warning says so.
+    - Keys of training-only heads (the family's ``training_only_prefixes``: DML-CSR's edge
+      branch) are dropped (with an info message) when the model has none; when the model has
+      them but the file does not, they keep their fresh initialisation and a warning says so.
     - Any other missing or unexpected key, or any shape mismatch, raises
       :class:`CheckpointMismatchError` naming the first offending key (and both shapes).
 
@@ -191,15 +197,17 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = torch.zeros((), dtype=torch.long)
 
-    dropped_edges = [k for k in state if k.startswith(EDGE_PREFIX) and k not in target]
+    heads = tuple(getattr(type(model), "training_only_prefixes", ()))
+    dropped_edges = [k for k in state if heads and k.startswith(heads) and k not in target]
     if dropped_edges:
-        logger.info("%s: dropped %d edge-branch keys (decoupled inference form)", source,
-                    len(dropped_edges))
+        logger.info("%s: dropped %d keys of training-only heads (%s; the inference form)",
+                    source, len(dropped_edges), ", ".join(heads))
         state = {k: v for k, v in state.items() if k not in dropped_edges}
-    missing_edges = [k for k in target if k.startswith(EDGE_PREFIX) and k not in state]
+    missing_edges = [k for k in target if heads and k.startswith(heads) and k not in state]
     if missing_edges:
-        logger.warning("%s has no edge branch (inference-form checkpoint): the %d edge_layer "
-                       "entries keep their fresh initialisation", source, len(missing_edges))
+        logger.warning("%s has no training-only heads (an inference-form checkpoint): the %d "
+                       "entries of %s keep their fresh initialisation", source,
+                       len(missing_edges), ", ".join(heads))
 
     unexpected = [k for k in state if k not in target]
     missing = [k for k in target if k not in state and k not in missing_edges]
@@ -207,13 +215,14 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
         raise CheckpointMismatchError(
             f"{source}: key {unexpected[0]!r} is not in the model ({len(unexpected)} unexpected "
             f"keys): it was saved from another architecture; make the config's model section "
-            f"(model.name, model.layers, model.width_mult, model.context) match it")
+            f"(model.name, model.args) match it")
     if missing:
         raise CheckpointMismatchError(
             f"{source}: model key {missing[0]!r} is missing from the checkpoint ({len(missing)} "
             f"missing keys): it was saved from another architecture; make the config's model "
-            f"section (model.name, model.layers, model.width_mult, model.context) match it")
-    key = _classifier_key(state)
+            f"section (model.name, model.args) match it")
+    family = getattr(type(model), "family", None) or None
+    key = classifier_key(state, family if family in _registered() else None)
     if key in target and state[key].shape[0] != target[key].shape[0]:
         from ..data.schemas import datasets_with_classes
 
@@ -231,7 +240,7 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
             raise CheckpointMismatchError(
                 f"{source}: shape mismatch at {k!r}: checkpoint {tuple(v.shape)} vs model "
                 f"{tuple(target[k].shape)}: it was saved from another architecture; make the "
-                f"config's model section (model.layers, model.width_mult, model.context) match it")
+                f"config's model section (model.args) match it")
     model.load_state_dict(state, strict=not missing_edges)
     return model
 
@@ -252,11 +261,16 @@ def load_matching_weights(model: nn.Module, path: str, trust_checkpoint: bool = 
                                       f"with the model: it was saved from another architecture")
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
 
+    # by top-level module; the classifier's module and the training-only heads one level deeper
+    cls = type(model)
+    key = classifier_key(target, cls.family if getattr(cls, "family", "") in _registered() else None)
+    deeper = tuple(p if p.endswith(".") else p + "." for p in
+                   getattr(cls, "training_only_prefixes", ()) + ((key.split(".")[0],) if key else ()))
+
     def modules(keys):
         groups: Dict[str, int] = {}
         for k in keys:
-            top = ".".join(k.split(".")[:2]) if k.startswith(("layer6.", "edge_layer.", "decoder."))\
-                else k.split(".")[0]
+            top = ".".join(k.split(".")[:2]) if k.startswith(deeper) else k.split(".")[0]
             groups[top] = groups.get(top, 0) + 1
         return ", ".join(f"{g} ({n})" for g, n in groups.items()) or "none"
     shapes = [k for k in fresh if k in state]
@@ -288,7 +302,11 @@ def load_imagenet_backbone(model: nn.Module, path: str, trust_checkpoint: bool =
     state = extract_state_dict(load_checkpoint_file(path, trust_checkpoint), path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     target = model.state_dict()
-    backbone_keys = [k for k in target if k.startswith(BACKBONE_PREFIXES)
+    prefixes = tuple(getattr(type(model), "backbone_prefixes", ()))
+    if not prefixes:
+        raise CheckpointMismatchError(f"{type(model).__name__} declares no ImageNet backbone "
+                                      f"(backbone_prefixes): {path} (model.pretrained) cannot load")
+    backbone_keys = [k for k in target if k.startswith(prefixes)
                      and not k.endswith("num_batches_tracked")]
     for k in backbone_keys:
         if k not in state:
@@ -453,8 +471,10 @@ def release_dataset(path, num_classes: Optional[int], dataset: Optional[str] = N
     from ..data.schemas import datasets_with_classes, describe_class_count, get_schema
 
     if num_classes is None:
+        from .dml_csr import DMLCSR
         raise ValueError(f"{path} is a bare state_dict without DML-CSR's classifier "
-                         f"{CLASSIFIER_KEY!r}: not a DML-CSR release checkpoint")
+                         f"{DMLCSR.classifier.replace(chr(92), '')!r}: not a DML-CSR release "
+                         f"checkpoint")
     if dataset:
         expected = get_schema(dataset).num_classes
         if expected != num_classes:
@@ -525,7 +545,7 @@ def load_inference_model(checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
                 channel_order=d.channel_order, center_mode=d.center_mode,
                 output_scale=config.eval.output_scale)
         else:
-            name = release_dataset(source, state_num_classes(state),
+            name = release_dataset(source, state_num_classes(state, "dml_csr"),
                                    getattr(dataset, "name", dataset))
             # the release's input facts: 473 crops, BGR, and its crop geometry (whole-photo crops)
             spec = ModelSpec.for_dataset(

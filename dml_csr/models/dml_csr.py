@@ -11,9 +11,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..layers.abn import ABN
+from ..layers.abn import ABN, ABN_BACKENDS
 from ..layers.blocks import Bottleneck, NormLayer, checkpoint_stage, conv_abn, upsample
-from ..layers.context import build_context
+from ..layers.context import CONTEXT_MODULES, build_context
 from .contract import ParsingModel, ParsingOutput, resize_logits_to
 
 __all__ = ["DMLCSR", "ParsingDecoder", "EdgeHead"]
@@ -80,16 +80,41 @@ class DMLCSR(ParsingModel):
 
     family = "dml_csr"
     imagenet_backbone = True
+    backbone_prefixes = ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.",
+                         "layer1.", "layer2.", "layer3.", "layer4.")
+    training_only_prefixes = ("edge_layer.",)
+    classifier = r"layer6\.conv4\.weight"        # the parsing classifier: (K, C, 1, 1)
+    # int8: the first stem convolution and the decoder stay float32 (docs/inference.md, "int8")
+    float_layers = r"conv1|layer6"
+    table_row = "dml-csr"
+    example_config = "synthetic"
+    tiny_args = {"layers": [1, 1, 1, 1], "width_mult": 0.125}
+    # norm folding (deploy/fold.py): the stem's conv/ABN pairs, each followed by its ReLU
+    folded_norms = (("conv1", "bn1", True), ("conv2", "bn2", True), ("conv3", "bn3", True))
+    temporary_activations = ("relu1", "relu2", "relu3")
 
     @property
     def has_edge_heads(self) -> bool:
         return self.with_edges
 
     @classmethod
-    def kwargs_from_config(cls, model_cfg, num_classes: int) -> Dict[str, Any]:
-        return dict(num_classes=num_classes, layers=list(model_cfg.layers),
-                    width_mult=model_cfg.width_mult, context=model_cfg.context,
-                    norm_backend=model_cfg.norm_backend)
+    def check_args(cls, args) -> Dict[str, Any]:
+        out = super().check_args(args)
+        if "layers" in out:
+            layers = out["layers"]
+            if (not isinstance(layers, (list, tuple)) or len(layers) != 4
+                    or not all(isinstance(n, int) and n > 0 for n in layers)):
+                raise ValueError(f"model.args.layers must be 4 positive block counts, got {layers!r}")
+            out["layers"] = list(layers)
+        if "width_mult" in out:
+            w = out["width_mult"]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+                raise ValueError(f"model.args.width_mult must be a positive number, got {w!r}")
+            out["width_mult"] = float(w)
+        for name, allowed in (("context", CONTEXT_MODULES), ("norm_backend", ABN_BACKENDS)):
+            if name in out and out[name] not in allowed:
+                raise ValueError(f"model.args.{name} must be one of {allowed}, got {out[name]!r}")
+        return out
 
     @classmethod
     def build(cls, kwargs: Dict[str, Any], training: bool = False) -> "DMLCSR":

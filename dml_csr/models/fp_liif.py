@@ -24,7 +24,7 @@ align_corners=False convention), stored in (x, y) order as `F.grid_sample` expec
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,8 @@ def unfold3x3(z: Tensor, kernel_size: int = 3) -> Tensor:
 
 class ResidualBlock(nn.Module):
     """Modified (EDSR-style) residual block: conv3x3 - act - conv3x3 plus identity, no BN, no act after the sum."""
+
+    temporary_activations = ("act",)       # sees conv1's output only: in place at inference
 
     def __init__(self, channels: int, act: str = "relu") -> None:
         super().__init__()
@@ -352,10 +354,13 @@ class FPLIIF(ParsingModel):
 
     family = "fp_liif"
     decodes_any_size = True
-
-    @classmethod
-    def kwargs_from_config(cls, model_cfg, num_classes: int) -> Dict[str, Any]:
-        return dict(num_classes=num_classes, **model_cfg.fp_liif)
+    classifier = r"decoder\.(\d+)\.weight"        # the MLP's layers; the last is (K, C)
+    # int8: everything after the encoder stays float32 (the reduction convolutions and the LIIF
+    # decoder, whose coordinate inputs and MLP lose most in 8 bits; docs/inference.md)
+    float_layers = r"(?!encoder$).*"
+    table_row = "fp-liif"
+    example_config = "fp_liif_synthetic"
+    tiny_args = {"width": 8, "blocks": [1, 1, 1], "reduce_dims": [16, 8], "decoder_dims": [16]}
 
     def export_logits(self, images: Tensor, size: Optional[Tuple[int, int]]) -> Tensor:
         size = tuple(size) if size is not None else tuple(images.shape[-2:])

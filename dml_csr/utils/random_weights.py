@@ -1,7 +1,7 @@
 """Stand-ins for trained weights, for parity tests and speed benchmarks without a checkpoint.
 
 A freshly initialised network is a poor stand-in for a trained one when checking that an
-inference rewrite (norm folding, Winograd convolutions) keeps the outputs: its norms hold the
+inference rewrite (norm folding, an ONNX export, lower precision) keeps the outputs: its norms hold the
 identity statistics (folding them is trivial), the DDGCN's fusion scalars are 0 (the graph
 branches contribute nothing) and, with random running statistics, activations shrink or grow layer
 by layer until the logits hardly depend on the image. :func:`randomise_norms` makes every norm a
