@@ -4,8 +4,8 @@
         [--skip-2x] [--dml-size 473] [--low-precision] [--smoke]
 
 Rows (random weights), each in two forms: ``plain`` (eval mode under ``torch.inference_mode``)
-and ``opt`` (``optimize_for_inference``, what ``FaceParser(backend="torch")`` runs: norms
-folded, in-place activations, channels_last); with
+and ``opt`` (``optimize_for_inference``, what ``FaceParser.from_checkpoint(backend="torch")``
+runs: norms folded, in-place activations, channels_last); with
 ``--low-precision`` also ``bf16`` (``optimize_for_inference(precision="bf16")``) and ``int8``
 (the ONNX file of ``precision="int8"``, ``deploy/quantize.py``, calibrated on two random inputs,
 run by onnxruntime):

@@ -6,7 +6,7 @@
 Variants (same weights, same input):
 - ``plain``: ``model.eval()`` under ``torch.inference_mode`` (the reference);
 - ``folded``: ``optimize_for_inference(model)`` (norms folded into the convolutions,
-  channels_last, in-place activations, inference_mode; ``FaceParser(backend="torch")``);
+  channels_last, in-place activations, inference_mode; ``FaceParser.from_checkpoint(backend="torch")``);
 - ``bf16``: ``optimize_for_inference(model, precision="bf16")``: folded, then cast to bfloat16
   (weights and activations, oneDNN's bf16 convolutions; not exact: see its parity columns);
 - ``onnxruntime``: the folded model exported by ``dml_csr.deploy.export_onnx`` (TorchScript exporter,

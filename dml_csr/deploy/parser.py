@@ -22,9 +22,9 @@ whole-photo map equals ``tools/test.py --save-pred``'s for the same image and se
    ``flip=True`` / ``scales=`` the protocol's test-time augmentation (more passes, log of the
    mean softmax);
 4. argmax in crop space (``labels_of``), warped back (nearest, background outside the crop)
-   onto the face's own REGION of the photo: the pixel box ``regions[i] = x0, y0, x1, y1`` around its turned square,
-   clipped to the photo; logits / probabilities (only when asked) warped back bilinearly onto the
-   same region. Memory grows with the faces, not with the photo;
+   onto the face's own REGION of the photo: the pixel box ``regions[i] = x0, y0, x1, y1``
+   around its turned square, clipped to the photo; logits / probabilities (only when asked)
+   warped back bilinearly onto the same region. Memory grows with the faces, not with the photo;
 5. the combined map of a photo (overlap rule): a pixel is background unless some face claims a
    foreground class there; among the faces claiming foreground the one with the higher max-softmax
    probability at that pixel wins (ties: the larger face region).

@@ -55,7 +55,8 @@ def run_test(cfg, checkpoint: str, split: str = "test", *, data_root: Optional[s
 
     ``meta.row`` (the table row of ``tools/make_tables.py``) is ``cfg.row`` when the config sets
     one (the ablation configs), else the row the model family declares (``dml-csr``,
-    ``fp-liif``, a registered family's own name); a ``row`` in ``meta`` overrides both, like every key of ``meta``.
+    ``fp-liif``, a registered family's own name); a ``row`` in ``meta`` overrides both, like
+    every key of ``meta``.
 
     Under torch.distributed EVERY process must call it (``evaluate_model`` all-reduces the
     histograms of the per-rank shards); each returns the same numbers and writes only its own

@@ -9,4 +9,7 @@
 - ``gcn.py``: the graph units ``SpatialGCN`` and ``DDualGCN`` (DDGCN and DGCNet fusions);
 - ``context.py``: the context modules on C5 (``DDGCNContext`` and the Table 4-5 ablations
   ``BaselineContext``, ``PSPContext``, ``DGCNetContext``), chosen by name with ``build_context``.
+
+A layer class that pairs a convolution with a norm by attribute declares how it folds for
+inference on itself (``folded_norms``, ``temporary_activations``: ``deploy/fold.py`` reads them).
 """

@@ -21,5 +21,5 @@ from .registry import FAMILIES, build_model, family, model_kwargs_from_config, r
 logger = logging.getLogger(__name__)
 
 __all__ = ["DMLCSR", "FPLIIF", "ParsingModel", "ParsingOutput", "FAMILIES", "family",
-           "build_model", "model_kwargs_from_config", "register_family", "ModelSpec", "load_inference_model",
-           "save_checkpoint", "load_imagenet_backbone", "load_model_weights"]
+           "build_model", "model_kwargs_from_config", "register_family", "ModelSpec",
+           "load_inference_model", "save_checkpoint", "load_imagenet_backbone", "load_model_weights"]
