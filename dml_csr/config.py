@@ -22,6 +22,7 @@ is saved beside the checkpoints of a run, and inside every checkpoint.
 """
 import dataclasses
 import difflib
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, get_args, get_origin, get_type_hints
@@ -33,6 +34,9 @@ __all__ = ["Config", "ModelConfig", "DataConfig", "LossConfig", "TrainConfig", "
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -287,7 +291,9 @@ def _legacy_keys(layer: Dict[str, Any], source: str) -> Dict[str, Any]:
     if not old:
         return layer
     model = dict(model)
-    args = dict(model.get("args") or {}) if isinstance(model.get("args"), dict) else {}
+    args = model.get("args") or {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"config key 'model.args' expects a mapping, got {args!r}")
     moved = {}
     for key in old:
         value = model.pop(key)
@@ -298,8 +304,7 @@ def _legacy_keys(layer: Dict[str, Any], source: str) -> Dict[str, Any]:
         else:
             moved[key] = value
     model["args"] = {**moved, **args}          # model.args, where both are given, wins
-    import logging
-    logging.getLogger(__name__).warning(
+    logger.warning(
         "%s: %s %s now model.args (read as model.args.%s)", source,
         ", ".join(f"model.{k}" for k in old), "is" if len(old) == 1 else "are",
         ", model.args.".join("KEY" if k == "fp_liif" else k for k in old))

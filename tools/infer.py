@@ -139,9 +139,11 @@ def parse_args(argv=None):
         ap.error("--precision goes with --checkpoint or --model: an ONNX file runs as it was "
                  "exported (tools/export_onnx.py --int8 writes an int8 one)")
     check_precision_arguments(ap, args)
-    bad = [s for s in args.scales if not s > 0]
-    if bad:
-        ap.error(f"--scales must be positive, got {bad[0]}")
+    from dml_csr.predict import check_tta
+    try:
+        check_tta(False, None, args.scales)
+    except ValueError as exc:
+        ap.error(f"--{exc}")
     if args.dataset and args.model:
         ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     return args

@@ -85,8 +85,8 @@ def float32_model(model: nn.Module, spec: ModelSpec, output_size: Optional[Seque
                   cache: Optional[PathLike] = None) -> str:
     """The float32 ONNX file of ``model`` (as ``load_inference_model`` gives it: norms folded at
     export, dynamic batch), from the cache when it holds a usable one, else exported there
-    (``export_onnx``; about 17 s for the full DML-CSR on the project's 2-core CPU, 0.4 s to
-    open afterwards). Returns its path."""
+    (``export_onnx``; about 15 s for the full DML-CSR on the project's 2-core CPU; a cache hit
+    costs the digest and the key check). Returns its path."""
     from .onnx import export_onnx
     output_size = None if output_size is None else [int(v) for v in output_size]
     folder = cache_dir(cache)

@@ -11,7 +11,7 @@ backend); :class:`OnnxParsingModel` wraps one in the models' contract (``model(x
 import json
 import logging
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -124,8 +124,13 @@ def read_onnx_metadata(path: Union[str, os.PathLike]) -> ModelSpec:
     """The model facts (a ``ModelSpec``) stored as ``dml_csr.*`` metadata by :func:`export_onnx`."""
     import onnx
     proto = onnx.load(str(path), load_external_data=False)
-    meta = {p.key[len("dml_csr."):]: json.loads(p.value) for p in proto.metadata_props
-            if p.key.startswith("dml_csr.")}
+    return _spec_of({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def _spec_of(metadata_props: Mapping[str, str], path: Union[str, os.PathLike]) -> ModelSpec:
+    """The ``ModelSpec`` of an ONNX file's metadata (key -> JSON text), ``path`` for messages."""
+    meta = {k[len("dml_csr."):]: json.loads(v) for k, v in metadata_props.items()
+            if k.startswith("dml_csr.")}
     if "input" in meta:
         return ModelSpec.from_checkpoint({"format": CHECKPOINT_FORMAT, **meta}, str(path))
     if "crop_size" in meta and "dataset" in meta:                 # files of the first exporter
@@ -190,8 +195,9 @@ class OnnxParsingModel(nn.Module):
                  providers: Optional[Sequence[str]] = None, micro_batch: Optional[int] = 1):
         super().__init__()
         self.path = str(path)
-        self.spec = read_onnx_metadata(path)
         self.session = OnnxSession(self.path, providers, threads, micro_batch)
+        # the session has read the file: its metadata, without parsing the file a second time
+        self.spec = _spec_of(self.session.session.get_modelmeta().custom_metadata_map, path)
 
     def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> ParsingOutput:
         return ParsingOutput(resize_logits_to(self.session(x.detach().float().cpu()),

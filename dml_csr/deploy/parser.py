@@ -363,7 +363,7 @@ class FaceParser:
         device = torch.device(device)
         if backend == "auto":      # an exported file takes one crop size: no multi-scale TTA
             fast = device.type == "cpu" and precision == "fp32" and optimize
-            backend = "onnx" if fast and tuple(scales) in ((1.0,), (1,)) else "torch"
+            backend = "onnx" if fast and not _other_crop_sizes(scales) else "torch"
         if backend == "onnx" and precision != "fp32":
             raise ValueError(f"precision {precision!r} runs on the torch backend; the ONNX "
                              f"backend is float32 or int8")
@@ -392,7 +392,7 @@ class FaceParser:
         ``scales`` other than 1 need a file exported without a fixed crop size."""
         model = OnnxParsingModel(path, threads=threads, providers=providers)
         fixed = model.session.fixed_hw
-        if fixed is not None and any(float(s) != 1.0 for s in scales):
+        if fixed is not None and _other_crop_sizes(scales):
             raise ValueError(f"multi-scale TTA (scales={tuple(scales)}) needs other crop sizes; "
                              f"{path} takes {fixed[0]}x{fixed[1]} crops only: run the "
                              f"checkpoint with backend='torch'")
@@ -516,6 +516,12 @@ class FaceParser:
             sub_best[win] = claim[win]
             sub_out[win] = lab[win]
         return out
+
+
+def _other_crop_sizes(scales: Sequence[float]) -> bool:
+    """Whether the TTA ``scales`` run the model on other crop sizes than its own (an exported
+    file with a fixed crop size cannot)."""
+    return any(float(s) != 1.0 for s in scales)
 
 
 def _region_box(center, scale: float, angle: float, size: Tuple[int, int],

@@ -130,21 +130,16 @@ def _read_error(path: str, exc: BaseException) -> CheckpointReadError:
 
 def classifier_key(state: Mapping[str, torch.Tensor], family: Optional[str] = None
                    ) -> Optional[str]:
-    """The key of the final classifier's weight in ``state``: the one ``family`` declares
-    (``ParsingModel.classifier``), else the first registered family's that ``state`` holds;
-    None when there is none."""
+    """The key of the final classifier's weight in ``state``: the one family ``family`` declares
+    (``ParsingModel.classifier``) when it is registered, else the first registered family's
+    that ``state`` holds; None when there is none."""
     from .registry import FAMILIES
-    classes = [FAMILIES[family]] if family is not None else list(FAMILIES.values())
+    classes = [FAMILIES[family]] if family in FAMILIES else list(FAMILIES.values())
     for cls in classes:
         key = cls.classifier_key(state)
         if key is not None:
             return key
     return None
-
-
-def _registered() -> Tuple[str, ...]:
-    from .registry import FAMILIES
-    return tuple(FAMILIES)
 
 
 def state_num_classes(state: Mapping[str, torch.Tensor], family: Optional[str] = None
@@ -221,8 +216,7 @@ def load_model_weights(model: nn.Module, checkpoint: Any, source: str = "checkpo
             f"{source}: model key {missing[0]!r} is missing from the checkpoint ({len(missing)} "
             f"missing keys): it was saved from another architecture; make the config's model "
             f"section (model.name, model.args) match it")
-    family = getattr(type(model), "family", None) or None
-    key = classifier_key(state, family if family in _registered() else None)
+    key = classifier_key(state, getattr(type(model), "family", None))
     if key in target and state[key].shape[0] != target[key].shape[0]:
         from ..data.schemas import datasets_with_classes
 
@@ -263,7 +257,7 @@ def load_matching_weights(model: nn.Module, path: str, trust_checkpoint: bool = 
 
     # by top-level module; the classifier's module and the training-only heads one level deeper
     cls = type(model)
-    key = classifier_key(target, cls.family if getattr(cls, "family", "") in _registered() else None)
+    key = classifier_key(target, getattr(cls, "family", None))
     deeper = tuple(p if p.endswith(".") else p + "." for p in
                    getattr(cls, "training_only_prefixes", ()) + ((key.split(".")[0],) if key else ()))
 
