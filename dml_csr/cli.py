@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["run", "strip_debug", "debug_enabled", "format_error", "add_debug_argument",
            "add_precision_arguments", "check_precision_arguments", "add_trust_argument",
-           "add_max_pixels_argument", "ERROR_STATUS", "DEBUG_FLAG", "DEBUG_ENV"]
+           "add_max_pixels_argument", "env_flag", "ERROR_STATUS", "DEBUG_FLAG", "DEBUG_ENV"]
 
 ERROR_STATUS = 2
 DEBUG_FLAG = "--debug"
@@ -40,10 +40,27 @@ def strip_debug(argv: Sequence[str]) -> Tuple[List[str], bool]:
     return head + argv[cut:], len(head) < cut
 
 
+_ON = ("1", "true", "yes", "on")
+_OFF = ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool:
+    """The switch ``$name``: on for ``1``, ``true``, ``yes``, ``on``; off when unset or ``0``,
+    ``false``, ``no``, ``off`` (any case, spaces ignored). Any other value is a ValueError that
+    names the variable: a typo in a switch (a security one among them) must not pick a side."""
+    value = os.environ.get(name, "")
+    word = value.strip().lower()
+    if word in _ON:
+        return True
+    if word in _OFF:
+        return False
+    raise ValueError(f"{name}={value!r} is neither on ({', '.join(_ON)}) nor off (unset, "
+                     f"{', '.join(repr(w) for w in _OFF)}): set it to one of them")
+
+
 def debug_enabled(flag: bool = False) -> bool:
-    """``flag`` or ``DMLCSR_DEBUG`` set to anything but empty, ``0``, ``false`` or ``no``."""
-    env = os.environ.get(DEBUG_ENV, "").strip().lower()
-    return flag or env not in ("", "0", "false", "no")
+    """``flag`` or the switch ``DMLCSR_DEBUG`` (:func:`env_flag`)."""
+    return flag or env_flag(DEBUG_ENV)
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -82,7 +99,11 @@ def run(main: Callable[[Optional[List[str]]], object], argv: Optional[Sequence[s
     """Run ``main(argv)`` (default ``sys.argv[1:]``) and return the process's exit status: the int
     it returns (anything else counts as 0), or 2 after one ``error:`` line for an exception."""
     args, flag = strip_debug(sys.argv[1:] if argv is None else argv)
-    debug = debug_enabled(flag)
+    try:
+        debug = debug_enabled(flag)
+    except ValueError as exc:
+        _write_line(format_error(exc))
+        return ERROR_STATUS
     try:
         code = main(args)
     except SystemExit:

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .cli import env_flag
+
 __all__ = ["DistInfo", "detect", "init_distributed", "cleanup", "is_distributed", "get_rank",
            "get_world_size", "is_main", "barrier", "all_reduce_sum", "all_reduce_mean",
            "reduce_dict", "any_true", "unwrap", "setup_logging", "forced", "cuda_report",
@@ -36,8 +38,8 @@ class DeviceError(RuntimeError):
 
 
 def forced() -> bool:
-    """``$DMLCSR_FORCE_DISTRIBUTED`` set to anything but empty, ``0``, ``false`` or ``no``."""
-    return os.environ.get(FORCE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """The switch ``$DMLCSR_FORCE_DISTRIBUTED`` (:func:`dml_csr.cli.env_flag`)."""
+    return env_flag(FORCE_ENV)
 
 
 @dataclass(frozen=True)

@@ -127,17 +127,22 @@ def _jpeg_header(f: BinaryIO) -> Tuple[int, int, int]:
             f.seek(length - 2, 1)
 
 
-def _tiff_size(head: bytes) -> Tuple[int, int]:
+def _tiff_size(f: BinaryIO, head: bytes) -> Tuple[int, int]:
+    """Width and height from the TIFF's first image directory, wherever in the file it lies
+    (libtiff writes it after the pixel data): the directory is read from its offset, which must
+    lie inside the file."""
     order = "<" if head[:2] == b"II" else ">"
     (ifd,) = struct.unpack(order + "I", head[4:8])
-    if ifd + 2 > len(head):
-        raise ValueError("the TIFF's first directory lies beyond the bytes read for its header")
-    (count,) = struct.unpack(order + "H", head[ifd:ifd + 2])
+    size = os.fstat(f.fileno()).st_size
+    if ifd < 8 or ifd + 2 > size:
+        raise ValueError(f"the TIFF's first directory offset {ifd} lies outside the file "
+                         f"({size} bytes)")
+    f.seek(ifd)
+    (count,) = struct.unpack(order + "H", f.read(2))
+    entries = f.read(12 * count)            # at most 786 kB: count is 16 bits
     found = {}
-    for i in range(count):
-        entry = head[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
-        if len(entry) < 12:
-            break
+    for i in range(len(entries) // 12):
+        entry = entries[12 * i: 12 * i + 12]
         tag, kind = struct.unpack(order + "HH", entry[:4])
         if tag in (256, 257):                # ImageWidth, ImageLength: SHORT or LONG
             fmt = order + ("H" if kind == 3 else "I")
@@ -188,7 +193,7 @@ def image_header(f: BinaryIO) -> Tuple[str, int, int, Optional[int]]:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return ("webp",) + _webp_size(head) + (None,)
     if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return ("tiff",) + _tiff_size(head) + (None,)
+        return ("tiff",) + _tiff_size(f, head) + (None,)
     if len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
         return ("pnm",) + _pnm_size(head) + (None,)
     raise ValueError(f"not a {_FORMATS} image")

@@ -205,6 +205,62 @@ def test_the_api_refuses_poisoned_files_and_trusts_only_when_told(ckpt, tmp_path
     assert marker.is_dir()
 
 
+@pytest.mark.parametrize("value, on", [("1", True), ("TRUE", True), (" yes ", True), ("On", True),
+                                       ("", False), ("0", False), ("false", False), ("NO", False),
+                                       ("off", False), ("Off", False)])
+def test_the_trust_switch_reads_on_and_off_words(ckpt, tmp_path, monkeypatch, value, on):
+    """``off`` and the other off words keep unpickling off (``off`` turned it on before)."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    poisoned = _poison(ckpt, tmp_path / "poisoned.pth", marker)
+    monkeypatch.setenv("DMLCSR_TRUST_CHECKPOINT", value)
+    from dml_csr.models.checkpoint import load_checkpoint_file
+    if on:
+        load_checkpoint_file(poisoned)
+    else:
+        with pytest.raises(UntrustedCheckpointError):
+            load_checkpoint_file(poisoned)
+    assert marker.is_dir() == on
+
+
+def test_a_trust_switch_that_is_neither_on_nor_off_is_an_error(ckpt, photos, tmp_path,
+                                                               monkeypatch, capsys):
+    marker = tmp_path / "PAYLOAD_RAN"
+    poisoned = _poison(ckpt, tmp_path / "poisoned.pth", marker)
+    monkeypatch.setenv("DMLCSR_TRUST_CHECKPOINT", "maybe")
+    argv = ["--checkpoint", poisoned, "--dataset", "helen", str(photos), "--out",
+            str(tmp_path / "out")]
+    assert run(_tool("infer"), argv) == 2
+    _one_error_line(capsys.readouterr().err, "DMLCSR_TRUST_CHECKPOINT='maybe'")
+    assert not marker.exists()
+    monkeypatch.setenv("DMLCSR_DEBUG", "perhaps")                # the other switches read alike
+    assert run(_tool("infer"), argv) == 2
+    _one_error_line(capsys.readouterr().err, "DMLCSR_DEBUG='perhaps'")
+
+
+def test_a_trusted_legacy_checkpoint_is_unpickled(ckpt, tmp_path):
+    """A file in torch's legacy (non-zip) format: refused naming what it holds, unpickled when
+    trusted (before, both said the file was damaged)."""
+    from dml_csr.models.checkpoint import load_checkpoint_file
+    marker = tmp_path / "PAYLOAD_RAN"
+    obj = torch.load(ckpt, weights_only=True)
+    obj["payload"] = _Payload(str(marker))
+    legacy = tmp_path / "legacy.pth"
+    torch.save(obj, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UntrustedCheckpointError, match=r"holds Python objects \(posix.mkdir\)"):
+        load_checkpoint_file(str(legacy))
+    assert not marker.exists()
+    assert load_checkpoint_file(str(legacy), trust_checkpoint=True)["model"].keys() == \
+        obj["model"].keys()
+    assert marker.is_dir()
+    plain = tmp_path / "plain_legacy.pth"                  # weights only: loads untrusted
+    torch.save(obj["model"], plain, _use_new_zipfile_serialization=False)
+    assert load_checkpoint_file(str(plain)).keys() == obj["model"].keys()
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(legacy.read_bytes()[:200])
+    with pytest.raises(Exception, match="damaged"):
+        load_checkpoint_file(str(damaged), trust_checkpoint=True)
+
+
 def test_our_files_and_older_best_files_load_without_unpickling(ckpt, tmp_path):
     """best.pth of earlier versions stored torch.__version__ itself (a str subclass, allowed);
     a file that is only a bare state_dict (the authors') loads as it is."""
@@ -325,6 +381,24 @@ def test_the_size_is_read_from_the_header_before_decoding(bomb, tmp_path):
     cv2.imwrite(str(monkey), _photo(30, 40, 0))
     with pytest.raises(ImageTooLargeError):
         read_image(monkey, limit=1000)
+
+
+def test_a_tiff_with_its_directory_after_the_pixels_is_read(tmp_path):
+    """libtiff (cv2.imwrite) puts the first image directory at the end of the file, past the
+    64 kB read first: it was refused as 'cannot read its size'."""
+    from dml_csr.files import read_image_size
+    image = _photo(300, 310, 1)
+    path = tmp_path / "photo.tif"
+    assert cv2.imwrite(str(path), image)
+    data = path.read_bytes()
+    order = "<" if data[:2] == b"II" else ">"
+    assert struct.unpack(order + "I", data[4:8])[0] > 64 * 1024     # the case that failed
+    assert read_image_size(path) == (300, 310)
+    assert np.array_equal(read_image(path), image)
+    liar = tmp_path / "liar.tif"                              # a directory offset past the end
+    liar.write_bytes(data[:4] + struct.pack(order + "I", len(data) + 10) + data[8:])
+    with pytest.raises(ImageReadError, match="liar.tif: cannot read its size.*outside the file"):
+        read_image(liar)
 
 
 def test_a_folder_run_goes_on_past_bombs_and_liars(ckpt, photos, bomb, tmp_path, capsys):
@@ -489,6 +563,31 @@ def test_a_planted_or_truncated_int8_cache_file_is_never_used(photos, tmp_path, 
     assert int8_model(mine, spec, photos, 2, cache=cache) == str(path)    # rebuilt
     assert path.read_bytes() != good[: len(good) // 2]
     assert int8_model(mine, spec, cache=cache) == str(path)               # and used again
+
+
+def test_the_cache_folder_is_private_and_a_shared_one_is_named(photos, tmp_path, caplog):
+    """Created 0700 (a file planted with a valid key would be run: cache.py says what the key
+    checks); a folder others may write to is named in a warning."""
+    from dml_csr.deploy.cache import float32_model
+    from dml_csr.deploy.quantize import int8_model
+    old = os.umask(0o022)
+    try:
+        spec = ModelSpec.for_dataset("dml_csr", KW, "helen", crop_size=CROP)
+        mine = _fresh_model(0)
+        for make, folder in ((float32_model, tmp_path / "a" / "fp32"),
+                             (lambda m, s, cache: int8_model(m, s, photos, 2, cache=cache),
+                              tmp_path / "b" / "int8")):
+            make(mine, spec, cache=folder)
+            assert folder.stat().st_mode & 0o777 == 0o700, folder
+        assert "writable by other users" not in caplog.text
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        float32_model(mine, spec, cache=shared)
+        assert f"ONNX cache folder {shared} is writable by other users" in caplog.text
+        assert shared.stat().st_mode & 0o777 == 0o777           # the user's folder left as it is
+    finally:
+        os.umask(old)
 
 
 def test_every_quantized_convolution_gets_an_int32_bias(photos, tmp_path):

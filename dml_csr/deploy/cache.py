@@ -4,9 +4,15 @@ CPU (:func:`float32_model`) and the calibrated int8 file (``quantize.int8_model`
 A file is named by a key: the family, the data set and a digest of everything it depends on (every
 tensor of the weights, the input facts, the output size, the recipe that made it, onnxruntime's
 version). The key is also stored inside the file (``dml_csr.cache_key``) and checked before the
-file is used, so a file planted under that name, truncated, or made for other weights is never
-run: it is set aside (renamed ``NAME.rejected``, with a warning naming it) and made again. The
-folder is :func:`cache_dir`.
+file is used: a file that is truncated or unreadable, that is stale (another recipe or
+onnxruntime), or that was made for other weights or settings is never run: it is set aside
+(renamed ``NAME.rejected``, with a warning naming it) and made again.
+
+What the key does not check: a file changed after it was written that keeps its stored key (its
+weights or graph edited by someone who can write to the cache) is used. Re-deriving the graph
+would cost the export the cache exists to save, and the int8 file cannot be re-derived at all
+without its calibration images: it is trusted on first use. The defence is the folder: created
+private to the user (0700, :func:`ready_cache_dir`), with a warning when it is not.
 """
 import hashlib
 import json
@@ -20,7 +26,7 @@ import torch.nn as nn
 from ..files import remove_partials
 from ..models.checkpoint import ModelSpec
 
-__all__ = ["cache_dir", "weights_key", "cached_metadata", "float32_model", "CACHE_KEY",
+__all__ = ["cache_dir", "ready_cache_dir", "weights_key", "cached_metadata", "float32_model", "CACHE_KEY",
            "FLOAT32_RECIPE"]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,24 @@ def cache_dir(cache: Optional[PathLike] = None) -> Path:
         return Path(os.environ["DMLCSR_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "dml_csr"
+
+
+def ready_cache_dir(cache: Optional[PathLike] = None) -> Path:
+    """:func:`cache_dir`, created private to the user (mode 0700; an existing folder is left as it
+    is) and cleared of the temporary files of killed writes. A warning names a folder that another
+    user owns or that group or others may write to: anyone who can write there can plant a file
+    that keeps a valid key (module docstring)."""
+    folder = cache_dir(cache)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if hasattr(os, "getuid"):
+        st = folder.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            logger.warning("ONNX cache folder %s is writable by other users (mode %o, owner uid "
+                           "%d): a file planted there with a valid key would be run; use a "
+                           "folder only you can write (chmod 700, or set DMLCSR_CACHE)",
+                           folder, st.st_mode & 0o777, st.st_uid)
+    remove_partials(folder)
+    return folder
 
 
 def weights_key(model: nn.Module, spec: ModelSpec, output_size: Optional[Sequence[int]],
@@ -89,15 +113,13 @@ def float32_model(model: nn.Module, spec: ModelSpec, output_size: Optional[Seque
     costs the digest and the key check). Returns its path."""
     from .onnx import export_onnx
     output_size = None if output_size is None else [int(v) for v in output_size]
-    folder = cache_dir(cache)
+    folder = ready_cache_dir(cache)
     key = weights_key(model, spec, output_size, FLOAT32_RECIPE)
     path = folder / f"{key}.fp32.onnx"
     meta, _ = cached_metadata(path, key, "float32")
     if meta is not None:
         logger.info("float32 ONNX model from the cache: %s", path)
         return str(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_partials(folder)                # left by an export that was killed
     export_onnx(model, path, spec, dynamic_batch=True, output_size=output_size, cache_key=key)
     logger.info("float32 ONNX model exported once to %s (later parsers of these weights open "
                 "it)", path)

@@ -15,8 +15,9 @@ Two ways to the file, both calibrating once:
 - :func:`int8_model` (``FaceParser.from_checkpoint(..., precision="int8", calibrate=DIR)``,
   ``tools/infer.py`` / ``tools/test.py --precision int8``): the file is cached under
   ``cache.cache_dir()``, named by a digest of the weights and the input facts (the key), and reused
-  by later calls without ``calibrate`` once the key stored inside it is checked: a file planted
-  under that name, truncated or made for other weights is set aside and rebuilt.
+  by later calls without ``calibrate`` once the key stored inside it is checked: a file
+  truncated or made for other weights (another model's file under this name) is set aside and
+  rebuilt; the file is trusted on first use (``cache``'s docstring).
 
 onnxruntime's quantizer logs through the root logger; its lines go to this module's logger at
 DEBUG level. Biases shared by the exporter (``Identity`` of an initializer) get their own copy
@@ -36,8 +37,8 @@ import torch.nn as nn
 from ..data.layout import read_split_list, split_list_path
 from ..data.transforms import crop_params, normalize_image, warp_image
 from ..models.checkpoint import ModelSpec
-from ..files import read_image, remove_partials, write_bytes
-from .cache import CACHE_KEY, cache_dir, cached_metadata, weights_key
+from ..files import read_image, write_bytes
+from .cache import CACHE_KEY, cache_dir, cached_metadata, ready_cache_dir, weights_key
 from ..files import IMAGE_EXTS
 
 __all__ = ["calibration_images", "calibration_crops", "quantize_onnx", "int8_model",
@@ -244,8 +245,9 @@ def int8_model(model: nn.Module, spec: ModelSpec, calibrate: Optional[Union[str,
 
     The cached file is named by a digest of the weights and ``spec``'s input facts (the key),
     which is also stored inside the file (``dml_csr.cache_key``) and checked before the file is
-    used: a later call for the same weights finds it without ``calibrate``. A file that is
-    unreadable, truncated or holds another key is never used: it is set aside (renamed
+    used: a later call for the same weights finds it without ``calibrate``. The calibrated file
+    is trusted on first use (``cache``'s docstring says what the key does not check). A file
+    that is unreadable, truncated or holds another key is never used: it is set aside (renamed
     ``NAME.rejected``, with a warning naming it) and rebuilt when ``calibrate`` is given. A call
     whose ``calibrate`` or ``count`` differ from the cached file's calibrates again and replaces
     it. ``cache``: the folder (default ``cache.cache_dir()``). Without ``calibrate`` and without a
@@ -275,8 +277,7 @@ def int8_model(model: nn.Module, spec: ModelSpec, calibrate: Optional[Union[str,
                          f"photos; the calibrated model is then kept in {folder}")
     from .onnx import export_onnx
     crops = calibration_crops(calibration_images(calibrate, count), spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_partials(folder)                # left by a calibration that was killed
+    ready_cache_dir(cache)                 # private; a killed calibration's temporaries go
     with tempfile.TemporaryDirectory(prefix="dml_csr_int8_") as tmp:
         float_path = os.path.join(tmp, "float32.onnx")
         export_onnx(model, float_path, spec, dynamic_batch=True, output_size=output_size)

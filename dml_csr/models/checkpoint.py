@@ -27,12 +27,14 @@ import dataclasses
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from ..cli import env_flag
 from ..files import save_torch
 
 logger = logging.getLogger(__name__)
@@ -67,26 +69,76 @@ class UntrustedCheckpointError(CheckpointError):
 
 
 def trusted(trust_checkpoint: bool = False) -> bool:
-    """``trust_checkpoint``, or ``$DMLCSR_TRUST_CHECKPOINT`` set to anything but empty, ``0``,
-    ``false`` or ``no``."""
-    env = os.environ.get(TRUST_ENV, "").strip().lower()
-    return bool(trust_checkpoint) or env not in ("", "0", "false", "no")
+    """``trust_checkpoint``, or the switch ``$DMLCSR_TRUST_CHECKPOINT`` on (``1``, ``true``,
+    ``yes``; a value that is neither on nor off is a ValueError naming it:
+    :func:`dml_csr.cli.env_flag`)."""
+    return bool(trust_checkpoint) or env_flag(TRUST_ENV)
+
+
+# what weights_only rebuilds without asking: torch's tensor rebuilders, storage classes (legacy
+# files name torch.FloatStorage and the like), OrderedDict; and the version string we allow
+_WEIGHTS_ONLY_NAMES = re.compile(r"torch\._utils\.\w+|torch\.(storage\.)?\w*Storage|"
+                                 r"collections\.OrderedDict|torch\.torch_version\.TorchVersion")
+
+
+def _pickle_globals(path: str) -> List[str]:
+    """The ``module.name`` of every class or function the checkpoint's pickles name, read from
+    their opcodes (nothing is run): the ``data.pkl`` of a zip file, or the pickles at the start
+    of a legacy (non-zip) file; stops quietly where a pickle does not parse."""
+    import io
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            inner = [n for n in z.namelist() if n.endswith("data.pkl")]
+            streams = [io.BytesIO(z.read(inner[0]))] if inner else []
+    else:
+        with open(path, "rb") as f:
+            streams = [io.BytesIO(f.read(1 << 20))]   # legacy: the pickles lead, storages follow
+    names: List[str] = []
+    for stream in streams:
+        for _ in range(5):     # legacy: magic, protocol, sys_info, the object, the storage keys
+            memo: Dict[int, Any] = {}
+            strings: List[Any] = []
+            try:
+                for op, arg, _pos in pickletools.genops(stream):
+                    if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                        strings.append(arg)
+                    elif op.name == "MEMOIZE":
+                        memo[len(memo)] = strings[-1] if strings else None
+                    elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                        memo[arg] = strings[-1] if strings else None
+                    elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                        strings.append(memo.get(arg))
+                    elif op.name == "GLOBAL":
+                        names.append(arg.replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(f"{strings[-2]}.{strings[-1]}")
+            except Exception:  # noqa: BLE001 - the end of the pickles, or damage: no more names
+                break
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
 
 
 def _unsafe_globals(path: str) -> List[str]:
     """The classes and functions the file's pickle names beyond weights_only's (read from its
-    opcodes, nothing run); empty when it cannot tell."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # noqa: BLE001 - a legacy or damaged file: no names to give
-        return []
+    opcodes, nothing run): torch's own list where it can tell (zip files, torch >= 2.5), else
+    those of :func:`_pickle_globals` that are not tensor rebuilders; empty when there are none
+    to name (a damaged file)."""
+    listing = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if listing is not None:
+        try:
+            return list(listing(path))
+        except Exception:  # noqa: BLE001 - a legacy or damaged file: read the opcodes instead
+            pass
+    return [n for n in _pickle_globals(path) if not _WEIGHTS_ONLY_NAMES.fullmatch(n)]
 
 
 def load_checkpoint_file(path: str, trust_checkpoint: bool = False, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file and
     the remedy (module docstring). ``trust_checkpoint`` (or ``$DMLCSR_TRUST_CHECKPOINT``): a file
-    that weights_only refuses is unpickled instead, with a warning. ``mmap``: map the tensors
-    instead of reading them (files in the zip format)."""
+    that weights_only refuses is unpickled instead, with a warning, whatever its format (zip or
+    legacy). ``mmap``: map the tensors instead of reading them (files in the zip format)."""
     from torch.torch_version import TorchVersion
 
     path = str(path)
@@ -94,15 +146,16 @@ def load_checkpoint_file(path: str, trust_checkpoint: bool = False, mmap: bool =
         what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
         raise FileNotFoundError(f"checkpoint {path} {what}: check the path (tools/train.py writes "
                                 f"OUTPUT_DIR/best.pth; release weights are downloaded by hand)")
+    trust = trusted(trust_checkpoint)
     try:
         # the earlier versions of this project stored torch.__version__ itself: a str subclass
         with torch.serialization.safe_globals([TorchVersion]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path)
-        if not unsafe:
-            raise _read_error(path, exc) from exc
-        if not trusted(trust_checkpoint):
+        if not trust:
+            if not unsafe:
+                raise _read_error(path, exc) from exc
             names = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3
                                              else "")
             raise UntrustedCheckpointError(
@@ -111,8 +164,10 @@ def load_checkpoint_file(path: str, trust_checkpoint: bool = False, mmap: bool =
                 f"project writes and the authors' weights load without it; if you trust where "
                 f"this file comes from (an older checkpoint of ours), pass --trust-checkpoint "
                 f"(trust_checkpoint=True, or {TRUST_ENV}=1)") from None
+        # trusted means unpickled, whether or not the objects could be named beforehand
         logger.warning("%s: unpickling a checkpoint that weights_only refuses (%s), as trusted: "
-                       "this runs any code the file holds", path, ", ".join(unsafe))
+                       "this runs any code the file holds", path,
+                       ", ".join(unsafe) or "objects it could not name")
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise _read_error(path, exc) from exc
     try:
