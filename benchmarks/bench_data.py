@@ -21,6 +21,7 @@ from dml_csr.data import FaceDataset, get_schema, write_identity  # noqa: E402
 from dml_csr.data.edges import binary_edges, category_edges  # noqa: E402
 from dml_csr.data.transforms import (crop_params, normalize_image, sample_augmentation,  # noqa: E402
                                      warp_image, warp_label)
+from dml_csr.files import write_text  # noqa: E402
 
 
 def fabricate(root: str, n: int, size: int = 512, seed: int = 0) -> None:
@@ -30,8 +31,8 @@ def fabricate(root: str, n: int, size: int = 512, seed: int = 0) -> None:
     split = os.path.join(root, "train")
     os.makedirs(os.path.join(split, "images"))
     os.makedirs(os.path.join(split, "labels"))
-    with open(os.path.join(root, "label_names.txt"), "w") as f:
-        f.write("\n".join(get_schema("lapa").tokens) + "\n")
+    write_text(os.path.join(root, "label_names.txt"),
+               "\n".join(get_schema("lapa").tokens) + "\n")
     write_identity(root, "lapa", tool="bench_data")       # LaPa's classes, LaPa-sized images
     lines = []
     for k in range(n):
@@ -52,8 +53,7 @@ def fabricate(root: str, n: int, size: int = 512, seed: int = 0) -> None:
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
         cv2.imwrite(os.path.join(split, "labels", name + ".png"), lab)
         lines.append(f"images/{name}.jpg labels/{name}.png")
-    with open(os.path.join(root, "train_list.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(root, "train_list.txt"), "\n".join(lines) + "\n")
 
 
 def breakdown(ds: FaceDataset, reps: int, crop_size) -> dict:

@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 from bench_data import fabricate  # noqa: E402
 from dml_csr.data.check import check_data  # noqa: E402
 from dml_csr.data.synthetic import make_synthetic  # noqa: E402
-from dml_csr.files import read_image  # noqa: E402
+from dml_csr.files import read_image, write_text  # noqa: E402
 
 LAPA_COUNTS = {"train": 18168, "valid": 2000}
 
@@ -38,8 +38,8 @@ def lapa_sized(root: str, distinct: int, counts=LAPA_COUNTS, size: int = 512) ->
     os.symlink("train", os.path.join(root, "valid"))
     lines = [f"images/bench_{k:03d}.jpg labels/bench_{k:03d}.png" for k in range(distinct)]
     for split, count in counts.items():
-        with open(os.path.join(root, f"{split}_list.txt"), "w") as f:
-            f.write("\n".join(lines[i % distinct] for i in range(count)) + "\n")
+        write_text(os.path.join(root, f"{split}_list.txt"),
+                   "\n".join(lines[i % distinct] for i in range(count)) + "\n")
 
 
 def timed(root: str, workers: int, reps: int) -> Tuple[float, int]:

@@ -31,7 +31,6 @@ warm-up, on a shared machine noisy: say so when reporting.
 """
 import argparse
 import glob
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dml_csr.files import write_json  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -200,9 +200,8 @@ def main(argv=None):
     if args.json:
         summary = {n: {k: (statistics.median(v) if k == "ms" else v) for k, v in t.items()}
                    for n, t in totals.items()}
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "totals": summary, "runs": args.runs,
-                       "threads": args.threads}, f, indent=1)
+        write_json(args.json, {"rows": rows, "totals": summary, "runs": args.runs,
+                               "threads": args.threads}, indent=1)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ median latency (images/s at batch 1); the ratio is FP-LIIF's over DML-CSR's. Wal
 a shared machine are noisy: report the load average with them (printed).
 """
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dml_csr.files import write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -159,8 +159,7 @@ def main(argv=None) -> int:
               f"{r['latency_ms']:.0f} | {r['latency_min_ms']:.0f} | {r['images_per_s']:.2f} | "
               f"{r['params_ratio']:.1f} | {r['throughput_ratio']:.1f}x | {r['vs_dml_plain']:.1f}x |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(args.json, report, indent=1)
     return 0
 
 

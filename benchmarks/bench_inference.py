@@ -50,7 +50,6 @@ difference of each variant's logits to the plain module's on the batch-1 input. 
 clock and noisy on a shared machine: say so when reporting them.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -58,6 +57,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dml_csr.files import write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -115,8 +115,7 @@ def main(argv=None) -> int:
                    "batch_runs": args.batch_runs, "torch": torch.__version__,
                    "fast_path": time_fast_paths(plain, (h, w), args)}
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
+            write_json(args.json, results, indent=2)
         return 0
     folded = optimize_for_inference(plain)
     bf16 = optimize_for_inference(plain, precision="bf16")
@@ -192,8 +191,7 @@ def main(argv=None) -> int:
     if args.parser:
         results["parser"] = time_parsers(plain, (h, w), run_plain, x1, args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results, indent=2)
     return 0
 
 

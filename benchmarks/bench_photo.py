@@ -63,6 +63,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dml_csr.utils.memory import reset_hwm, status_bytes  # noqa: E402  (light: no torch)
+from dml_csr.files import write_json  # noqa: E402
 # the portraits and the part of each that is tiled (x0, y0, x1, y1; None: all of it): the
 # astronaut's face fills less of her photo, so her head and shoulders are cut out to bring her face
 # to about 400 px in a 4000 x 3000 photo (the whole 256-px photo gave about 250 px)
@@ -230,8 +231,7 @@ def internal(path: str) -> int:
         job = json.load(f)
     out = {"prepare": prepare, "export": export_case, "api": api_case,
            "cli": cli_wrapper}[job["kind"]](job)
-    with open(job["result"], "w") as f:
-        json.dump(out, f)
+    write_json(job["result"], out, indent=None)
     return 0
 
 
@@ -239,8 +239,7 @@ def spawn(tmp: str, name: str, job: dict) -> dict:
     """Run ``job`` in a fresh ``python bench_photo.py --internal JOB`` process; its result."""
     job = dict(job, result=os.path.join(tmp, f"{name}.result.json"))
     path = os.path.join(tmp, f"{name}.job.json")
-    with open(path, "w") as f:
-        json.dump(job, f)
+    write_json(path, job, indent=None)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--internal", path],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
     if proc.returncode != 0 or not os.path.isfile(job["result"]):
@@ -378,8 +377,7 @@ def main(argv=None) -> int:
     print(f"\nwall time of the whole benchmark: {results['total_wall_s']:.0f} s "
           f"(this parent's own peak {mib(results['parent_maxrss'])} MiB)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results, indent=2)
     return 0
 
 

@@ -14,13 +14,13 @@ images, the 10 face classes), and the median time of one parser call (one image,
 warm-up). Times are wall clock, noisy on a shared machine.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dml_csr.files import write_json  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -77,9 +77,8 @@ def main(argv=None) -> int:
         print(f"| {n} | {100 * r['agree_with_fp32']:.2f} % | {r['mean_f1']:.2f} | "
               f"{r['ms_per_image']:.1f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "images": len(pairs), "checkpoint": args.checkpoint}, f,
-                      indent=1)
+        write_json(args.json, {"rows": rows, "images": len(pairs),
+                               "checkpoint": args.checkpoint}, indent=1)
     return 0
 
 

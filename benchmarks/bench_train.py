@@ -38,6 +38,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from dml_csr.files import write_json  # noqa: E402
 
 MODES = ("native", "memory", "compiled", "bf16", "fp16", "checkpoint")
 GB = float(1 << 30)
@@ -158,9 +159,8 @@ def main(argv=None) -> int:
                     print(f"| {stage} | {mode} | {batch} | {r['step_s']:.1f} | {r[key]:.2f} |",
                           flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"size": args.size, "device": args.device, "config": args.config,
-                       "steps": args.steps, "rows": rows}, f, indent=1)
+        write_json(args.json, {"size": args.size, "device": args.device, "config": args.config,
+                               "steps": args.steps, "rows": rows}, indent=1)
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -36,7 +36,6 @@ resampling floor of ``agree``).
         [--threads 2] [--json OUT.json]
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -53,6 +52,7 @@ from dml_csr.deploy.fold import set_inference_threads  # noqa: E402
 from dml_csr.deploy.parser import NoFaceWarning  # noqa: E402
 from dml_csr.eval.metrics import compute_metrics, confusion_histogram  # noqa: E402
 from dml_csr.utils.photos import turn_matrix, turn_photo  # noqa: E402
+from dml_csr.files import write_json  # noqa: E402
 
 
 def read_list(data: str, split: str, limit):
@@ -226,12 +226,12 @@ def main(argv=None) -> int:
           "agree img / F1: the original image area. F1: mean over the 10 non-background classes, "
           "one histogram pooled over the kept photos.")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"images": len(pairs), "data": args.data, "split": args.split,
-                       "checkpoint": args.checkpoint, "pad": args.pad, "angles": args.angles,
-                       "seconds": elapsed, "setup_seconds": setup, "rows": rows,
-                       "resampling_floor": floors,
-                       "whole_image_mean_f1": whole_f1}, f, indent=2)
+        write_json(args.json, {"images": len(pairs), "data": args.data, "split": args.split,
+                               "checkpoint": args.checkpoint, "pad": args.pad,
+                               "angles": args.angles,
+                               "seconds": elapsed, "setup_seconds": setup, "rows": rows,
+                               "resampling_floor": floors,
+                               "whole_image_mean_f1": whole_f1}, indent=2)
     return 0
 
 

@@ -339,7 +339,24 @@ def load_config(name_or_path: Optional[str] = None, overrides: Sequence[str] = (
         _merge_into(cfg, layer)
     cfg.preset = preset
     validate(cfg)
+    _warn_unread_csr_lr(cfg, list(zip(layers + [cli], sources[1:])))
     return cfg
+
+
+def _warn_unread_csr_lr(cfg: Config, layers: Sequence[Any]) -> None:
+    """One warning when an experiment file or the command line sets ``train.csr_lr`` or
+    ``train.csr_lr_min`` that the ``released`` CSR schedule does not read."""
+    if cfg.train.csr_lr_schedule != "released":
+        return
+    unread = [f"train.{key} ({source})" for layer, source in layers
+              for key in ("csr_lr", "csr_lr_min")
+              if isinstance(layer.get("train"), dict) and key in layer["train"]]
+    if unread:
+        logger.warning("%s %s not read: train.csr_lr_schedule=released (the released preset) "
+                       "derives the CSR learning rate from train.lr as the release does (cosine "
+                       "from lr / 2 to lr / 100); use preset=paper or train.csr_lr_schedule="
+                       "cosine_epoch to set it", ", ".join(dict.fromkeys(unread)),
+                       "is" if len(unread) == 1 else "are")
 
 
 def validate(cfg: Config) -> None:

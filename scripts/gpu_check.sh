@@ -4,12 +4,12 @@
 # 473 x 473 batch 7 per precision (CUDA peak memory), batch-1 latency in fp32 / bf16 with pixel
 # agreement, tools/test.py / tools/infer.py --device cuda and the ONNX export; a Markdown report
 # on stdout (tools/gpu_check.py). At most 8 minutes; installs nothing, needs no network.
-#   bash scripts/gpu_check.sh [--json report.json]      # uses $PYTHON, else python on PATH
+#   bash scripts/gpu_check.sh [--json report.json]      # uses $DMLCSR_PYTHON, else $PYTHON, else python
 #   DRY_RUN=1 bash scripts/gpu_check.sh                 # the same steps on the CPU, tiny sizes
 # Exit status 0 when every step passed, 1 when one failed (the report says which and why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
+PY="${DMLCSR_PYTHON:-${PYTHON:-python}}"
 if ! command -v "$PY" > /dev/null; then
   echo "error: no interpreter '$PY': set PYTHON=/path/to/python (one with requirements.txt" \
        "installed; this script installs nothing)" >&2

@@ -1,9 +1,13 @@
 """The pure-PyTorch ABN against a direct formula (docs/model.md), and against inplace-abn if importable."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dml_csr.layers.abn import ABN, compiled_abn_available
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def reference_abn(x, weight, bias, mean, var, eps=1e-5, slope=0.01):
@@ -85,7 +89,8 @@ def test_bad_arguments():
                     reason="inplace-abn is not installed (optional: scripts/build_inplace_abn.sh)")
 @pytest.mark.parametrize("training", [True, False])
 def test_native_matches_compiled(training):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    """On the CPU (the suite hides the GPU here: tests/test_cuda.py compares them on CUDA)."""
+    device = "cpu"
     native, compiled = _layer(8).to(device).train(training), _layer(8).to(device).train(training)
     compiled.backend = "compiled"
     g = torch.Generator().manual_seed(3)
@@ -383,3 +388,29 @@ def test_a_checkpoint_trained_with_the_compiled_backend_loads_without_it(tmp_pat
     model, spec = load_inference_model(str(tmp_path / "c.pth"))
     assert spec.model_kwargs["norm_backend"] == "compiled"          # the file's record
     assert all(m.backend == "auto" for m in model.modules() if isinstance(m, ABN))
+
+
+def _gpu_check():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "tools",
+                                                                             "gpu_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_runs_compiled_against_native_where_the_package_imports(fake_compiled,
+                                                                          monkeypatch):
+    """scripts/gpu_check.sh never ran the compiled inplace-abn, the default CUDA training path
+    wherever it is installed: its bench_train gains the compiled mode and a training step of
+    both backends is compared (here with the stand-in kernels, which it must tell apart)."""
+    gpu_check = _gpu_check()
+    assert gpu_check.bench_modes(True)[-1] == "compiled"
+    assert "compiled" not in gpu_check.bench_modes(False)
+    out = gpu_check.compiled_vs_native(dry=True)
+    assert fake_compiled.calls > 0 and float(out["max_weight_diff"]) <= 1e-3, out
+    plain = fake_compiled.inplace_abn
+    monkeypatch.setattr(fake_compiled, "inplace_abn",
+                        lambda x, *rest: plain(x, *rest) * 1.01)   # kernels 1 % off
+    with pytest.raises(gpu_check.StepFailed, match="disagree"):
+        gpu_check.compiled_vs_native(dry=True)

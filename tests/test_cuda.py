@@ -41,6 +41,28 @@ def test_training_on_cuda_through_both_stages_and_resume(precision, data_root, t
             assert torch.allclose(value, b["model"][key], atol=1e-3, rtol=1e-2), key
 
 
+def test_compiled_abn_matches_native_on_cuda():
+    """The compiled inplace-abn (norm_backend=auto's CUDA training path where it is installed)
+    against the native layers: one layer forward and backward, in training and eval mode."""
+    from dml_csr.layers.abn import ABN, compiled_abn_available
+    if not compiled_abn_available():
+        pytest.skip("the compiled inplace-abn does not import (scripts/build_inplace_abn.sh)")
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 16, 9, 9, generator=g) * 2 + 0.5).cuda()
+    w = torch.randn(4, 16, 9, 9, generator=g).cuda()
+    for training in (True, False):
+        outs = []
+        for backend in ("native", "compiled"):
+            torch.manual_seed(0)
+            layer = ABN(16, backend=backend).cuda().train(training)
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi * 1.0)             # the compiled kernel overwrites its input
+            (y * w).sum().backward()
+            outs.append((y.detach(), xi.grad, layer.weight.grad, layer.running_var.clone()))
+        for a, b in zip(*outs):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), training
+
+
 def test_memory_abn_equals_native_on_cuda():
     from dml_csr.layers.abn import ABN
     g = torch.Generator().manual_seed(0)

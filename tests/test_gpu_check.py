@@ -27,6 +27,26 @@ def test_gpu_check_dry_run_passes_every_step(tmp_path):
 def test_gpu_check_refuses_an_interpreter_without_the_requirements(tmp_path):
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
-    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True,
-                          text=True, env=dict(os.environ, PYTHON=str(bare / "bin" / "python")))
-    assert proc.returncode == 2 and "lacks: torch" in proc.stderr
+    python = str(bare / "bin" / "python")
+    for variable in ("PYTHON", "DMLCSR_PYTHON"):     # DMLCSR_PYTHON, as every other script
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "DMLCSR_PYTHON")}
+        proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True,
+                              text=True, env=dict(env, **{variable: python}))
+        assert proc.returncode == 2 and f"{python} lacks: torch" in proc.stderr, variable
+
+
+def test_gpu_check_without_cuda_fails_its_cuda_steps(tmp_path):
+    """Outside the dry run, a machine without working CUDA is no pass: 'versions' fails (it was
+    'ok' with cuda_available false) and so does the CUDA-tests step when every test skipped (it
+    was 'ok' with 7 skipped)."""
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "DRY_RUN"}
+    env.update(DMLCSR_PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--json", str(report), "--budget",
+                           "60"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rows = {r["step"]: r for r in json.loads(report.read_text())["rows"]}
+    assert rows["versions"]["status"].startswith("FAILED")
+    assert "no working CUDA" in rows["versions"]["tail"]
+    assert rows["pytest -m cuda"]["status"].startswith("FAILED (no CUDA test ran"), rows

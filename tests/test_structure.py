@@ -283,3 +283,28 @@ def test_shared_facts_have_one_home():
 
     assert [h.split(":")[0] for h in _homes(aligned_resize)] == ["layers/blocks.py"]
     assert [h.split(":")[0] for h in _homes(ignore_defined)] == ["data/schemas.py"]
+
+
+def test_files_are_written_through_dml_csr_files():
+    """Every file the package, the tools and the benchmarks write goes through dml_csr.files
+    (atomic, checked, WriteError naming the file): no plain ``open(..., "w")`` (the benchmarks'
+    --json outputs were written so). /proc control files are not files we make."""
+    found = []
+    for folder in ("dml_csr", "tools", "benchmarks"):
+        for root, _dirs, names in os.walk(os.path.join(REPO, folder)):
+            for name in names:
+                if not name.endswith(".py") or name == "files.py":
+                    continue
+                path = os.path.join(root, name)
+                for node in ast.walk(ast.parse(open(path).read(), path)):
+                    if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "open"):
+                        continue
+                    args = list(node.args) + [k.value for k in node.keywords if k.arg == "mode"]
+                    mode = args[1] if len(args) > 1 else None
+                    target = args[0] if args else None
+                    if (isinstance(mode, ast.Constant) and isinstance(mode.value, str)
+                            and set(mode.value) & set("wax")
+                            and not (isinstance(target, ast.Constant)
+                                     and str(target.value).startswith("/proc/"))):
+                        found.append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
+    assert not found, found

@@ -8,14 +8,23 @@ Installs nothing and needs no network: run it with an interpreter that has the r
 process with a time limit, in this order (a failed step is reported and the next one runs):
 
 1. ``versions``: Python, torch, the CUDA it was built for, cuDNN, the GPU, the driver,
-   onnxruntime and its providers, whether the compiled inplace-abn imports;
+   onnxruntime and its providers, whether the compiled inplace-abn imports; outside the dry run
+   a machine where CUDA does not work fails this step;
 2. ``pytest -m cuda``: the suite's device-dependent tests (marked ``cuda``; skipped on the CPU);
+   outside the dry run the step fails when no test ran (all skipped: CUDA not seen);
 3. ``train fp16`` / ``train bf16``: ``tools/train.py`` under torchrun with one process on one GPU
    through both stages (2 multi-task epochs + 1 CSR cycle) with ``--test``, on a tiny synthetic
    set, with the process group and the synchronised layers forced on
    (``DMLCSR_FORCE_DISTRIBUTED=1``), so NCCL runs with a single GPU;
 4. ``bench_train``: ``benchmarks/bench_train.py`` at 473 x 473, batch 7, both stages, in fp32
-   (memory-saving ABN), bf16 and fp16: step time and ``torch.cuda.max_memory_allocated``;
+   (memory-saving ABN), bf16 and fp16, and ``compiled`` where the compiled inplace-abn imports:
+   step time and ``torch.cuda.max_memory_allocated``;
+4b. ``compiled vs native`` (only where the compiled inplace-abn imports: it is then what
+   ``norm_backend=auto`` trains with on CUDA): one SGD step of the full DML-CSR (tiny in the dry
+   run) with ``norm_backend=compiled`` and ``native`` from the same weights and batch, the loss
+   and the updated weights compared (fails beyond 1e-4 relative on the loss, 1e-3 on a weight).
+   This script installs nothing: build the package first (``scripts/build_inplace_abn.sh``,
+   which needs a registry) where it should be checked;
 5. ``latency``: the full DML-CSR inference form at batch 1 (473 x 473) in fp32 and bf16
    (autocast): median latency and the share of pixels whose label bf16 agrees with fp32 on;
 6. ``test`` / ``infer`` / ``export``: ``tools/test.py --device cuda`` and ``tools/infer.py
@@ -40,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dml_csr.cli import run  # noqa: E402
+from dml_csr.layers.abn import compiled_abn_available  # noqa: E402
 
 TINY_MODEL = ["model.args.layers=[1,1,1,1]", "model.args.width_mult=0.125"]
 TINY_TRAIN = ["data.crop_size=[64,64]", "data.batch_size=2", "data.workers=0", "train.epochs=3",
@@ -48,7 +58,12 @@ TINY_TRAIN = ["data.crop_size=[64,64]", "data.batch_size=2", "data.workers=0", "
 
 
 def dry_run() -> bool:
-    return os.environ.get("DRY_RUN", "").strip().lower() not in ("", "0", "false", "no")
+    from dml_csr.cli import env_flag
+    return env_flag("DRY_RUN")
+
+
+class StepFailed(Exception):
+    """A step whose process ran but whose result is a failure (the message says why)."""
 
 
 def _free_port() -> int:
@@ -92,6 +107,9 @@ class Report:
         if parse is not None and row["status"] == "ok":
             try:
                 row["numbers"] = parse(out)
+            except StepFailed as exc:
+                row["status"] = f"FAILED ({exc})"
+                row["tail"] = out[-1500:]
             except Exception as exc:  # noqa: BLE001 - a report line, not a crash
                 row["status"] = f"FAILED (output not understood: {exc})"
         self.rows.append(row)
@@ -137,7 +155,6 @@ def versions() -> dict:
         out["ort_providers"] = onnxruntime.get_available_providers()
     except ImportError:
         out["onnxruntime"] = None
-    from dml_csr.layers.abn import compiled_abn_available
     out["inplace_abn_compiled"] = compiled_abn_available()
     return out
 
@@ -185,6 +202,61 @@ def latency(dry: bool) -> dict:
             "bf16_pixels_as_fp32": f"{100 * agree:.2f} %"}
 
 
+def compiled_vs_native(dry: bool) -> dict:
+    """One SGD step of DML-CSR with the compiled inplace-abn and with the native layers, from the
+    same weights and batch; the loss and the updated weights compared (printed as JSON by
+    ``--step compiled``; exit 1 beyond the tolerances of the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dml_csr.models import DMLCSR
+    device = torch.device("cpu" if dry else "cuda")
+    size = 64 if dry else 321
+    kw = dict(layers=[1, 1, 1, 1], width_mult=0.125) if dry else {}
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, size, size, generator=g).to(device)
+    losses, weights = {}, {}
+    for backend in ("native", "compiled"):
+        torch.manual_seed(0)
+        model = DMLCSR(11, with_edges=False, norm_backend=backend, **kw).to(device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        logits = model(x).parsing
+        target = torch.randint(0, 11, logits.shape[:1] + logits.shape[2:],
+                               generator=torch.Generator().manual_seed(2)).to(device)
+        loss = F.cross_entropy(logits.float(), target)
+        loss.backward()
+        optimizer.step()
+        losses[backend] = loss.item()
+        weights[backend] = {k: v.detach().float().cpu() for k, v in model.state_dict().items()
+                            if v.is_floating_point()}
+    loss_rel = abs(losses["compiled"] - losses["native"]) / max(abs(losses["native"]), 1e-12)
+    diff = max((weights["compiled"][k] - v).abs().max().item()
+               for k, v in weights["native"].items())
+    out = {"loss_native": round(losses["native"], 6), "loss_compiled": round(losses["compiled"], 6),
+           "loss_rel_diff": f"{loss_rel:.2e}", "max_weight_diff": f"{diff:.2e}"}
+    if loss_rel > 1e-4 or diff > 1e-3:
+        raise StepFailed(f"compiled and native ABN disagree: {out}")
+    return out
+
+
+STEPS = {"latency": latency, "compiled": compiled_vs_native}
+
+
+def bench_modes(compiled: bool) -> list:
+    """bench_train's modes: fp32 with the memory-saving ABN, bf16, fp16, and the compiled
+    inplace-abn where it imports."""
+    return ["memory", "bf16", "fp16"] + (["compiled"] if compiled else [])
+
+
+def _pytest_summary(out: str, dry: bool) -> dict:
+    """pytest's last line; outside the dry run a run in which no test passed is a failure (the
+    CUDA tests all skipped: this machine's CUDA is not usable)."""
+    summary = out.strip().splitlines()[-1] if out.strip() else ""
+    if not dry and " passed" not in summary:
+        raise StepFailed(f"no CUDA test ran ({summary or 'no output'})")
+    return {"summary": summary}
+
+
 def _json_line(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
@@ -204,14 +276,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", help="also write the report here")
     ap.add_argument("--budget", type=float, default=480, help="seconds for all steps (default 480)")
-    ap.add_argument("--step", choices=("versions", "latency"), help=argparse.SUPPRESS)
+    ap.add_argument("--step", choices=("versions", *STEPS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     dry = dry_run()
     if args.step == "versions":
-        print(json.dumps(versions()))
+        facts = versions()
+        print(json.dumps(facts))
+        if not dry and not facts["cuda_available"]:
+            print(f"no working CUDA: torch {facts['torch']} (built for CUDA "
+                  f"{facts['cuda_build']}) sees no usable GPU", file=sys.stderr)
+            return 1
         return 0
-    if args.step == "latency":
-        print(json.dumps(latency(dry)))
+    if args.step in STEPS:
+        print(json.dumps(STEPS[args.step](dry)))
         return 0
     py = sys.executable
     report = Report(args.budget)
@@ -219,9 +296,10 @@ def main(argv=None) -> int:
     print(f"[gpu_check] {'DRY RUN on the CPU, tiny sizes' if dry else 'CUDA'}; budget "
           f"{args.budget:.0f} s", file=sys.stderr, flush=True)
     report.run("versions", [py, __file__, "--step", "versions"], 60, parse=_json_line)
+    compiled = compiled_abn_available()
     report.run("pytest -m cuda", [py, "-m", "pytest", "tests", "-q", "-m", "cuda", "-p",
                                   "no:cacheprovider"], 120,
-               parse=lambda out: {"summary": out.strip().splitlines()[-1]})
+               parse=lambda out: _pytest_summary(out, dry))
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         from dml_csr.data.synthetic import make_synthetic
@@ -242,10 +320,14 @@ def main(argv=None) -> int:
             if row["status"] == "ok":
                 best = out / "best.pth"
         bench = (["--size", "32", "--batches", "2"] if dry else ["--size", "473", "--batches", "7"])
-        report.run("bench_train (fp32 memory / bf16 / fp16)",
-                   [py, "benchmarks/bench_train.py", *bench, "--modes", "memory", "bf16", "fp16",
+        modes = bench_modes(compiled)
+        report.run(f"bench_train ({' / '.join(modes)})",
+                   [py, "benchmarks/bench_train.py", *bench, "--modes", *modes,
                     "--steps", "2", "--device", device, *(TINY_MODEL if dry else [])], 200,
                    parse=_bench_rows)
+        if compiled:
+            report.run("compiled vs native (one training step)",
+                       [py, __file__, "--step", "compiled"], 120, parse=_json_line)
         report.run("latency (fp32, bf16)", [py, __file__, "--step", "latency"], 90,
                    parse=_json_line)
         if best is None:
