@@ -80,9 +80,10 @@ def wheel(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory):
-    """(venv python, venv bin folder) with the wheel installed."""
+    """(venv python, venv bin folder) with the wheel installed (--ignore-installed: the dml_csr
+    this interpreter may have, seen through the .pth line, does not count as installed)."""
     python = _venv(tmp_path_factory.mktemp("venv") / "v")
-    _pip("--python", str(python), "install", "--no-deps", str(wheel))
+    _pip("--python", str(python), "install", "--no-deps", "--ignore-installed", str(wheel))
     return python, python.parent
 
 
@@ -188,7 +189,8 @@ def test_an_editable_install_reads_the_checkout_configs(tmp_path):
     so an edit of configs/ takes effect without reinstalling."""
     src = _source_copy(tmp_path / "src")
     python = _venv(tmp_path / "v")
-    _pip("--python", str(python), "install", "--no-deps", "--no-build-isolation", "-e", str(src))
+    _pip("--python", str(python), "install", "--no-deps", "--ignore-installed",
+         "--no-build-isolation", "-e", str(src))
     (src / "configs" / "edited.yaml").write_text("_base_: synthetic.yaml\ndata:\n  batch_size: 2\n")
     done = _run([python, "-c", "import dml_csr.config as C; print(C.CONFIG_DIR); "
                  "print(C.load_config('edited').data.batch_size)"], tmp_path)
