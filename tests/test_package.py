@@ -26,6 +26,9 @@ from dml_csr.config import config_to_dict, load_config
 from dml_csr.models import DMLCSR
 from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
 
+pytest.importorskip("setuptools", reason="building the wheel offline (no build isolation) needs "
+                                         "setuptools in this interpreter")
+
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "tests" / "data" / "photos" / "astronaut.jpg"
 SOURCES = ("setup.py", "requirements.txt", "MANIFEST.in", "LICENSE", "README.md", "dml_csr",
@@ -182,6 +185,8 @@ def test_an_installed_wheel_works_from_another_folder(installed, tiny_checkpoint
     assert done.stderr.startswith("error: ") and "synthetic" in done.stderr
     done = _run([bin_dir / "dml-csr", "trian"], elsewhere)
     assert done.returncode == 2 and "train" in done.stderr
+    done = _run([bin_dir / "dml-csr"], elsewhere)
+    assert done.returncode == 2 and done.stderr.startswith("usage: dml-csr") and not done.stdout
 
 
 def test_an_editable_install_reads_the_checkout_configs(tmp_path):

@@ -44,7 +44,10 @@ def usage() -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``dml-csr COMMAND ARGS``: the command's ``main(ARGS)`` under :func:`dml_csr.cli.run`."""
     args: List[str] = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:                                   # no command: a usage error, as argparse's
+        sys.stderr.write(usage() + "\n")
+        return 2
+    if args[0] in ("-h", "--help"):
         print(usage())
         return 0
     name, rest = args[0], args[1:]
