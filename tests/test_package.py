@@ -214,6 +214,7 @@ def test_each_command_has_its_help_under_its_own_name(name, capsys, monkeypatch)
         main([name, "--help"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: dml-csr {name} ")
+    assert sys.argv == ["dml-csr"]                      # the program name is restored
 
 
 def test_the_tools_are_the_commands():

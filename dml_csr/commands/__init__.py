@@ -57,5 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
     # argparse names the program after sys.argv[0]: usage lines then read "dml-csr train ..."
-    sys.argv[0] = f"{PROG} {name}"
-    return run(module.main, rest)
+    program, sys.argv[0] = sys.argv[0], f"{PROG} {name}"
+    try:
+        return run(module.main, rest)
+    finally:
+        sys.argv[0] = program
