@@ -17,6 +17,10 @@ layers' arguments were another family's). Keys of earlier versions (``model.laye
 ``model.width_mult``, ``model.context``, ``model.norm_backend``, ``model.fp_liif``) are read as
 ``model.args`` keys, with a warning.
 
+Named configs, presets and class maps are read from the checkout's ``configs/``; an install
+(``pip install .``, a wheel) carries the same files inside the package (``CONFIG_DIR``). A config
+named by path is read from that path, wherever the command runs.
+
 Unknown keys and wrong types are rejected with the dotted key in the message. The resolved config
 is saved beside the checkpoints of a run, and inside every checkpoint.
 """
@@ -32,8 +36,19 @@ import yaml
 __all__ = ["Config", "ModelConfig", "DataConfig", "LossConfig", "TrainConfig", "EvalConfig",
            "load_config", "config_from_dict", "config_to_dict", "CONFIG_DIR", "ConfigError"]
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(PACKAGE_DIR)
+
+
+def _config_dir() -> str:
+    """Where the named configs, presets and class maps are: the copy of configs/ that an install
+    (``pip install .``, a wheel) ships inside the package (setup.py), else the checkout's configs/
+    (a clone, an editable install), the one place users edit."""
+    installed = os.path.join(PACKAGE_DIR, "configs")
+    return installed if os.path.isdir(installed) else os.path.join(REPO_ROOT, "configs")
+
+
+CONFIG_DIR = _config_dir()
 
 
 logger = logging.getLogger(__name__)

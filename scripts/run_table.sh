@@ -8,9 +8,10 @@
 # the paper's (dml_csr/eval/paper.py); row ROW trains configs/ablations/DATASET/ROW.yaml into its
 # output_dir. A row whose run folder already holds last.pth is resumed (a finished run is only
 # re-tested); RETRAIN=1 starts every row afresh. Each best.pth is scored on the test split into
-# OUTPUT_DIR/metrics_test.json (meta.row = ROW), then tools/make_tables.py prints the table beside
-# the paper's (synthetic has no paper column: see the per-row summary printed before it). The
-# overrides go to both tools/train.py and tools/test.py.
+# OUTPUT_DIR/metrics_test.json (meta.row = ROW; the row's earlier result is replaced), then
+# tools/make_tables.py prints the table beside the paper's (synthetic has no paper column: see the
+# per-row summary printed before it). The overrides go to both tools/train.py and tools/test.py.
+# Installs what is missing into ./.venv (scripts/install.sh; DMLCSR_PYTHON: that interpreter).
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/run_table.sh TABLE DATASET [NUM_GPUS] [section.key=value ...]" >&2
@@ -26,8 +27,6 @@ if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
 fi
 overrides=("$@")
 cd "$(dirname "$0")/.."
-source scripts/env.sh          # ./.venv, or DMLCSR_PYTHON as it is
-py="$PY"
 
 case "$table" in 4|5|6) ;; *) echo "error: TABLE must be 4, 5 or 6, got '$table'" >&2; exit 2 ;; esac
 if [ ! -d "configs/ablations/$dataset" ]; then
@@ -35,6 +34,9 @@ if [ ! -d "configs/ablations/$dataset" ]; then
   echo "error: no ablation configs for data set '$dataset' (configs/ablations/$dataset/): choose one of ${known% }" >&2
   exit 2
 fi
+# installs what is missing, as every script does, once the arguments are known to be usable
+source scripts/env.sh          # ./.venv, or DMLCSR_PYTHON as it is
+py="$PY"
 # config_value KEY CONFIG [overrides]: errors end in one line and status 2 (dml_csr/cli.py)
 config_value() {
   "$py" -c "import functools, sys; from dml_csr.cli import run; from dml_csr.config import load_config as L
@@ -70,7 +72,7 @@ for row in $rows; do
   start=$(date +%s)
   "${train[@]}" "$config" "${overrides[@]}" "${flag[@]}"
   "$py" tools/test.py "$config" "${overrides[@]}" --checkpoint "$out/best.pth" --split test \
-    --out "$out/metrics_test.json" --meta "row=$row"
+    --out "$out/metrics_test.json" --overwrite --meta "row=$row"   # this row's own result
   echo "=== row $row done in $(( $(date +%s) - start )) s"
   results+=("$out/metrics_test.json")
 done

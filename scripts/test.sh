@@ -3,7 +3,8 @@
 #   bash scripts/test.sh DATASET CHECKPOINT [extra tools/test.py args]
 #   bash scripts/test.sh lapa runs/lapa/best.pth --flip --device cuda
 # DATASET is a config name (configs/DATASET.yaml). The result JSON goes to
-# <checkpoint dir>/metrics_<split>.json unless --out is given. Runs from the repository root, so
+# <checkpoint dir>/metrics_<split>.json unless --out is given; an earlier result there is kept and
+# the run stops with one error line, unless --overwrite is given. Runs from the repository root, so
 # relative paths among the extra arguments are relative to it (CHECKPOINT may be relative to the
 # current folder).
 set -euo pipefail

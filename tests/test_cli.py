@@ -5,7 +5,9 @@ Most mistakes run the tools' ``main`` in-process through ``dml_csr.cli.run`` (wh
 ``__main__`` blocks call, checked below); a few run the real scripts as subprocesses."""
 import ast
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,8 +218,9 @@ def test_debug_environment_in_a_subprocess(files):
 
 
 # ------------------------------------------------------------------------------ shell scripts
-def _bash(script, *args):
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+def _bash(script, *args, **env):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               **env)
     return subprocess.run(["bash", str(REPO / "scripts" / script), *args], capture_output=True,
                           text=True, timeout=120, env=env)
 
@@ -232,6 +235,26 @@ def test_shell_scripts_check_their_arguments_in_one_line(files):
         assert done.returncode == 2, (script, args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (script, args, done.stderr)
+
+
+def test_test_keeps_an_earlier_result_unless_asked(files, tmp_path, capsys):
+    """tools/test.py --out and scripts/test.sh's default <checkpoint dir>/metrics_test.json:
+    an earlier result is kept (one error line, before scoring) unless --overwrite is given."""
+    ckpt = tmp_path / "release11.pth"
+    shutil.copy(files / "release11.pth", ckpt)
+    earlier = tmp_path / "metrics_test.json"
+    earlier.write_text('{"earlier": 1}')
+    args = [str(files / "tiny.yaml"), "--checkpoint", str(ckpt)]
+    assert run(_tool("test").main, args + ["--out", str(earlier)]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert str(earlier) in line and "--overwrite" in line
+    done = _bash("test.sh", *args[::2], DMLCSR_PYTHON=sys.executable)   # config, checkpoint
+    assert done.returncode == 2 and "--overwrite" in _error_line(done.stderr), done.stderr
+    assert earlier.read_text() == '{"earlier": 1}'
+    done = _bash("test.sh", *args[::2], "--overwrite", DMLCSR_PYTHON=sys.executable)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(earlier.read_text())
+    assert "earlier" not in result and result["meta"]["checkpoint"].endswith("release11.pth")
 
 
 def test_shell_script_passes_on_the_python_status(files):
@@ -257,3 +280,114 @@ def test_torchrun_launcher_ends_like_a_single_process(tmp_path):
     assert done.returncode == 1
     line = _error_line(done.stderr)
     assert "worker rank" in line and "status 1" in line
+
+
+# --------------------------------------------------------------------------- help texts
+_FILE_EXTS = {"log", "onnx", "json", "jsonl", "yaml", "pth", "py", "png", "jpg", "txt", "npz",
+              "md", "sh"}                 # config.yaml, train.log, model.onnx: files, not keys
+_OTHER_FLAGS = {"--help", "--nproc_per_node"}       # argparse's; torchrun's, in train's example
+
+
+def _help_of(argv):
+    """The --help text of ``dml-csr ARGV``."""
+    import contextlib
+    import io
+    from dml_csr.commands import main
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return text.getvalue()
+
+
+def _helps():
+    """{command: its --help text} of every ``dml-csr`` command."""
+    from dml_csr.commands import COMMANDS
+    return {name: _help_of([name]) for name in COMMANDS}
+
+
+def _is_config_key(dotted: str) -> bool:
+    """Whether ``dotted`` names a field of the config (anything under a dict field: model.args)."""
+    import dataclasses
+    import typing
+    from dml_csr.config import Config
+    node = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return typing.get_origin(node) is dict
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return False
+        node = hints[part]
+    return True
+
+
+def test_help_texts_name_real_keys_and_flags():
+    """Every ``section.key`` a command's --help names is a field of the config (train.output_dir
+    was named where the key is output_dir), and every ``--flag`` is an option of a command."""
+    import dataclasses
+    import re
+    import typing
+    from dml_csr.config import Config
+    helps = _helps()
+    named = {f for text in helps.values() for f in re.findall(r"(?<![\w-])--[a-z][\w-]*", text)}
+    options = set(_OTHER_FLAGS)
+    for text in helps.values():
+        options |= set(re.findall(r"--[a-z][\w-]*", text.split("\n\n")[0]))   # the usage lines
+    assert not named - options, sorted(named - options)
+    hints = typing.get_type_hints(Config)
+    sections = "|".join(name for name, hint in hints.items() if dataclasses.is_dataclass(hint))
+    bad = [(name, key) for name, text in helps.items()
+           for key in re.findall(rf"(?<![\w./-])((?:{sections})(?:\.[a-z_]+)+)", text)
+           if key.rsplit(".", 1)[1] not in _FILE_EXTS and not _is_config_key(key)]
+    assert not bad, bad
+    assert _is_config_key("output_dir") and not _is_config_key("train.output_dir")
+    assert _is_config_key("model.args.layers") and _is_config_key("data.crop_size")
+
+
+def test_complexity_measures_each_model_at_its_own_input_size(files, monkeypatch):
+    """Without --size, a config's model is measured at its crop size, a family named alone at
+    its benchmark crop (FP-LIIF 256, not DML-CSR's 473); --size still wins."""
+    complexity = _tool("complexity").main
+    fast = ["--no-latency", "--forms", "infer"]
+    assert complexity(["--config", str(files / "tiny.yaml"), *fast])[0]["input_size"] == [1, 3, 32, 32]
+    assert complexity(["--config", str(files / "tiny.yaml"), "--size", "40", "48", *fast]
+                      )[0]["input_size"] == [1, 3, 40, 48]
+    # the full FP-LIIF: the size it would be counted at, without counting (seconds at 256)
+    monkeypatch.setattr("dml_csr.commands.complexity.complexity_report",
+                        lambda model, size, **kw: {"input_size": list(size), "params": 0,
+                                                   "gflops": 0.0, "gmacs": 0.0})
+    assert complexity(["--model", "fp_liif", *fast])[0]["input_size"] == [1, 3, 256, 256]
+
+
+def test_documented_commands_name_real_tools_flags_and_scripts():
+    """Every ``python tools/NAME.py ...`` in the README and docs/ names a tool of tools/ and only
+    flags that tool has (a subcommand's for ``prepare_data.py SUB``), every ``dml-csr CMD`` a
+    command, every ``bash scripts/X`` a script: the documented commands run as written."""
+    import re
+    from dml_csr.commands import COMMANDS
+    by_module = {module: name for name, (module, _) in COMMANDS.items()}
+    texts = {path.name: path.read_text() for path in [REPO / "README.md",
+                                                      *sorted((REPO / "docs").glob("*.md"))]}
+    bad, seen = [], 0
+    for doc, text in texts.items():
+        text = text.replace("\\\n", " ")                        # continued command lines
+        for tool, rest in re.findall(r"python tools/(\w+)\.py([^\n`|]*)", text):
+            if tool.isupper():                                  # tools/NAME.py: a placeholder
+                continue
+            seen += 1
+            if not (REPO / "tools" / f"{tool}.py").is_file():
+                bad.append((doc, f"tools/{tool}.py"))
+                continue
+            if tool not in by_module:                           # gpu_check: the clone only
+                continue
+            argv = [by_module[tool]]
+            if tool == "prepare_data" and rest.split():
+                argv.append(rest.split()[0])                    # the subcommand's own flags
+            help_text = _help_of(argv)
+            bad += [(doc, tool, flag) for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", rest)
+                    if flag not in help_text]
+        bad += [(doc, cmd) for cmd in re.findall(r"`dml-csr ([a-z]+)", text)
+                if cmd not in COMMANDS]
+        bad += [(doc, script) for script in re.findall(r"bash (scripts/[\w.]+)", text)
+                if not (REPO / script).is_file()]
+    assert seen > 20 and not bad, bad

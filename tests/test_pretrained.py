@@ -145,7 +145,7 @@ def test_a_missing_file_says_what_to_put_where(tmp_path, no_env, monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg
     for part in ("dml_csr_celebA.pth", str(env_dir), str(no_env / "pretrained"), "DML_CSR/",
-                 ARCHIVE_URL, "by hand", WEIGHTS_ENV):
+                 ARCHIVE_URL, "by hand", WEIGHTS_ENV, "weights_dir=FOLDER"):
         assert part in msg, (part, msg)
     with pytest.raises(FileNotFoundError) as err:                      # given folder: only it
         load_pretrained("dml-csr-lapa", tmp_path / "given")
@@ -224,3 +224,19 @@ def test_the_parser_and_the_cli_by_name(official_dir, tmp_path, no_env):
     assert run.returncode == 2, run.stderr
     lines = [l for l in run.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "dml_csr_helen.pth" in lines[0] and str(root) in lines[0]
+
+
+def test_the_cli_names_its_own_flag_for_the_missing_file(tmp_path, no_env, capsys):
+    """On the command line the missing-file error says --weights-dir, the flag the user can
+    pass, not the Python API's weights_dir=."""
+    from dml_csr.cli import run
+    from dml_csr.commands.infer import main
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"")
+    for extra, flag in (([], "--weights-dir FOLDER"),
+                        (["--weights-dir", str(tmp_path / "given")], "as --weights-dir")):
+        assert run(main, ["--model", "dml-csr-lapa", str(photo), "--out", str(tmp_path / "out"),
+                          *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "dml_csr_lapa.pth" in err, err
+        assert flag in err and "weights_dir" not in err, err

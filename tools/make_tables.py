@@ -1,44 +1,12 @@
-"""Assemble result JSONs (tools/evaluate.py, tools/test.py) into the paper's Tables 1 to 6.
-
-    python tools/make_tables.py runs/*/metrics.json --table all [--latex] [--out tables.md]
-
-Each result goes to data set ``meta.dataset``, row ``meta.row`` or, without one, the row of its
-model family ``meta.model`` (dml_csr -> dml-csr, fp_liif -> fp-liif); a result with neither is an
-error. See docs/evaluation.md for the row keys and the layout.
-"""
-import argparse
+"""``dml-csr tables`` run from a checkout (the code: dml_csr/commands/make_tables.py)."""
+import os
 import sys
-from pathlib import Path
 
-try:
-    import dml_csr  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's package, also where another dml_csr is installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dml_csr.cli import add_debug_argument, run
-from dml_csr.eval.evaluate import load_result
-from dml_csr.eval.tables import TABLE_NUMBERS, make_tables
-from dml_csr.files import write_text
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="*", help="result JSON files")
-    parser.add_argument("--table", default="all", choices=["all"] + [str(n) for n in TABLE_NUMBERS])
-    parser.add_argument("--latex", action="store_true", help="LaTeX tabulars (booktabs)")
-    parser.add_argument("--out", help="also write the tables to this file")
-    add_debug_argument(parser)
-    args = parser.parse_args(argv)
-
-    results = [load_result(path) for path in args.results]
-    text = make_tables(results, sources=args.results,
-                       tables=args.table if args.table == "all" else int(args.table),
-                       latex=args.latex)
-    print(text, end="")
-    if args.out:
-        write_text(args.out, text)
-    return 0
-
+from dml_csr.cli import run  # noqa: E402
+from dml_csr.commands.make_tables import main  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(run(main))

@@ -90,9 +90,10 @@ def _search_dirs(weights_dir: Optional[PathLike]) -> List[str]:
     return out
 
 
-def find_pretrained(name: str, weights_dir: Optional[PathLike] = None
+def find_pretrained(name: str, weights_dir: Optional[PathLike] = None, option: str = "weights_dir"
                     ) -> Tuple[str, PretrainedModel]:
     """``(path, info)`` of official model ``name`` (a key of :data:`PRETRAINED`); reads no weights.
+    ``option``: the name the error gives the folder argument (``--weights-dir`` on a command line).
 
     Each folder (``weights_dir``; when None, ``$DMLCSR_WEIGHTS`` if set, then ``./pretrained``) is
     searched for ``info.filename`` directly, then in its ``DML_CSR/`` subfolder (how the archive
@@ -111,8 +112,9 @@ def find_pretrained(name: str, weights_dir: Optional[PathLike] = None
             if os.path.isfile(path):
                 return path, info
     where = " or ".join(f"{d} (or its {info.archive_folder}/ subfolder)" for d in dirs)
-    hint = (f"or pass weights_dir=FOLDER or set {WEIGHTS_ENV}=FOLDER" if weights_dir is None
-            else "or pass the folder that holds it as weights_dir")
+    given = f"{option} FOLDER" if option.startswith("-") else f"{option}=FOLDER"
+    hint = (f"or pass {given} or set {WEIGHTS_ENV}=FOLDER" if weights_dir is None
+            else f"or pass the folder that holds it as {option}")
     raise FileNotFoundError(
         f"official model {name!r} not found: put {info.filename} in {where}; {hint}. The authors "
         f"publish it in the archive {info.archive_url} (folder {info.archive_folder}/, linked "

@@ -73,7 +73,9 @@ class ParsingModel(nn.Module):
     - ``table_row``: the row of its results in ``tools/make_tables.py`` (default: the family
       name with ``-`` for ``_``);
     - ``example_config``: the config its quick start trains (``configs/NAME.yaml``), and
-      ``tiny_args``: ``model.args`` of a CPU-sized model (the tests' contract runs).
+      ``tiny_args``: ``model.args`` of a CPU-sized model (the tests' contract runs);
+    - ``input_size``: (H, W) of the crops its benchmark configs feed it (``dml-csr complexity``
+      measures a family named without a config or checkpoint at this size).
     """
 
     family: ClassVar[str] = ""
@@ -86,6 +88,7 @@ class ParsingModel(nn.Module):
     table_row: ClassVar[str] = ""
     example_config: ClassVar[str] = "synthetic"
     tiny_args: ClassVar[Dict[str, Any]] = {}
+    input_size: ClassVar[Tuple[int, int]] = (473, 473)
     num_classes: int
 
     @property

