@@ -9,7 +9,7 @@ process with a time limit, in this order (a failed step is reported and the next
 
 1. ``versions``: Python, torch, the CUDA it was built for, cuDNN, the GPU, the driver,
    onnxruntime and its providers, whether the compiled inplace-abn imports; outside the dry run
-   a machine where CUDA does not work fails this step;
+   a machine where CUDA does not work fails this step, and the others are not run;
 2. ``pytest -m cuda``: the suite's device-dependent tests (marked ``cuda``; skipped on the CPU);
    outside the dry run the step fails when no test ran (all skipped: CUDA not seen);
 3. ``train fp16`` / ``train bf16``: ``tools/train.py`` under torchrun with one process on one GPU
@@ -295,7 +295,11 @@ def main(argv=None) -> int:
     device = "cpu" if dry else "cuda"
     print(f"[gpu_check] {'DRY RUN on the CPU, tiny sizes' if dry else 'CUDA'}; budget "
           f"{args.budget:.0f} s", file=sys.stderr, flush=True)
-    report.run("versions", [py, __file__, "--step", "versions"], 60, parse=_json_line)
+    row = report.run("versions", [py, __file__, "--step", "versions"], 60, parse=_json_line)
+    if not dry and row["status"] != "ok":      # every later step needs a working GPU
+        report.rows.append({"step": "the other steps", "seconds": 0.0,
+                            "status": "not run (no working CUDA: see versions)"})
+        return finish(report, args.json, dry)
     compiled = compiled_abn_available()
     report.run("pytest -m cuda", [py, "-m", "pytest", "tests", "-q", "-m", "cuda", "-p",
                                   "no:cacheprovider"], 120,
@@ -347,11 +351,16 @@ def main(argv=None) -> int:
                        parse=lambda o: {"check": o.strip().splitlines()[-1]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return finish(report, args.json, dry)
+
+
+def finish(report: Report, json_path, dry: bool) -> int:
+    """Print the report (and write it to ``json_path``); the exit status."""
     print(report.table())
     print(f"\n{len(report.rows) - report.failed} of {len(report.rows)} steps ok")
-    if args.json:
+    if json_path:
         from dml_csr.files import write_json
-        write_json(args.json, {"dry_run": dry, "rows": report.rows})
+        write_json(json_path, {"dry_run": dry, "rows": report.rows})
     return 1 if report.failed else 0
 
 
