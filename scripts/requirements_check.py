@@ -2,6 +2,10 @@
 
     python scripts/requirements_check.py requirements.txt     # prints them, one per line
 
+A line whose comment starts with ``optional:`` (``tensorboard>=2.14  # optional: no TensorBoard
+log``) is never printed: when it is not satisfied, one ``warning:`` line on stderr says what is
+missing and what the comment says degrades (``--quiet-optional``: no warnings).
+
 A requirement is satisfied when its module imports (found, not imported: torch stays cold) and,
 where ``packaging`` is at hand (standalone or pip's copy), its installed version is inside the
 range and its environment marker applies. The module is what counts, not the distribution's name:
@@ -42,13 +46,22 @@ def _version(dist: str, module: str):
     return None
 
 
-def unmet(lines):
-    """The requirement lines (comments dropped) that are not satisfied here."""
+def optional_note(line: str):
+    """The text after ``# optional:`` in a requirement line, or None for a required one."""
+    comment = line.split("#", 1)[1].strip() if "#" in line else ""
+    if comment.lower().startswith("optional:"):
+        return comment[len("optional:"):].strip()
+    return None
+
+
+def unmet(lines, optional=False):
+    """The requirement lines (comments dropped) that are not satisfied here: the required ones,
+    or with ``optional`` the optional ones (module docstring)."""
     Requirement = _packaging()
     out = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if not line:
+    for raw in lines:
+        line = raw.split("#", 1)[0].strip()
+        if not line or (optional_note(raw) is not None) != optional:
             continue
         name = re.match(r"[A-Za-z0-9_.\-]+", line).group(0)
         module = MODULES.get(name.lower(), name.replace("-", "_").lower())
@@ -66,9 +79,16 @@ def unmet(lines):
 
 
 def main(argv):
-    with open(argv[1], encoding="utf-8") as f:
-        for line in unmet(f.read().splitlines()):
-            print(line)
+    args = [a for a in argv[1:] if a != "--quiet-optional"]
+    with open(args[0], encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in unmet(lines):
+        print(line)
+    if "--quiet-optional" not in argv:
+        notes = {raw.split("#", 1)[0].strip(): optional_note(raw) for raw in lines}
+        for line in unmet(lines, optional=True):
+            print(f"warning: optional {line.split(';', 1)[0].strip()} is missing: {notes[line]}",
+                  file=sys.stderr)
     return 0
 
 

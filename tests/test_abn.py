@@ -221,7 +221,8 @@ def _memory_ddp_worker(rank, world, port, out_path):
                                                                  layer.running_var.clone()]
         torch.save(results, f"{out_path}.{rank}")
     finally:
-        dist.destroy_process_group()
+        from dml_csr.distributed import destroy_group
+        destroy_group()   # gloo: barrier and pause first (torch 2.6 deadlocked)
 
 
 def _ddp_batch():

@@ -36,6 +36,20 @@ def tiny_case(cls, extra=()):
 
 FAMILIES = {name: tiny_case(cls) for name, cls in REGISTERED.items()}
 FAMILIES["psp_context"] = tiny_case(REGISTERED["dml_csr"], ["model.args.context=psp"])
+# the cases whose model pools adaptively to sizes that do not divide its input at CROP (the PSP
+# context's bins 3 and 6 on C5 of a 32 x 32 crop): their ONNX export needs
+# exports_uneven_pooling()
+UNEVEN_POOLING = {"psp_context"}
+
+
+def _skip_unless_exportable(run):
+    """Skip an ONNX export of a case in UNEVEN_POOLING where this torch cannot export it (a
+    feature check: dml_csr.deploy.onnx.exports_uneven_pooling runs one small export)."""
+    from dml_csr.deploy.onnx import exports_uneven_pooling
+    if run[0] in UNEVEN_POOLING and not exports_uneven_pooling():
+        pytest.skip(f"torch {torch.__version__}'s ONNX exporters cannot export adaptive pooling "
+                    f"to a size that does not divide its input (exports_uneven_pooling() is "
+                    f"False: TorchScript refuses it, the dynamo exporter fails; docs/versions.md)")
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +119,7 @@ def test_parser_api(run):
 
 def test_onnx_export_matches_pytorch(run, tmp_path):
     from tools.export_onnx import main as export_main   # the user's command; exit 1 on mismatch
+    _skip_unless_exportable(run)
     _, _, out, _, _ = run
     onnx_path = tmp_path / "model.onnx"
     assert export_main(["--checkpoint", str(out / "best.pth"), "--out", str(onnx_path),
@@ -144,6 +159,7 @@ def test_int8_onnx_export_is_calibrated_and_parses(run, data_root, tmp_path):
 
     from tools.export_onnx import main as export_main
     from dml_csr.deploy.onnx import read_onnx_metadata
+    _skip_unless_exportable(run)
     family, cfg, out, _, _ = run
     path = tmp_path / "int8.onnx"
     assert export_main(["--checkpoint", str(out / "best.pth"), "--out", str(path), "--int8",
@@ -195,6 +211,7 @@ def test_int8_parser_calibrates_once(run, data_root, tmp_path, monkeypatch):
     import glob
 
     import onnx
+    _skip_unless_exportable(run)
     _, cfg, out, _, _ = run
     monkeypatch.setenv("DMLCSR_CACHE", str(tmp_path / "cache"))
     ckpt = str(out / "best.pth")
@@ -227,6 +244,7 @@ def test_int8_scored_by_the_protocol(run, data_root, tmp_path, monkeypatch):
     """run_test(precision="int8") scores the cached int8 file with the benchmark protocol: the
     mean F1 near float32's, ``meta.precision`` saying int8; other scales than 1 are refused."""
     from dml_csr.eval.runner import run_test
+    _skip_unless_exportable(run)
     _, cfg, out, _, _ = run
     monkeypatch.setenv("DMLCSR_CACHE", str(tmp_path / "cache"))
     ckpt = str(out / "best.pth")

@@ -4,7 +4,8 @@
     DRY_RUN=1 python tools/gpu_check.py          # the same steps on the CPU at tiny sizes
 
 Installs nothing and needs no network: run it with an interpreter that has the requirements
-(``scripts/gpu_check.sh`` uses ``$PYTHON``, else ``python`` on PATH). Steps, each in its own
+(``scripts/gpu_check.sh`` uses ``$DMLCSR_PYTHON``, else ``$PYTHON``, else ``python`` on PATH;
+a missing optional package is a warning there, not a refusal). Steps, each in its own
 process with a time limit, in this order (a failed step is reported and the next one runs):
 
 1. ``versions``: Python, torch, the CUDA it was built for, cuDNN, the GPU, the driver,

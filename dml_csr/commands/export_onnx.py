@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     out = sess.run(None, {ONNX_INPUT: x.numpy()})[0]
     diff = float(np.abs(out - ref.numpy()).max())
     meta = read_onnx_metadata(args.out)
-    print(f"exported {args.out} with the {used} exporter (opset {args.opset}, "
+    import onnx
+    opset = max(o.version for o in onnx.load(args.out, load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx"))     # the dynamo exporter may have written 18
+    print(f"exported {args.out} with the {used} exporter (opset {opset}, "
           f"{'dynamic' if args.dynamic_batch else 'fixed'} batch, norms {'kept' if args.no_fold else 'folded'})")
     print(f"metadata: dataset={meta.dataset} classes={meta.num_classes} "
           f"channel_order={meta.channel_order} crop_size={list(meta.crop_size)}")

@@ -6,8 +6,11 @@ so that :meth:`dml_csr.deploy.FaceParser.from_onnx` and ``tools/infer.py --onnx`
 back as a ``ModelSpec``. :class:`OnnxSession` runs a file with onnxruntime (the parser's ONNX
 backend); :class:`OnnxParsingModel` wraps one in the models' contract (``model(x, size=...)
 .parsing``), so that the evaluation protocol scores an ONNX file, e.g. an int8 one, like a module.
-``onnx`` and ``onnxruntime`` are imported only inside them.
+``onnx`` and ``onnxruntime`` are imported only inside them. :func:`exports_uneven_pooling`: whether
+this torch's exporters can export adaptive pooling to a size that does not divide its input (the
+PSP context at small crops; a feature check, run once, for tests and error messages).
 """
+import functools
 import json
 import logging
 import os
@@ -22,11 +25,16 @@ from ..models.checkpoint import CHECKPOINT_FORMAT, ModelSpec
 from ..models.contract import ParsingOutput, resize_logits_to
 
 __all__ = ["export_onnx", "read_onnx_metadata", "OnnxSession", "OnnxParsingModel",
-           "ONNX_INPUT", "ONNX_OUTPUT"]
+           "ONNX_INPUT", "ONNX_OUTPUT", "OnnxExportError", "exports_uneven_pooling"]
 
 logger = logging.getLogger(__name__)
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
+DYNAMO_OPSET = 18   # the dynamo exporter's own: where it cannot write an older one (torch 2.8)
+
+
+class OnnxExportError(RuntimeError):
+    """No exporter of this torch could export the model (each one's error in the message)."""
 
 
 class _ExportedLogits(nn.Module):
@@ -94,30 +102,71 @@ def _export(net: nn.Module, x: torch.Tensor, path: str, dynamic_batch: bool, ops
             exporter: str) -> str:
     """``torch.onnx.export`` of ``net`` into ``path`` with the exporters ``exporter`` names (the
     first that works); returns its name."""
-    tried = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
+    names = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
+    tried = [(name, opset) for name in names]
+    if "dynamo" in names and opset < DYNAMO_OPSET:
+        tried.append(("dynamo", DYNAMO_OPSET))      # when it cannot convert down to ``opset``
     used, errors = None, []
-    for name in tried:
+    for name, version in tried:
         try:
             with torch.no_grad():
                 if name == "torchscript":
                     torch.onnx.export(net, (x,), path, input_names=[ONNX_INPUT],
-                                      output_names=[ONNX_OUTPUT], opset_version=opset,
+                                      output_names=[ONNX_OUTPUT], opset_version=version,
                                       dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}
                                       if dynamic_batch else None, dynamo=False)
                 else:
                     shapes = ({"x": {0: torch.export.Dim("batch", min=1, max=1024)}}
                               if dynamic_batch else None)
                     torch.onnx.export(net, (x,), path, input_names=[ONNX_INPUT],
-                                      output_names=[ONNX_OUTPUT], opset_version=opset,
+                                      output_names=[ONNX_OUTPUT], opset_version=version,
                                       dynamic_shapes=shapes, dynamo=True, external_data=False)
             used = name
             break
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all failures
-            errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            logger.warning("ONNX export with %s failed: %s", name, exc)
+            errors.append(f"{name} (opset {version}): {type(exc).__name__}: {exc}")
+            logger.warning("ONNX export with %s (opset %d) failed: %s", name, version, exc)
     if used is None:
-        raise RuntimeError("ONNX export failed: " + " | ".join(errors))
+        raise OnnxExportError("ONNX export failed: " + " | ".join(errors))
     return used
+
+
+@functools.lru_cache(maxsize=None)
+def exports_uneven_pooling() -> bool:
+    """Whether this torch exports (``exporter="auto"``, dynamic batch) adaptive average pooling to
+    a size that does not divide its input, followed by an ``align_corners=True`` resize (the PSP
+    context's branch at small crops), into a file onnxruntime runs like PyTorch. The TorchScript
+    exporter refuses such pooling; torch 2.6's dynamo exporter fails on it too (its dynamic shapes
+    and, given positionally, a Resize node that onnxruntime rejects). Runs one small export, once
+    per process."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from ..layers.blocks import upsample
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2d(3)
+            self.conv = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return upsample(self.conv(self.pool(x)), x.shape[2:]) + x
+
+    torch.manual_seed(0)
+    net, x = Branch().eval(), torch.randn(2, 4, 4, 4)
+    with tempfile.TemporaryDirectory(prefix="dml_csr_probe_") as folder:
+        path = os.path.join(folder, "probe.onnx")
+        try:
+            _export(net, x, path, dynamic_batch=True, opset=17, exporter="auto")
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        except Exception as exc:  # noqa: BLE001 - the answer is no
+            logger.info("this torch cannot export uneven adaptive pooling to ONNX: %s", exc)
+            return False
+    with torch.no_grad():
+        return bool(np.allclose(out, net(x).numpy(), atol=1e-4))
 
 
 def read_onnx_metadata(path: Union[str, os.PathLike]) -> ModelSpec:

@@ -52,7 +52,7 @@ from .detect import DEFAULT_MARGIN, as_detections, face_region, make_detector
 from .fold import PRECISIONS, optimize_for_inference
 from .pretrained import load_pretrained
 from .cache import float32_model
-from .onnx import OnnxParsingModel
+from .onnx import OnnxExportError, OnnxParsingModel
 
 __all__ = ["FaceParser", "FaceParsingResult", "colorize", "draw_overlay", "read_image",
            "NoFaceWarning", "IMAGE_EXTS", "PARSER_PRECISIONS"]
@@ -287,9 +287,10 @@ class FaceParser:
         values; a ``dataset`` with another class count than the weights is an error.
 
         ``backend``: ``"auto"`` (default): float32 on the CPU runs as ``"onnx"`` (without
-        multi-scale TTA, which needs other crop sizes than the exported one), the rest as
-        ``"torch"``. ``"onnx"``: the inference form (norms folded) exported once to an ONNX file
-        kept in the cache (``deploy/cache.py``: ``$DMLCSR_CACHE``, else ``~/.cache/dml_csr``;
+        multi-scale TTA, which needs other crop sizes than the exported one; where this torch
+        cannot export the model, as ``"torch"`` with a warning), the rest as ``"torch"``.
+        ``"onnx"``: the inference form (norms folded) exported once to an ONNX file kept in the
+        cache (``deploy/cache.py``: ``$DMLCSR_CACHE``, else ``~/.cache/dml_csr``;
         checked before use) and run by onnxruntime, the CPU's fastest float32 path
         (docs/inference.md); ``"torch"``: the PyTorch module. A ``.onnx`` path is handed to
         :meth:`from_onnx`.
@@ -361,7 +362,8 @@ class FaceParser:
             return cls.from_onnx(int8_model(model, spec, calibrate, calibrate_count,
                                             output_size), **kw)
         device = torch.device(device)
-        if backend == "auto":      # an exported file takes one crop size: no multi-scale TTA
+        auto = backend == "auto"
+        if auto:                   # an exported file takes one crop size: no multi-scale TTA
             fast = device.type == "cpu" and precision == "fp32" and optimize
             backend = "onnx" if fast and not _other_crop_sizes(scales) else "torch"
         if backend == "onnx" and precision != "fp32":
@@ -370,11 +372,20 @@ class FaceParser:
         if backend == "onnx":
             if device.type != "cpu":
                 raise ValueError(f"the ONNX backend runs on the CPU, not {device}")
-            path = float32_model(model, spec, output_size)
-            # the loaded module is ours alone and onnxruntime holds the weights now: free its
-            # tensors before the session loads (about 260 MB less peak for DML-CSR)
-            model.to("meta")
-            return cls.from_onnx(path, **kw)
+            try:
+                path = float32_model(model, spec, output_size)
+            except OnnxExportError as exc:
+                if not auto:
+                    raise
+                # e.g. torch 2.6 and the PSP context at small crops (docs/versions.md)
+                warnings.warn(f"this torch cannot export the model to ONNX, so the parser runs "
+                              f"it in PyTorch (backend 'auto'): {str(exc)[:300]}", stacklevel=2)
+                path = None
+            if path is not None:
+                # the loaded module is ours alone and onnxruntime holds the weights now: free
+                # its tensors before the session loads (about 260 MB less peak for DML-CSR)
+                model.to("meta")
+                return cls.from_onnx(path, **kw)
         model = model.to(device).eval()
         if optimize or precision != "fp32":
             # in place: the loaded model is ours alone, and a copy would double the load's peak

@@ -1,6 +1,7 @@
 """TensorBoard logging of a run (``RUN_DIR/tb``), written by the main process only.
 
-- :func:`open_writer` / :func:`close_writer`: the ``SummaryWriter``.
+- :func:`open_writer` / :func:`close_writer`: the ``SummaryWriter`` (None, with one warning, where
+  the optional ``tensorboard`` package is missing: the run goes on without this log).
 - :func:`log_train_scalars`: ``train/<loss term>`` and ``train/lr`` per logged iteration.
 - :func:`log_val_scalars`: ``val/...`` (student) or ``val_aggregated/...`` (CSR aggregated model)
   per validation: mean F1, mIoU, accuracies, the headline metric, per-class F1.
@@ -8,6 +9,7 @@
 
 The text log (``train.log``) and ``metrics.jsonl`` are written by the trainer.
 """
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -25,7 +27,13 @@ VAL_SCALARS = ("mean_f1", "miou", "pixel_accuracy", "mean_accuracy")
 
 
 def open_writer(path: str):
-    from torch.utils.tensorboard import SummaryWriter
+    """A ``SummaryWriter`` on ``path``, or None where ``tensorboard`` does not import."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        warnings.warn(f"no TensorBoard log ({exc}): pip install tensorboard to get one; "
+                      f"train.log and metrics.jsonl are written as usual", stacklevel=2)
+        return None
     return SummaryWriter(path)
 
 
