@@ -86,7 +86,7 @@ def test_test_tool_takes_its_defaults_from_the_config(data_root, tmp_path):
     ckpt = str(tmp_path / "run" / "best.pth")
 
     def meta(*args):
-        out = tmp_path / "result.json"
+        out = tmp_path / f"result{len(list(tmp_path.glob('result*.json')))}.json"   # one per call
         subprocess.run([sys.executable, os.path.join(REPO, "tools", "test.py"), "synthetic",
                         *overrides, "--checkpoint", ckpt, "--out", str(out), "--device", "cpu",
                         *args], check=True, capture_output=True, cwd=REPO)
