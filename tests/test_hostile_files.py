@@ -580,12 +580,12 @@ def test_the_cache_folder_is_private_and_a_shared_one_is_named(photos, tmp_path,
             make(mine, spec, cache=folder)
             assert folder.stat().st_mode & 0o777 == 0o700, folder
         assert "writable by other users" not in caplog.text
-        shared = tmp_path / "shared"
-        shared.mkdir()
-        shared.chmod(0o777)
-        float32_model(mine, spec, cache=shared)
-        assert f"ONNX cache folder {shared} is writable by other users" in caplog.text
-        assert shared.stat().st_mode & 0o777 == 0o777           # the user's folder left as it is
+        open_folder = tmp_path / "world_writable"
+        open_folder.mkdir()
+        open_folder.chmod(0o777)
+        float32_model(mine, spec, cache=open_folder)
+        assert f"ONNX cache folder {open_folder} is writable by other users" in caplog.text
+        assert open_folder.stat().st_mode & 0o777 == 0o777      # the user's folder left as it is
     finally:
         os.umask(old)
 

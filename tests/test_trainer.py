@@ -1,6 +1,7 @@
 """End-to-end trainer contracts on a tiny synthetic set (32 px, 4 training images, a tiny
 DML-CSR): both presets run 2 + 1 x 1 epochs, resume equals an uninterrupted run, a foreign run
 folder is refused, a NaN loss stops the run and keeps the last checkpoint, best.pth rebuilds."""
+import importlib.util
 import json
 import math
 import os
@@ -46,8 +47,11 @@ def paper_run(data_root, tmp_path_factory):
 def test_paper_run_end_to_end(paper_run):
     out, summary = paper_run
     assert summary["epochs_done"] == 3
-    for name in ("config.yaml", "train.log", "last.pth", "best.pth", "cycle1_aggregated.pth", "tb"):
+    for name in ("config.yaml", "train.log", "last.pth", "best.pth", "cycle1_aggregated.pth"):
         assert os.path.exists(os.path.join(out, name)), name
+    # the TensorBoard log where the optional package is installed (./.venv and CI), else none
+    has_tb = importlib.util.find_spec("tensorboard") is not None
+    assert os.path.exists(os.path.join(out, "tb")) == has_tb
     lines = _lines(out)
     assert [(l["epoch"], l["model"]) for l in lines] == [(1, "student"), (2, "student"),
                                                          (3, "student"), (3, "aggregated")]

@@ -363,8 +363,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
                 step = epoch * self.iters_per_epoch + it
-                if self.writer is not None and (it % max(1, cfg.train.log_interval) == 0
-                                                or it == self.iters_per_epoch - 1):
+                logged = (it % max(1, cfg.train.log_interval) == 0
+                          or it == self.iters_per_epoch - 1)
+                if logged and self.writer is not None:     # None: tensorboard not installed
                     tb.log_train_scalars(self.writer, values, lr, step)
         bar.close()
         means = du.reduce_dict({k: v / max(1, count) for k, v in sums.items()})
