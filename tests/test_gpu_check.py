@@ -51,10 +51,8 @@ def test_gpu_check_without_cuda_fails_its_cuda_steps(tmp_path):
     assert [r["step"] for r in rows] == ["versions", "the other steps"]
     assert rows[0]["status"].startswith("FAILED") and "no working CUDA" in rows[0]["tail"]
     assert rows[1]["status"].startswith("not run")
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    import importlib
+    gpu_check = importlib.import_module("tools.gpu_check")
     skipped = "sssssss\n7 skipped, 600 deselected in 9.10s\n"
     with pytest.raises(gpu_check.StepFailed, match="no CUDA test ran"):
         gpu_check._pytest_summary(skipped, dry=False)
