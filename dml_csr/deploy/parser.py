@@ -447,20 +447,48 @@ class FaceParser:
         single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray)
                                                             and images.ndim in (2, 3)
                                                             and images.dtype != object)
-        photos = [_as_bgr(im, rgb) for im in ([images] if single else list(images))]
-        # the checkpoint's crop geometry for the whole-photo crop; detected faces: face_region's
-        mode = self.center_mode if not detect or self.detector is None else "exact"
-        ids, rows, squares, no_face = [], [], [], []
-        for j, photo in enumerate(photos):
-            r, sq = self.faces(photo, detect)
-            no_face.append(len(sq) == 0)
-            if not sq:
+        photos = [self.as_photo(im, rgb) for im in ([images] if single else list(images))]
+        faces = [self.faces(photo, detect) for photo in photos]
+        for j, (photo, (_, squares)) in enumerate(zip(photos, faces)):
+            if not squares:
                 msg = f"no face found in image {j} ({photo.shape[1]}x{photo.shape[0]})"
                 logger.warning(msg)
                 warnings.warn(msg, NoFaceWarning, stacklevel=2)
+        return self.parse_faces(photos, faces, detect=detect, return_logits=return_logits,
+                                probabilities=probabilities)
+
+    @staticmethod
+    def as_photo(image: ImageInput, rgb: bool = False) -> np.ndarray:
+        """A path (read by ``dml_csr.files.read_image``) or an array as a uint8 BGR photo."""
+        return _as_bgr(image, rgb)
+
+    def parse_faces(self, photos: Sequence[np.ndarray], faces: Sequence[Tuple[np.ndarray, list]],
+                    *, detect: bool = True, return_logits: bool = False,
+                    probabilities: bool = False,
+                    adjust: Optional[Callable[[List[int], torch.Tensor], torch.Tensor]] = None
+                    ) -> FaceParsingResult:
+        """Steps 2-5 of the pipeline for faces already found: ``faces[j]`` = ``(rows, squares)``
+        of photo ``j`` (what :meth:`faces` returns, or squares of one's own, e.g. a video's
+        smoothed tracks; ``rows`` (F, 15) detector rows, one per square).
+
+        ``detect``: whether the squares are detected faces (False: whole-photo crops, which use
+        the checkpoint's crop geometry). ``adjust(face_indices, probs)``: a hook between the
+        network and the labels, given each chunk's crop-space softmax probabilities (N, K, h, w)
+        and the faces' indices in the result; the probabilities it returns give the labels (their
+        argmax), the overlap confidence (their max) and the returned maps (their log, or
+        themselves with ``probabilities``). Without it, the network's logits are used as they
+        are (the photo path).
+        """
+        # the checkpoint's crop geometry for the whole-photo crop; detected faces: face_region's
+        mode = self.center_mode if not detect or self.detector is None else "exact"
+        ids, rows, squares = [], [], []
+        for j, (r, sq) in enumerate(faces):
+            r = as_detections(r)
+            if len(r) != len(sq):
+                raise ValueError(f"image {j}: {len(r)} detector rows for {len(sq)} squares")
             ids += [j] * len(sq)
             rows.append(r)
-            squares += sq
+            squares += list(sq)
         rows = np.concatenate(rows) if rows else as_detections([])
         region_boxes = [_region_box(c, s, a, photos[ids[i]].shape[:2], self.crop_size, mode)
                         for i, (c, s, a) in enumerate(squares)]
@@ -470,8 +498,11 @@ class FaceParser:
             crops = [crop_input(photos[ids[i]], *squares[i], self.crop_size, mode,
                                 self.channel_order, self.mean, self.std) for i in chunk]
             out = self._logits(crops)
-            labels = labels_of(out)                                              # (N, h, w)
             probs = torch.softmax(out, dim=1)
+            if adjust is not None:
+                probs = adjust(list(chunk), probs)
+                out = probs.clamp_min(1e-12).log()
+            labels = labels_of(out)                                              # (N, h, w)
             conf = probs.amax(dim=1)      # how sure each face is where faces overlap
             for k, i in enumerate(chunk):
                 center, scale, angle = squares[i]
@@ -506,7 +537,8 @@ class FaceParser:
             scales=np.asarray([q[1] for q in squares], np.float64),
             angles=np.asarray([q[2] for q in squares], np.float64), regions=regions,
             label_maps=label_maps, logits=logits, combined=combined,
-            image_sizes=[tuple(p.shape[:2]) for p in photos], no_face=no_face, dataset=s.name,
+            image_sizes=[tuple(p.shape[:2]) for p in photos],
+            no_face=[len(sq) == 0 for _, sq in faces], dataset=s.name,
             class_names=s.class_names, tokens=s.tokens, palette=s.palette,
             probabilities=probabilities)
 
