@@ -285,7 +285,8 @@ def partial_path(path: PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
-_PARTIAL = re.compile(r"\..+\.(\d+)\.partial")
+# the temporary names: partial_path's, optionally + the real suffix (a video's, for FFmpeg)
+_PARTIAL = re.compile(r"\..+\.(\d+)\.partial(\.[A-Za-z0-9]+)?")
 
 
 def _alive(pid: int) -> bool:

