@@ -37,7 +37,7 @@ import numpy as np
 __all__ = ["ImageReadError", "ImageTooLargeError", "WriteError", "DEFAULT_MAX_PIXELS",
            "MAX_PIXELS_ENV", "max_pixels", "image_header", "read_image_size", "read_image",
            "partial_path", "remove_partials", "write_bytes", "write_text", "write_json",
-           "write_image", "write_npz", "save_torch", "append_line", "real_path",
+           "write_image", "write_npz", "save_torch", "append_line", "PartialFile", "real_path",
            "check_output_folder", "check_not_input", "IMAGE_EXTS"]
 
 logger = logging.getLogger(__name__)
@@ -393,6 +393,61 @@ def save_torch(obj: Any, path: PathLike) -> None:
     at any moment leaves the old file or the new one."""
     import torch
     _write_atomic(path, lambda f: torch.save(obj, f), fsync=True)
+
+
+class PartialFile:
+    """A file written piece by piece (a video, JSON lines) under its hidden temporary name
+    (:func:`partial_path`, plus ``path``'s own suffix with ``keep_suffix``: FFmpeg reads the
+    container from it) and renamed into place by :meth:`commit`; :meth:`discard` removes it.
+    ``text=True`` opens :attr:`file` for text (:meth:`write`); otherwise another writer (OpenCV's)
+    fills :attr:`tmp`. Errors are ``WriteError`` naming ``path``."""
+
+    def __init__(self, path: PathLike, keep_suffix: bool = False, text: bool = False):
+        self.path = str(path)
+        self.tmp = str(partial_path(path)) + (Path(path).suffix if keep_suffix else "")
+        self.file = None
+        try:
+            if os.path.lexists(self.tmp):
+                os.remove(self.tmp)          # never write through a stale link
+            if text:
+                self.file = open(self.tmp, "x", encoding="utf-8")
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def write(self, text: str) -> None:
+        try:
+            self.file.write(text)
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def commit(self, fsync: bool = True) -> None:
+        """Flush (to the disk with ``fsync``) and rename into place; an empty or missing
+        temporary file is a WriteError (nothing was written)."""
+        try:
+            if self.file is not None:
+                self.file.flush()
+                if fsync:
+                    os.fsync(self.file.fileno())
+                self.file.close()
+            if not os.path.isfile(self.tmp) or os.path.getsize(self.tmp) == 0:
+                raise WriteError(f"cannot write {self.path}: nothing was written")
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            if isinstance(exc, WriteError):
+                raise
+            raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def discard(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        try:
+            os.remove(self.tmp)
+        except FileNotFoundError:
+            pass
 
 
 # ------------------------------------------------------------------------------- paths

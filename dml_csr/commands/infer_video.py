@@ -24,7 +24,7 @@ import time
 
 import cv2
 
-from ..files import WriteError, check_not_input, partial_path, write_image
+from ..files import PartialFile, WriteError, check_not_input, write_image
 
 log = logging.getLogger("infer")
 
@@ -37,33 +37,6 @@ def video_outputs(out_dir: str, stem: str):
     return base + "_overlay.mp4", base + ".jsonl", base
 
 
-class _Partial:
-    """A file written under its hidden temporary name (``files.partial_path`` + the real suffix,
-    which FFmpeg reads the container from) and renamed by :meth:`commit`; :meth:`discard` removes
-    it."""
-
-    def __init__(self, path: str):
-        self.path = path
-        stem, ext = os.path.splitext(path)
-        self.tmp = str(partial_path(path)) + ext
-        if os.path.lexists(self.tmp):
-            os.remove(self.tmp)              # never write through a stale link
-
-    def commit(self) -> None:
-        if not os.path.isfile(self.tmp) or os.path.getsize(self.tmp) == 0:
-            raise WriteError(f"cannot write {self.path}: nothing was written")
-        try:
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            raise WriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-
-    def discard(self) -> None:
-        try:
-            os.remove(self.tmp)
-        except FileNotFoundError:
-            pass
-
-
 class VideoOutputs:
     """Writes one clip's outputs frame by frame (module docstring); :meth:`close` renames them
     into place, :meth:`discard` removes the unfinished ones."""
@@ -72,7 +45,7 @@ class VideoOutputs:
         overlay, jsonl, maps = video_outputs(out_dir, stem)
         for path in (overlay, jsonl) + ((maps,) if save_maps else ()):
             check_not_input(path, inputs, "an output")
-        self.overlay, self.jsonl = _Partial(overlay), _Partial(jsonl)
+        self.overlay = PartialFile(overlay, keep_suffix=True)
         self.maps = maps if save_maps else None
         if self.maps is not None:
             os.makedirs(self.maps, exist_ok=True)
@@ -86,11 +59,11 @@ class VideoOutputs:
             raise WriteError(f"cannot write {overlay}: OpenCV's FFmpeg writer does not open it "
                              f"({FOURCC}, {w}x{h} at {fps:g} frames per second)")
         try:
-            self.lines = open(self.jsonl.tmp, "x", encoding="utf-8")
-        except OSError as exc:
+            self.jsonl = PartialFile(jsonl, text=True)
+        except WriteError:
             self.writer.release()
             self.overlay.discard()
-            raise WriteError(f"cannot write {jsonl}: {exc.strerror or exc}") from exc
+            raise
         self.frames = 0
 
     def write(self, frame, overlay) -> None:
@@ -99,10 +72,7 @@ class VideoOutputs:
             raise ValueError(f"overlay {overlay.shape[1]}x{overlay.shape[0]} for a "
                              f"{self.size[1]}x{self.size[0]} clip")
         self.writer.write(overlay)
-        try:
-            self.lines.write(json.dumps(frame.summary(), separators=(",", ":")) + "\n")
-        except OSError as exc:
-            raise WriteError(f"cannot write {self.jsonl.path}: {exc.strerror or exc}") from exc
+        self.jsonl.write(json.dumps(frame.summary(), separators=(",", ":")) + "\n")
         if self.maps is not None:
             label = frame.result.combined[0] if frame.result is not None else overlay[:, :, 0] * 0
             write_image(os.path.join(self.maps, f"{frame.index:06d}.png"), label)
@@ -110,21 +80,11 @@ class VideoOutputs:
 
     def close(self) -> None:
         self.writer.release()
-        try:
-            self.lines.flush()
-            os.fsync(self.lines.fileno())
-            self.lines.close()
-        except OSError as exc:
-            raise WriteError(f"cannot write {self.jsonl.path}: {exc.strerror or exc}") from exc
-        self.overlay.commit()
+        self.overlay.commit(fsync=False)
         self.jsonl.commit()
 
     def discard(self) -> None:
         self.writer.release()
-        try:
-            self.lines.close()
-        except OSError:
-            pass
         self.overlay.discard()
         self.jsonl.discard()
 
