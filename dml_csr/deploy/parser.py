@@ -46,20 +46,15 @@ import torch.nn as nn
 from ..data.schemas import Schema
 from ..files import IMAGE_EXTS, read_image
 from ..data.transforms import MEAN, STD, crop_input, crop_params, get_affine_matrix, warp_back
-from ..models.checkpoint import ModelSpec, load_inference_model
 from ..predict import check_tta, labels_of, model_device, predict_logits
 from .detect import DEFAULT_MARGIN, as_detections, face_region, make_detector
-from .fold import PRECISIONS, optimize_for_inference
-from .pretrained import load_pretrained
-from .cache import float32_model
-from .onnx import OnnxExportError, OnnxParsingModel
+from .runtime import (PARSER_PRECISIONS, Runtime, runtime_from_checkpoint, runtime_from_onnx,
+                      runtime_from_pretrained)
 
 __all__ = ["FaceParser", "FaceParsingResult", "colorize", "draw_overlay", "read_image",
            "NoFaceWarning", "IMAGE_EXTS", "PARSER_PRECISIONS"]
 
-# what the parser runs: the torch module's precisions (fold.py) and int8 through onnxruntime
-PARSER_PRECISIONS = PRECISIONS + ("int8",)
-BACKENDS = ("auto", "torch", "onnx")
+# PARSER_PRECISIONS (what the parser runs) is runtime.py's, importable from here too
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +215,8 @@ def draw_overlay(image_bgr: np.ndarray, label_map: np.ndarray, class_names: Sequ
 # ------------------------------------------------------------------------------------- parser
 class FaceParser:
     """Face parser for whole photographs (module docstring). Build it with :meth:`from_checkpoint`,
-    :meth:`from_pretrained` or :meth:`from_onnx`; call it on images.
+    :meth:`from_pretrained` or :meth:`from_onnx` (which choose the runtime through
+    ``dml_csr/deploy/runtime.py``), or :meth:`from_runtime`; call it on images.
 
     Args:
         model: the network, on its device and in eval mode (the builders' optimised module, an
@@ -275,6 +271,15 @@ class FaceParser:
 
     # ------------------------------------------------------------------------------ builders
     @classmethod
+    def from_runtime(cls, runtime: Runtime, **kwargs) -> "FaceParser":
+        """Parser running ``runtime`` (``dml_csr/deploy/runtime.py``: the network, the engine
+        that runs it and the input facts of its weights). ``kwargs``: the parser's own options
+        (detector, margin, max_batch, flip, scales; ``scales`` other than 1 need a runtime built
+        for them)."""
+        return cls(runtime.model, backend_name=runtime.backend_name, **runtime.input_facts(),
+                   **kwargs)
+
+    @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], dataset: Optional[str] = None,
                         device: Union[str, torch.device] = "cpu",
                         detector: Union[str, Detector, None] = "auto",
@@ -294,6 +299,7 @@ class FaceParser:
         files need ``dataset="helen"`` or ``"lapa"``). Explicit arguments override the file's
         values; a ``dataset`` with another class count than the weights is an error.
 
+        The runtime is chosen by ``dml_csr/deploy/runtime.py`` (:func:`runtime_from_checkpoint`):
         ``backend``: ``"auto"`` (default): float32 on the CPU runs as ``"onnx"`` (without
         multi-scale TTA, which needs other crop sizes than the exported one; where this torch
         cannot export the model, as ``"torch"`` with a warning), the rest as ``"torch"``.
@@ -316,19 +322,14 @@ class FaceParser:
         ``trust_checkpoint``: unpickle a file that ``torch.load(weights_only=True)`` refuses (an
         older file of ours); it runs any code the file holds (``models/checkpoint.py``).
         """
-        if str(path).endswith(".onnx"):
-            return cls.from_onnx(path, detector=detector, margin=margin, max_batch=max_batch,
-                                 flip=flip, scales=scales)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        model, spec = load_inference_model(path, dataset=dataset,
-                                           trust_checkpoint=trust_checkpoint)
-        return cls._from_model(model, spec.with_input(crop_size, channel_order), device=device,
-                               detector=detector, margin=margin, optimize=optimize,
-                               backend=backend, max_batch=max_batch, output_size=output_size,
-                               precision=precision, calibrate=calibrate,
-                               calibrate_count=calibrate_count, flip=flip, scales=scales,
-                               fold_bn=fold_bn)
+        runtime = runtime_from_checkpoint(
+            path, dataset=dataset, device=device, crop_size=crop_size,
+            channel_order=channel_order, optimize=optimize, backend=backend,
+            output_size=output_size, precision=precision, calibrate=calibrate,
+            calibrate_count=calibrate_count, trust_checkpoint=trust_checkpoint, scales=scales,
+            fold_bn=fold_bn)
+        return cls.from_runtime(runtime, detector=detector, margin=margin, max_batch=max_batch,
+                                flip=flip, scales=scales)
 
     @classmethod
     def from_pretrained(cls, name: str, weights_dir: Optional[Union[str, os.PathLike]] = None,
@@ -340,66 +341,11 @@ class FaceParser:
         which file to put where and where the authors publish it. ``kwargs``: as
         :meth:`from_checkpoint` (device, detector, margin, optimize, backend, max_batch, flip,
         scales, ...)."""
-        model, spec = load_pretrained(name, weights_dir, trust_checkpoint)
-        return cls._from_model(model, spec, **kwargs)
-
-    @classmethod
-    def _from_model(cls, model: nn.Module, spec: ModelSpec,
-                    device: Union[str, torch.device] = "cpu",
-                    detector: Union[str, Detector, None] = "auto", margin: float = DEFAULT_MARGIN,
-                    optimize: bool = True, backend: str = "auto", max_batch: int = 8,
-                    output_size: Optional[Sequence[int]] = None,
-                    precision: str = "fp32",
-                    calibrate: Optional[Union[str, os.PathLike]] = None,
-                    calibrate_count: int = 32, flip: bool = False,
-                    scales: Sequence[float] = (1.0,),
-                    fold_bn: Optional[bool] = None) -> "FaceParser":
-        if fold_bn is not None:
-            warnings.warn("FaceParser's fold_bn= is now optimize= (it does more than fold the "
-                          "norms); fold_bn will be removed", DeprecationWarning, stacklevel=3)
-            optimize = fold_bn
-        kw = dict(detector=detector, margin=margin, max_batch=max_batch, flip=flip, scales=scales)
-        if precision not in PARSER_PRECISIONS:
-            raise ValueError(f"precision must be one of {PARSER_PRECISIONS}, got {precision!r}")
-        if precision != "int8" and calibrate is not None:
-            raise ValueError(f"calibrate={calibrate!r} goes with precision='int8'")
-        if precision == "int8":
-            if torch.device(device).type != "cpu":
-                raise ValueError(f"precision 'int8' runs on the CPU (onnxruntime), not {device}")
-            from .quantize import int8_model
-            return cls.from_onnx(int8_model(model, spec, calibrate, calibrate_count,
-                                            output_size), **kw)
-        device = torch.device(device)
-        auto = backend == "auto"
-        if auto:                   # an exported file takes one crop size: no multi-scale TTA
-            fast = device.type == "cpu" and precision == "fp32" and optimize
-            backend = "onnx" if fast and not _other_crop_sizes(scales) else "torch"
-        if backend == "onnx" and precision != "fp32":
-            raise ValueError(f"precision {precision!r} runs on the torch backend; the ONNX "
-                             f"backend is float32 or int8")
-        if backend == "onnx":
-            if device.type != "cpu":
-                raise ValueError(f"the ONNX backend runs on the CPU, not {device}")
-            try:
-                path = float32_model(model, spec, output_size)
-            except OnnxExportError as exc:
-                if not auto:
-                    raise
-                # e.g. torch 2.6 and the PSP context at small crops (docs/versions.md)
-                warnings.warn(f"this torch cannot export the model to ONNX, so the parser runs "
-                              f"it in PyTorch (backend 'auto'): {str(exc)[:300]}", stacklevel=2)
-                path = None
-            if path is not None:
-                # the loaded module is ours alone and onnxruntime holds the weights now: free
-                # its tensors before the session loads (about 260 MB less peak for DML-CSR)
-                model.to("meta")
-                return cls.from_onnx(path, **kw)
-        model = model.to(device).eval()
-        if optimize or precision != "fp32":
-            # in place: the loaded model is ours alone, and a copy would double the load's peak
-            model = optimize_for_inference(model, fold=optimize, channels_last=device.type == "cpu",
-                                           inplace=True, precision=precision)
-        return cls(model, backend_name="torch", **_input_facts(spec), **kw)
+        own = {k: kwargs.pop(k) for k in ("detector", "margin", "max_batch", "flip") if k in kwargs}
+        if "scales" in kwargs:      # the TTA's: the runtime checks them, the parser runs them
+            own["scales"] = kwargs["scales"]
+        return cls.from_runtime(runtime_from_pretrained(name, weights_dir, trust_checkpoint,
+                                                        **kwargs), **own)
 
     @classmethod
     def from_onnx(cls, path: Union[str, os.PathLike], detector: Union[str, Detector, None] = "auto",
@@ -409,14 +355,9 @@ class FaceParser:
         """Parser running an ONNX file written by :func:`export_onnx` (tools/export_onnx.py) with
         onnxruntime; label names, dataset, channel order and crop size come from its metadata.
         ``scales`` other than 1 need a file exported without a fixed crop size."""
-        model = OnnxParsingModel(path, threads=threads, providers=providers)
-        fixed = model.session.fixed_hw
-        if fixed is not None and _other_crop_sizes(scales):
-            raise ValueError(f"multi-scale TTA (scales={tuple(scales)}) needs other crop sizes; "
-                             f"{path} takes {fixed[0]}x{fixed[1]} crops only: run the "
-                             f"checkpoint with backend='torch'")
-        return cls(model, detector=detector, margin=margin, max_batch=max_batch, flip=flip,
-                   scales=scales, backend_name="onnx", **_input_facts(model.spec))
+        runtime = runtime_from_onnx(path, threads=threads, providers=providers, scales=scales)
+        return cls.from_runtime(runtime, detector=detector, margin=margin, max_batch=max_batch,
+                                flip=flip, scales=scales)
 
     # ------------------------------------------------------------------------------- parsing
     def faces(self, image_bgr: np.ndarray, detect: bool = True):
@@ -578,12 +519,6 @@ class FaceParser:
         return out
 
 
-def _other_crop_sizes(scales: Sequence[float]) -> bool:
-    """Whether the TTA ``scales`` run the model on other crop sizes than its own (an exported
-    file with a fixed crop size cannot)."""
-    return any(float(s) != 1.0 for s in scales)
-
-
 def _region_box(center, scale: float, angle: float, size: Tuple[int, int],
                 crop_size: Tuple[int, int], center_mode: str) -> Tuple[int, int, int, int]:
     """``x0, y0, x1, y1``: the photo pixels the crop square touches, clipped to the photo."""
@@ -597,10 +532,3 @@ def _region_box(center, scale: float, angle: float, size: Tuple[int, int],
     x0, y0 = min(max(x0, 0), w), min(max(y0, 0), h)
     return x0, y0, max(min(x1, w), x0), max(min(y1, h), y0)
 
-
-# ----------------------------------------------------------------------------- model loading
-def _input_facts(spec: ModelSpec) -> Dict[str, Any]:
-    """FaceParser's arguments that come from a checkpoint or ONNX file."""
-    return dict(schema=spec.schema(), crop_size=spec.crop_size, channel_order=spec.channel_order,
-                center_mode=spec.center_mode, mean=spec.mean, std=spec.std,
-                output_scale=spec.output_scale)
