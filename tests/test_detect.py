@@ -250,3 +250,28 @@ def test_a_turned_face_parses_like_an_upright_one():
         agree[name] = float((ref[fg] == back[fg]).mean())
     assert agree["upright"] > 0.85, agree
     assert agree["boxes only"] < agree["upright"] - 0.15, agree
+
+
+def test_yunet_runs_the_openmp_threads_asked_for_in_the_calling_thread(photos):
+    """The wheel's own OpenMP runtime is found and its thread count set in the thread that
+    detects (a reader thread beside the network), before each call."""
+    import threading
+    det = YuNetDetector(threads=1)
+    libs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+        __import__(det.backend).__file__))), det.backend + ".libs")
+    gomp = glob.glob(os.path.join(libs, "libgomp*"))
+    assert gomp and det._set_threads is not None, f"no OpenMP runtime in {libs}"
+    lib = ctypes.CDLL(gomp[0])
+    seen = {}
+
+    def work():
+        seen["before"] = lib.omp_get_max_threads()
+        rows = det(photos["astronaut"])
+        seen["after"], seen["faces"] = lib.omp_get_max_threads(), len(rows)
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen["after"] == 1 and seen["faces"] == 1
+    assert YuNetDetector(threads=None)._set_threads is None
+    with pytest.raises(ValueError, match="threads"):
+        YuNetDetector(threads=0)

