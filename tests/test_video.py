@@ -328,3 +328,27 @@ def test_tracker_matches_by_motion():
         rows = np.array([[x, 0, x + 30, 30, 1], [x + 40, 0, x + 70, 30, 1]], np.float32)
         ids.append([t.id for t in tr.update(rows, 0.5, 0.04)])
     assert ids == [[0, 1]] * 6
+
+
+@pytest.mark.parametrize("smooth", [0.0, 0.5])
+def test_frames_in_batches_give_the_results_of_one_at_a_time(smooth):
+    """batch=3 (a GPU's setting) runs several frames' faces through one network call; each
+    track's average still goes frame by frame, and failed frames keep their place."""
+    rows = _crossing(10, miss={4})
+    parser = _colour_parser(detector=ScriptedDetector(rows), max_batch=4)
+    frames = _frames(10, noise=8.0)
+    frames[6] = None                                   # a frame that failed to decode
+    one = list(parse_video(parser, frames, smooth=smooth))
+    calls = []
+    real = parser.parse_faces
+    parser.parse_faces = lambda photos, *a, **kw: calls.append(len(photos)) or real(photos, *a,
+                                                                                     **kw)
+    many = list(parse_video(parser, frames, smooth=smooth, batch=3))
+    assert calls == [3, 3, 3] and len(many) == 10
+    for a, b in zip(one, many):
+        assert (a.index, a.tracks, a.detected, a.decoded) == (b.index, b.tracks, b.detected,
+                                                              b.decoded)
+        assert np.array_equal(a.result.combined[0], b.result.combined[0])
+        for x, y in zip(a.result.label_maps, b.result.label_maps):
+            assert np.array_equal(x, y)
+        assert a.summary() == b.summary()

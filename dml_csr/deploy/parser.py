@@ -32,6 +32,7 @@ whole-photo map equals ``tools/test.py --save-pred``'s for the same image and se
 Results are flat over faces (facer-style): ``image_ids[i]`` is the photo of face ``i``;
 ``FaceParsingResult.paste(i)`` puts a face's map onto its whole photo.
 """
+import dataclasses
 import logging
 import os
 import warnings
@@ -128,6 +129,19 @@ class FaceParsingResult:
         out = np.zeros(src.shape[:-2] + tuple(self.image_sizes[self.image_ids[i]]), src.dtype)
         out[..., y0:y1, x0:x1] = src
         return out
+
+    def image(self, image_id: int) -> "FaceParsingResult":
+        """The result of photo ``image_id`` alone (its faces, in order; ``image_ids`` all 0)."""
+        idx = self.faces_of(image_id)
+        pick = lambda a: a[idx] if len(idx) else a[:0]  # noqa: E731
+        return dataclasses.replace(
+            self, image_ids=np.zeros(len(idx), np.int64), boxes=pick(self.boxes),
+            scores=pick(self.scores), landmarks=pick(self.landmarks), centers=pick(self.centers),
+            scales=pick(self.scales), angles=pick(self.angles), regions=pick(self.regions),
+            label_maps=[self.label_maps[i] for i in idx],
+            logits=None if self.logits is None else [self.logits[i] for i in idx],
+            combined=[self.combined[image_id]], image_sizes=[self.image_sizes[image_id]],
+            no_face=[self.no_face[image_id]])
 
     def summary(self, image_id: int) -> Dict[str, Any]:
         """JSON-ready facts of photo ``image_id``: size, label facts and per face its box, score,

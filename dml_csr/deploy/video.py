@@ -354,7 +354,7 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
                 smooth: float = DEFAULT_SMOOTH, detect_every: int = 1, fps: Optional[float] = None,
                 max_missed: Optional[int] = None, rgb: bool = False, threaded: bool = True,
                 limit: Optional[int] = None, geometry_filter: Optional[Dict[str, float]] = None,
-                probabilities: bool = False, return_logits: bool = False
+                probabilities: bool = False, return_logits: bool = False, batch: int = 1
                 ) -> Iterator[VideoFrame]:
     """Parse a clip frame by frame with ``parser`` (a ``FaceParser``); yields a
     :class:`VideoFrame` per frame (module docstring). ``FaceParser.video`` calls this.
@@ -371,10 +371,17 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
         limit: a file's largest frame in pixels (``dml_csr.files.max_pixels``).
         geometry_filter: the one-euro filter's arguments (default :data:`GEOMETRY_FILTER`).
         return_logits, probabilities: as for photos (each face's maps on its region).
+        batch: frames whose faces go through the network together (up to the parser's
+            ``max_batch`` faces per forward pass; each track's average still goes frame by frame,
+            so the results equal ``batch=1``'s): for a GPU; on the CPU one frame at a time is as
+            fast (docs/inference.md).
     """
     smooth = float(smooth)
     if not 0.0 <= smooth < 1.0:
         raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+    batch = int(batch)
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     detect_every = int(detect_every)
     if detect_every < 1:
         raise ValueError(f"detect_every must be at least 1, got {detect_every}")
@@ -401,48 +408,65 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
         return i, frame, rows
 
     checked = enumerate(_checked_frames(frames, name))
-    previous: Optional[VideoFrame] = None
-    blank: Optional[np.ndarray] = None
-    try:
-        for i, frame, rows in prefetch(checked, prepare, depth=2, threaded=threaded):
-            if frame is None:                    # failed to decode: repeat the previous frame
-                if previous is None:
-                    if blank is None and reader is not None:
-                        blank = np.zeros((reader.height, reader.width, 3), np.uint8)
-                    yield VideoFrame(i, blank, None, [], [], decoded=False)
-                else:
-                    yield VideoFrame(i, previous.image, previous.result, previous.tracks,
-                                     previous.detected, decoded=False)
-                continue
-            if not detect:
-                res = parser.parse_faces([frame], [parser.faces(frame, False)], detect=False,
-                                         return_logits=return_logits,
-                                         probabilities=probabilities)
-                previous = VideoFrame(i, frame, res, [0], [True])
-                yield previous
-                continue
-            tracks = tracker.update(rows, parser.margin, 1.0 / rate)
-            faces = [(np.stack([t.row for t in tracks]) if tracks else as_detections([]),
-                      [t.square for t in tracks])]
+    whole = Track(id=0, row=as_detections([[0, 0, 1, 1]])[0], center=np.zeros(2), scale=0.0,
+                  angle=0.0)                       # detect=False: the whole frame, one track
+    state = {"previous": None, "blank": None}
 
-            def adjust(indices, probs, tracks=tracks):
+    def run(pending):
+        """Parse the decoded frames of ``pending`` in one ``parse_faces`` call (their faces in
+        order, so each track's average goes frame by frame) and yield every frame in order."""
+        decoded = [p for p in pending if p[1] is not None]
+        if decoded:
+            tracks = [t for p in decoded for t in p[2]]
+
+            def adjust(indices, probs):
                 out = []
                 for k, idx in enumerate(indices):
-                    t = tracks[idx]
-                    p = probs[k]
+                    t, p = tracks[idx], probs[k]
                     if t.probs is not None and t.probs.shape == p.shape:
                         p = p.mul(1.0 - smooth).add_(t.probs, alpha=smooth)
                     t.probs = p
                     out.append(p)
                 return torch.stack(out)
-
-            res = parser.parse_faces([frame], faces, detect=True, return_logits=return_logits,
+            res = parser.parse_faces([p[1] for p in decoded], [p[3] for p in decoded],
+                                     detect=detect, return_logits=return_logits,
                                      probabilities=probabilities,
                                      adjust=adjust if smooth > 0 else None)
-            previous = VideoFrame(i, frame, res, [t.id for t in tracks],
-                                  [t.detected for t in tracks])
-            yield previous
-        if previous is None and reader is not None:
+            results = iter(range(len(decoded)))
+        for i, frame, tracks, _, ids, found in pending:
+            previous = state["previous"]
+            if frame is None:                    # failed to decode: repeat the previous frame
+                if previous is None:
+                    if state["blank"] is None and reader is not None:
+                        state["blank"] = np.zeros((reader.height, reader.width, 3), np.uint8)
+                    yield VideoFrame(i, state["blank"], None, [], [], decoded=False)
+                else:
+                    yield VideoFrame(i, previous.image, previous.result, previous.tracks,
+                                     previous.detected, decoded=False)
+                continue
+            one = res if len(decoded) == 1 else res.image(next(results))
+            state["previous"] = VideoFrame(i, frame, one, ids, found)
+            yield state["previous"]
+
+    pending = []
+    try:
+        for i, frame, rows in prefetch(checked, prepare, depth=2 + batch, threaded=threaded):
+            if frame is None:
+                pending.append((i, None, [], None, [], []))
+            else:
+                if detect:
+                    tracks = tracker.update(rows, parser.margin, 1.0 / rate)
+                    faces = (np.stack([t.row for t in tracks]) if tracks else as_detections([]),
+                             [t.square for t in tracks])
+                else:
+                    tracks, faces = [whole], parser.faces(frame, False)
+                pending.append((i, frame, list(tracks), faces, [t.id for t in tracks],
+                                [t.detected for t in tracks]))
+            if sum(p[1] is not None for p in pending) >= batch:
+                yield from run(pending)
+                pending = []
+        yield from run(pending)
+        if state["previous"] is None and reader is not None:
             raise VideoError(f"{name}: no frame could be decoded")
     finally:
         if reader is not None:
