@@ -23,6 +23,8 @@ SMOKE = {
                         "1", "--runs", "1", "--batch", "2", "--batch-runs", "1", "--int8",
                         "--parser"],
     "bench_photo": ["--checkpoint", "{ckpt}", "--size", "320x240", "--grid", "2x1"],
+    "bench_pipeline": ["--checkpoint", "{ckpt}", "--models", "dml_csr", "--photos", "2",
+                       "--size", "320x240", "--reps", "1"],
     "bench_precision": ["--checkpoint", "{ckpt}", "--data", "{data}", "--limit", "2"],
     "bench_train": ["--size", "32", "--batches", "2", "--modes", "fp16", "--steps", "1",
                     *TINY_MODEL],

@@ -1,12 +1,16 @@
-"""Face parsing of photos from a checkpoint, an official model by name, or an ONNX file.
+"""Face parsing of photos and videos from a checkpoint, an official model by name, or an ONNX file.
 
     dml-csr infer (--checkpoint CKPT | --model NAME [--weights-dir DIR] | --onnx FILE)
         INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
         [--save-logits] [--device cpu] [--precision fp32|bf16|int8 [--calibrate DIR]]
         [--batch-size N] [--margin M] [--flip] [--scales 0.75 1.0 1.25] [--max-pixels N]
-        [--trust-checkpoint]
+        [--serial] [--smooth S] [--detect-every N] [--save-maps] [--trust-checkpoint]
 
-INPUT: image files, folders (their images, not recursive) or glob patterns. Per image NAME:
+INPUT: image or video files, folders (their images and videos, not recursive) or glob patterns.
+A video NAME gets ``DIR/NAME_overlay.mp4``, ``DIR/NAME.jsonl`` (one JSON line per frame) and
+with ``--save-maps`` ``DIR/NAME/000000.png, ...``: ``commands/infer_video.py`` (``--smooth S``:
+temporal smoothing in [0, 1), default 0.5, 0 = each frame on its own; ``--detect-every N``).
+Per image NAME:
 
 - ``DIR/NAME.png``: uint8 class ids at the photo's size, all faces combined by the overlap rule
   of docs/inference.md;
@@ -41,10 +45,20 @@ folder that is (by real path) an input folder, and a checkpoint or option that c
 (``--debug`` shows the traceback). Inputs that share a file name (``a.png`` in two folders) keep
 both results: the later ones as ``a_2``, ``a_3``, ...
 
+The photos go through a small pipeline (``dml_csr/deploy/pipeline.py``; docs/inference.md,
+"Every core busy"): a reader thread reads the next photos and finds their faces, the main thread
+runs the network on one photo's faces (and warps the labels back), a writer thread draws the
+overlay and writes the outputs; at most 2 photos wait in each queue. On a 2-core machine the
+reader and the writer use the core the network leaves idle. ``--serial``: no threads, each photo
+read, detected, parsed and written before the next (the same outputs, byte for byte; the
+reference the pipeline is measured against). Ctrl-C stops both threads; a photo's outputs are
+then all there or some missing, none torn.
+
 ``--trust-checkpoint``: load a checkpoint that ``torch.load(weights_only=True)`` refuses (an older
 file of ours); it runs any code the file holds (docs/inference.md, "Files you did not make").
 """
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -56,6 +70,12 @@ import numpy as np
 
 from ..cli import (add_debug_argument, add_max_pixels_argument,
                    add_precision_arguments, add_trust_argument, check_precision_arguments)
+from ..files import ImageReadError
+
+# what fails one photo (named, skipped, counted; the run goes on): a WriteError (an OSError too)
+# stops the run instead
+PHOTO_ERRORS = (ImageReadError, ValueError, OSError, MemoryError, cv2.error)
+PIPELINE_DEPTH = 2       # photos decoded ahead of the network, and results queued for the writer
 
 
 def collect_inputs(items):
@@ -137,6 +157,9 @@ def parse_args(argv=None):
     ap.add_argument("--scales", type=float, nargs="+", default=(1.0,),
                     help="multi-scale test-time augmentation factors (default: 1.0, one pass)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--serial", action="store_true",
+                    help="no reader or writer thread: read, detect, parse and write one photo "
+                         "after the other (the reference the pipeline is measured against)")
     add_max_pixels_argument(ap)
     add_trust_argument(ap)
     add_debug_argument(ap)
@@ -167,7 +190,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     log = logging.getLogger("infer")
-    from ..files import ImageReadError, WriteError, check_output_folder, max_pixels
+    parser_log = logging.getLogger("dml_csr.deploy.parser")
+    from ..files import WriteError, check_output_folder, max_pixels, read_image
 
     limit = max_pixels(args.max_pixels)
     out_dir = args.out
@@ -183,6 +207,7 @@ def main(argv=None) -> int:
     check_output_folder(out_dir, files, "--out")
 
     from ..deploy import DEFAULT_MARGIN, FaceParser, NoFaceWarning, set_inference_threads
+    from ..deploy.pipeline import Writer, prefetch
 
     set_inference_threads(args.threads)
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
@@ -222,29 +247,67 @@ def main(argv=None) -> int:
         if not photos:
             return 0
         files, stems = [f for f, _ in photos], [s for _, s in photos]
-    iterator = zip(files, stems)
-    if len(files) > 1:
+    threaded = not args.serial
+    detect = not args.no_detect
+    failed, faceless, written = [], [], []     # failed: (input index, path)
+
+    def fail(index, path, exc):
+        reason = str(exc) or type(exc).__name__
+        log.warning("failed: %s%s", "" if path in reason else f"{path}: ", reason)
+        failed.append((index, path))
+
+    def read(item):       # the reader thread: a per-photo failure comes down as a value
+        index, (path, stem) = item
         try:
-            from tqdm import tqdm
-            iterator = tqdm(iterator, total=len(files), unit="img", desc="parsing")
-        except ImportError:
-            pass
-    done, failed, faceless = 0, [], []
-    for path, stem in iterator:
+            image = read_image(path, limit=limit)
+            photo = parser.as_photo(image)
+            return index, path, stem, image, photo, parser.faces(photo, detect=detect)
+        except PHOTO_ERRORS as exc:
+            return index, path, stem, exc, None, None
+
+    def write(index, path, stem, image, res):           # the writer thread
         try:
-            found = parse_one(parser, path, stem, out_dir, args, limit)
+            write_outputs(res, image, path, os.path.join(out_dir, stem), args)
         except WriteError:
             raise                  # a full disk or a read-only folder: no point going on
-        except (ImageReadError, ValueError, OSError, MemoryError, cv2.error) as exc:
-            reason = str(exc) or type(exc).__name__
-            log.warning("failed: %s%s", "" if path in reason else f"{path}: ", reason)
-            failed.append(path)
-            continue
-        if found:
-            done += 1
-        else:
-            log.warning("no face found in %s (try --no-detect for aligned crops)", path)
-            faceless.append(path)
+        except PHOTO_ERRORS as exc:
+            fail(index, path, exc)
+            return
+        written.append(index)
+
+    # Ctrl-C or a write error: the writer drops what is queued (each write is atomic) and the
+    # reader stops at its next photo
+    with contextlib.closing(prefetch(enumerate(zip(files, stems)), read, depth=PIPELINE_DEPTH,
+                                     threaded=threaded)) as items, \
+            Writer(depth=PIPELINE_DEPTH, threaded=threaded) as writer:
+        iterator = items
+        if len(files) > 1:
+            try:
+                from tqdm import tqdm
+                iterator = tqdm(items, total=len(files), unit="img", desc="parsing")
+            except ImportError:
+                pass
+        for index, path, stem, image, photo, faces in iterator:
+            if isinstance(image, BaseException):
+                fail(index, path, image)
+                continue
+            if not faces[1]:
+                # the line FaceParser.__call__ logs (this loop calls its steps one by one)
+                parser_log.warning("no face found in image 0 (%dx%d)", photo.shape[1],
+                                   photo.shape[0])
+                log.warning("no face found in %s (try --no-detect for aligned crops)", path)
+                faceless.append(path)
+                continue
+            try:
+                res = parser.parse_faces([photo], [faces], detect=detect,
+                                         return_logits=args.save_logits)
+            except PHOTO_ERRORS as exc:
+                fail(index, path, exc)
+                continue
+            del photo, faces
+            writer.submit(write, index, path, stem, image, res)
+    done = len(written)
+    failed = [path for _, path in sorted(failed)]
     log.info("parsed %d of %d images into %s (%d without a face, %d failed)", done, len(files),
              out_dir, len(faceless), len(failed))
     if failed:
@@ -255,25 +318,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def parse_one(parser, path, stem, out_dir, args, limit) -> bool:
-    """Parse the photo ``path`` and write its outputs as ``out_dir/stem*`` (atomically); False
-    when it has no face (nothing written)."""
+def write_outputs(res, image, path, base, args) -> None:
+    """Write photo ``path``'s outputs (``res``: its one-photo FaceParsingResult, with faces;
+    ``image``: the photo as read) as ``base*``, each atomically."""
     from ..deploy import draw_overlay
-    from ..files import read_image, write_image, write_json, write_npz
+    from ..files import write_image, write_json, write_npz
 
-    image = read_image(path, limit=limit)
-    res = parser(image, detect=not args.no_detect, return_logits=args.save_logits)
-    if res.no_face[0]:
-        return False
-    out = lambda suffix: os.path.join(out_dir, stem + suffix)  # noqa: E731
-    write_image(out(".png"), res.combined[0])
+    write_image(base + ".png", res.combined[0])
     overlay = draw_overlay(image, res.combined[0], res.class_names, res.palette,
                            boxes=None if args.no_detect else res.boxes)
-    write_image(out("_overlay.jpg"), overlay)
+    write_image(base + "_overlay.jpg", overlay)
     for k, label in enumerate(res.label_maps):
-        write_image(out(f"_face{k}.png"), label)
+        write_image(base + f"_face{k}.png", label)
     if args.save_logits:
-        write_npz(out("_logits.npz"),
+        write_npz(base + "_logits.npz",
                   **{f"face{k}": x.astype(np.float16) for k, x in enumerate(res.logits)})
-    write_json(out(".json"), dict(res.summary(0), image=os.path.abspath(path)))
-    return True
+    write_json(base + ".json", dict(res.summary(0), image=os.path.abspath(path)))
