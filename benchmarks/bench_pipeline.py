@@ -1,12 +1,16 @@
-"""Photos per second of ``tools/infer.py`` on a folder: the reader / network / writer pipeline
-against ``--serial``, with the CPU utilisation of each.
+"""Photos and video frames per second of ``tools/infer.py``: the reader / network / writer
+pipeline against ``--serial``, with the CPU utilisation of each.
 
-    python benchmarks/bench_pipeline.py [--photos 6] [--size 1280x960] [--reps 2]
-        [--models dml_csr fp_liif] [--checkpoint CKPT] [--threads N] [--json OUT.json]
+    python benchmarks/bench_pipeline.py [--photos 6] [--size 1280x960] [--frames 24]
+        [--clip-size 640x480] [--reps 2] [--models dml_csr fp_liif] [--checkpoint CKPT]
+        [--threads N] [--json OUT.json]
 
 Photos: ``--photos`` JPEGs (quality 95) of ``--size``, made from the two portraits of
 ``tests/data/photos`` (bench_photo.py's ``tiled_photo``): even ones hold one face (the astronaut),
 odd ones two (both portraits side by side); the detector is the command's default (YuNet).
+Clip (``--frames`` > 0; 0: no video case): an mp4 (``mp4v``, 25 fps) of ``--clip-size`` holding
+one face (the astronaut, ``tiled_photo``), panned by 1 pixel and zoomed by 0.2 % a frame; it runs
+with the command's video defaults (``--smooth 0.5``, detection on every frame).
 
 Models, random weights (the speed does not depend on them), each saved as one of our checkpoints:
 
@@ -25,7 +29,7 @@ Each timed run is a fresh process running ``tools/infer.py``'s ``main`` (through
 ``dml_csr.cli.run``) on the whole folder with ``--threads`` (default: the command's, every CPU).
 What is timed is the parse loop alone: from the moment the command starts its pipeline (after
 the imports and the model loading) to the end of the command (the last output written); photos/s
-= photos / that time. CPU utilisation = the process's CPU time over the same span (user + system,
+= photos / that time (frames/s likewise for the clip). CPU utilisation = the process's CPU time over the same span (user + system,
 all threads: ``getrusage``) / its wall time: 2.0 means both cores of a 2-core machine busy. The
 runs alternate (``--reps`` rounds; in each round every model runs serial and threaded, the order
 of the two swapped from one round to the next) so that load changes on a shared machine hit both
@@ -76,6 +80,8 @@ def timed_run(job) -> dict:
         return prefetch(*args, **kwargs)
 
     pipeline.prefetch = marked
+    from dml_csr.deploy import video
+    video.prefetch = marked                  # the video loop's reader (imported by name)
     rc = run(main, job["argv"])
     end = (time.perf_counter(), cpu_seconds())
     if "start" not in marks:
@@ -124,6 +130,23 @@ def make_photos(folder: str, n: int, size) -> list:
     return faces
 
 
+def make_clip(path: str, frames: int, size) -> None:
+    """The one-face clip of the module docstring."""
+    import cv2
+    import numpy as np
+    w, h = size
+    still = tiled_photo((w + 2 * frames, h + 2 * frames), (1, 1), 0.7)
+    vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+    if not vw.isOpened():
+        raise SystemExit(f"OpenCV cannot write {path}")
+    for i in range(frames):
+        z = 1.0 + 0.002 * i
+        m = np.array([[z, 0, -frames - i], [0, z, -frames]], np.float64)
+        vw.write(cv2.warpAffine(still, m, (w, h), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE))
+    vw.release()
+
+
 def make_checkpoint(model: str, path: str) -> int:
     """Random weights of ``model`` (module docstring) saved at ``path``; their parameter count."""
     import torch
@@ -142,6 +165,18 @@ def make_checkpoint(model: str, path: str) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def faces_found(out: str) -> int:
+    """Faces in the command's JSON outputs: per photo (``.json``), per frame (``.jsonl``)."""
+    n = 0
+    for name in os.listdir(out):
+        if name.endswith(".json"):
+            n += len(read_json(os.path.join(out, name))["faces"])
+        elif name.endswith(".jsonl"):
+            with open(os.path.join(out, name)) as f:
+                n += sum(len(json.loads(line)["faces"]) for line in f)
+    return n
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -155,6 +190,10 @@ def main(argv=None) -> int:
     ap.add_argument("--photos", type=int, default=6, help="photos in the folder (default 6)")
     ap.add_argument("--size", type=parse_wxh, default=(1280, 960),
                     help="WxH of each photo (default 1280x960)")
+    ap.add_argument("--frames", type=int, default=24,
+                    help="frames of the one-face clip (default 24; 0: no clip)")
+    ap.add_argument("--clip-size", type=parse_wxh, default=(640, 480),
+                    help="WxH of the clip (default 640x480)")
     ap.add_argument("--reps", type=int, default=2,
                     help="rounds of runs (each: every model, serial and threaded; default 2)")
     ap.add_argument("--models", nargs="+", default=["dml_csr", "fp_liif"],
@@ -178,6 +217,11 @@ def main(argv=None) -> int:
         photos = os.path.join(tmp, "photos")
         faces = make_photos(photos, args.photos, args.size)
         first = os.path.join(photos, sorted(os.listdir(photos))[0])
+        clip = os.path.join(tmp, "clip.mp4")
+        inputs = {"photos": (photos, args.photos, "photos")}
+        if args.frames > 0:
+            make_clip(clip, args.frames, args.clip_size)
+            inputs["video"] = (clip, args.frames, "frames")
         models = {}
         for model in args.models:
             if model == "dml_csr" and args.checkpoint:
@@ -195,7 +239,8 @@ def main(argv=None) -> int:
                   + (["--calibrate", photos] if model == "dml_csr" else []))
             precision = "int8" if model == "dml_csr" else "float32 (default)"
             models[model] = {"argv": base, "params": params, "precision": precision,
-                             "first_run_s": time.perf_counter() - t, "runs": {m: [] for m in MODES}}
+                             "first_run_s": time.perf_counter() - t,
+                             "runs": {(kind, m): [] for kind in inputs for m in MODES}}
             print(f"{model} ({precision}"
                   + (f", {params / 1e6:.1f} M parameters, random" if params else "")
                   + f"): first run (ONNX file into the cache) {models[model]['first_run_s']:.0f} s",
@@ -206,46 +251,48 @@ def main(argv=None) -> int:
         for rep in range(args.reps):
             order = MODES if rep % 2 == 0 else MODES[::-1]
             for model, m in models.items():
-                for mode in order:
-                    out = os.path.join(tmp, f"out_{model}_{mode}_{rep}")
-                    argv = m["argv"] + [photos, "--out", out] + (["--serial"] if mode == "serial"
-                                                                  else [])
-                    r = spawn(tmp, f"{model}_{mode}_{rep}", argv)
-                    r["photos_per_s"] = args.photos / r["loop_s"]
-                    r["cpu_utilisation"] = r["cpu_s"] / r["loop_s"]
-                    r["faces_found"] = sum(len(read_json(os.path.join(out, n))["faces"])
-                                           for n in os.listdir(out) if n.endswith(".json"))
-                    r["load_average"] = load_average()
-                    m["runs"][mode].append(r)
-                    shutil.rmtree(out)
-                    print(f"round {rep + 1} {model} {mode}: {r['photos_per_s']:.3f} photos/s "
-                          f"({r['loop_s']:.1f} s), CPU {r['cpu_utilisation']:.2f}, faces "
-                          f"{r['faces_found']} / {sum(faces)}; load {r['load_average']}",
-                          flush=True)
+                for kind, (src, count, unit) in inputs.items():
+                    for mode in order:
+                        out = os.path.join(tmp, f"out_{model}_{kind}_{mode}_{rep}")
+                        argv = m["argv"] + [src, "--out", out] + (["--serial"]
+                                                                  if mode == "serial" else [])
+                        r = spawn(tmp, f"{model}_{kind}_{mode}_{rep}", argv)
+                        r["per_s"] = count / r["loop_s"]
+                        r["cpu_utilisation"] = r["cpu_s"] / r["loop_s"]
+                        r["faces_found"] = faces_found(out)
+                        r["load_average"] = load_average()
+                        m["runs"][(kind, mode)].append(r)
+                        shutil.rmtree(out)
+                        print(f"round {rep + 1} {model} {kind} {mode}: {r['per_s']:.3f} {unit}/s "
+                              f"({r['loop_s']:.1f} s), CPU {r['cpu_utilisation']:.2f}, faces "
+                              f"{r['faces_found']}; load {r['load_average']}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print("\n| model | mode | photos/s (each run) | photos/s (median) | CPU utilisation "
-          "(median) | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model | input | mode | per second (each run) | per second (median) | CPU "
+          "utilisation (median) | speed-up |")
+    print("|---|---|---|---|---|---|---|")
     summary = {}
     for model, m in models.items():
-        med = {mode: statistics.median(r["photos_per_s"] for r in m["runs"][mode])
-               for mode in MODES}
-        cpu = {mode: statistics.median(r["cpu_utilisation"] for r in m["runs"][mode])
-               for mode in MODES}
-        summary[model] = {"photos_per_s": med, "cpu_utilisation": cpu,
-                          "speed_up": med["threaded"] / med["serial"]}
-        for mode in MODES:
-            each = ", ".join(f"{r['photos_per_s']:.3f}" for r in m["runs"][mode])
-            gain = f"{med[mode] / med['serial']:.2f}x"
-            print(f"| {model} ({m['precision']}) | {mode} | {each} | {med[mode]:.3f} | "
-                  f"{cpu[mode]:.2f} | {gain} |")
+        for kind, (_, count, unit) in inputs.items():
+            runs = {mode: m["runs"][(kind, mode)] for mode in MODES}
+            med = {mode: statistics.median(r["per_s"] for r in runs[mode]) for mode in MODES}
+            cpu = {mode: statistics.median(r["cpu_utilisation"] for r in runs[mode])
+                   for mode in MODES}
+            summary[f"{model} {kind}"] = {f"{unit}_per_s": med, "cpu_utilisation": cpu,
+                                          "speed_up": med["threaded"] / med["serial"]}
+            for mode in MODES:
+                each = ", ".join(f"{r['per_s']:.3f}" for r in runs[mode])
+                gain = f"{med[mode] / med['serial']:.2f}x"
+                print(f"| {model} ({m['precision']}) | {count} {unit} | {mode} | {each} | "
+                      f"{med[mode]:.3f} | {cpu[mode]:.2f} | {gain} |")
+        m["runs"] = {f"{kind} {mode}": r for (kind, mode), r in m["runs"].items()}
     total = time.perf_counter() - t_all
     print(f"\nwall time of the whole benchmark: {total:.0f} s; load average now: "
           f"{load_average()}")
     if args.json:
         write_json(args.json, {"photos": args.photos, "size": list(args.size),
+                               "frames": args.frames, "clip_size": list(args.clip_size),
                                "faces": sum(faces), "threads": args.threads,
                                "cpus": os.cpu_count(), "models": models, "summary": summary,
                                "total_wall_s": total}, indent=2)
