@@ -19,6 +19,11 @@
   onnxruntime's static quantization, calibrated once on the user's images (``precision="int8"``);
   ``cache.py``: the cache of ONNX files made from weights (the float32 file the parser runs on the
   CPU by default, the int8 file), each checked by the key stored inside it;
+- ``video.py``: videos (:func:`parse_video`, ``FaceParser.video``): frames streamed from a file
+  or an iterable (:class:`VideoSource`), face tracks (:class:`FaceTracker`), crop geometry
+  smoothed by a one-euro filter, each track's probabilities averaged over time in its own crop
+  frame, one :class:`VideoFrame` per frame; ``pipeline.py``: the reader and writer threads that
+  run decoding, detection and writing beside the network (:func:`prefetch`, :class:`Writer`);
 - ``fold.py``: :func:`optimize_for_inference` (norms folded into convolutions, channels_last,
   in-place activations, bf16), :func:`set_inference_threads`.
 """
@@ -30,10 +35,12 @@ from .parser import FaceParser, FaceParsingResult, NoFaceWarning, colorize, draw
 from .pretrained import PRETRAINED, find_pretrained, load_pretrained
 from .runtime import (Runtime, runtime_from_checkpoint, runtime_from_model, runtime_from_onnx,
                       runtime_from_pretrained)
+from .video import VideoError, VideoFrame, VideoSource, parse_video
 
 __all__ = ["FaceParser", "FaceParsingResult", "NoFaceWarning", "colorize", "draw_overlay",
            "read_image", "HaarFaceDetector", "YuNetDetector", "make_detector",
            "LandmarkFallbackWarning", "face_region", "DEFAULT_MARGIN", "export_onnx",
            "read_onnx_metadata", "optimize_for_inference", "fold_norms", "set_inference_threads",
            "find_pretrained", "load_pretrained", "PRETRAINED", "Runtime", "runtime_from_checkpoint",
-           "runtime_from_pretrained", "runtime_from_model", "runtime_from_onnx"]
+           "runtime_from_pretrained", "runtime_from_model", "runtime_from_onnx", "parse_video",
+           "VideoFrame", "VideoError", "VideoSource"]
