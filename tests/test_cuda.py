@@ -97,6 +97,31 @@ def test_parser_on_cuda_labels_as_on_the_cpu(tmp_path):
     assert (a == b).mean() > 0.99
 
 
+def test_video_frames_in_batches_on_cuda_label_as_one_at_a_time(tmp_path):
+    """parse_video(batch=4) on the GPU (what dml-csr infer does for a clip with --device cuda)
+    labels as one frame at a time there, and as the CPU does."""
+    import dml_csr
+    from dml_csr.models import DMLCSR, ModelSpec, save_checkpoint
+    from dml_csr.utils.random_weights import randomise_norms
+    torch.manual_seed(0)
+    model = randomise_norms(DMLCSR(with_edges=False, **KW))
+    save_checkpoint(str(tmp_path / "m.pth"), model.state_dict(),
+                    ModelSpec.for_dataset("dml_csr", KW, "helen", crop_size=(64, 64)))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (80, 100, 3), np.uint8)
+    frames = [np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+              for _ in range(9)]
+    gpu = dml_csr.FaceParser.from_checkpoint(str(tmp_path / "m.pth"), detector=None,
+                                             device="cuda")
+    cpu = dml_csr.FaceParser.from_checkpoint(str(tmp_path / "m.pth"), detector=None)
+    one = [f.result.combined[0] for f in gpu.video(frames, smooth=0.5)]
+    many = [f.result.combined[0] for f in gpu.video(frames, smooth=0.5, batch=4)]
+    ref = [f.result.combined[0] for f in cpu.video(frames, smooth=0.5)]
+    assert len(many) == 9
+    assert min((a == b).mean() for a, b in zip(one, many)) > 0.999
+    assert min((a == b).mean() for a, b in zip(ref, many)) > 0.99
+
+
 def test_fp_liif_bf16_on_cuda_decodes_at_float32_positions():
     from dml_csr.models import FPLIIF
     torch.manual_seed(0)

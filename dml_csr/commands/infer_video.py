@@ -15,7 +15,8 @@ The overlay and the JSON lines are written to hidden temporary names and renamed
 done, so an error or Ctrl-C leaves neither a torn file nor one of another run's; each map PNG is
 written atomically (those written before an interruption are whole). Decoding and detection run
 in a reader thread and the drawing and writing in a writer thread, beside the network
-(``dml_csr/deploy/pipeline.py``; ``--serial``: all in one thread).
+(``dml_csr/deploy/pipeline.py``; ``--serial``: all in one thread). On a GPU (``--device cuda``)
+the faces of ``--batch-size`` frames go through the network together.
 """
 import json
 import logging
@@ -113,8 +114,10 @@ def parse_video_file(parser, path: str, stem: str, out_dir: str, args, limit, in
     faces, start, failed = 0, time.perf_counter(), 0
     try:
         with Writer(depth=4, threaded=threaded) as writer:
+            # on a GPU, --batch-size frames' faces go through the network together
+            batch = args.batch_size if parser.device.type == "cuda" else 1
             for frame in parser.video(source, smooth=args.smooth, detect_every=args.detect_every,
-                                      threaded=threaded):
+                                      threaded=threaded, batch=batch):
                 writer.submit(_write_frame, outputs, frame, args.no_detect)
                 faces += len(frame.tracks)
                 failed += not frame.decoded
