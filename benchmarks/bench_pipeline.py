@@ -10,7 +10,7 @@ Photos: ``--photos`` JPEGs (quality 95) of ``--size``, made from the two portrai
 odd ones two (both portraits side by side); the detector is the command's default (YuNet).
 Clip (``--frames`` > 0; 0: no video case): an mp4 (``mp4v``, 25 fps) of ``--clip-size`` holding
 one face (the astronaut, ``tiled_photo``), panned by 1 pixel and zoomed by 0.2 % a frame; it runs
-with the command's video defaults (``--smooth 0.5``, detection on every frame).
+with the command's video defaults (``--smooth 0.7``, detection on every frame).
 
 Models, random weights (the speed does not depend on them), each saved as one of our checkpoints:
 

@@ -30,6 +30,8 @@ SMOKE = {
     "bench_train": ["--size", "32", "--batches", "2", "--modes", "fp16", "--steps", "1",
                     *TINY_MODEL],
     "bench_upright": ["--checkpoint", "{ckpt}", "--data", "{data}", "--limit", "1"],
+    "bench_video": ["--checkpoint", "{ckpt}", "--frames", "3", "--size", "320x180",
+                    "--precisions", "fp32", "--smooth", "0", "0.5", "--unthreaded", "0.5"],
 }
 
 

@@ -8,8 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
+import torch
+
+from dml_csr.deploy import video
 from dml_csr.deploy.video import (FaceTracker, OneEuroFilter, VideoError, VideoSource,
-                                  parse_video)
+                                  crop_motion, parse_video, shift_maps)
 from test_api import _colour_parser, _draw_face, _photo, ckpt  # noqa: F401  (a fixture)
 
 
@@ -143,6 +146,92 @@ def test_smoothing_lowers_flicker_on_a_noisy_still_clip():
         return np.mean([(a != b).mean() for a, b in zip(maps, maps[1:])])
     plain, smoothed = flicker(0.0), flicker(0.7)
     assert plain > 0.01 and smoothed < 0.5 * plain
+
+
+def _textured(h=200, w=200, seed=0):
+    noise = np.random.default_rng(seed).random((h, w)).astype(np.float32)
+    return cv2.GaussianBlur(noise, (0, 0), 2.5) * 255
+
+
+@pytest.mark.parametrize("dx,dy", [(0.0, 0.0), (2.3, -1.4), (-0.6, 0.8), (5.0, 3.0)])
+def test_crop_motion_measures_the_picture_moving_inside_the_crop(dx, dy):
+    """Content moved by (dx, dy) px between two 64 px crops: measured within 0.35 px."""
+    img = _textured()
+    moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), img.shape[::-1],
+                           flags=cv2.INTER_CUBIC)
+    a, b = img[60:124, 70:134].copy(), moved[60:124, 70:134].copy()
+    got = crop_motion(a, b)
+    assert got is not None
+    assert abs(got[0] * 64 - dx) < 0.35 and abs(got[1] * 64 - dy) < 0.35, (got, dx, dy)
+
+
+def test_crop_motion_distrusts_another_picture_and_large_jumps():
+    img = _textured()
+    a = img[60:124, 70:134].copy()
+    assert crop_motion(None, a) is None
+    assert crop_motion(a, _textured(seed=5)[60:124, 70:134].copy()) is None    # a cut
+    assert crop_motion(a, img[60 + 20:124 + 20, 70:134].copy()) is None        # 20 px > 0.2 x 64
+    assert crop_motion(a, a[:32, :32].copy()) is None                          # another size
+
+
+def test_shift_maps_moves_the_content():
+    maps = torch.zeros(2, 20, 30)
+    maps[0, 5, 7] = 1.0
+    maps[1] = torch.linspace(0, 1, 30)                    # a ramp along x
+    out = shift_maps(maps, 3 / 30, -2 / 20)               # whole pixels: exact
+    assert (out[0] > 1e-5).nonzero().tolist() == [[3, 10]] and abs(float(out[0, 3, 10]) - 1) < 1e-5
+    assert torch.allclose(out[1, :, 3:], maps[1, :, :-3], atol=1e-6)
+    assert torch.allclose(out[1, :, :3], maps[1, :, :1].expand(-1, 3), atol=1e-6)   # edge kept
+    half = shift_maps(maps, 0.5 / 30, 0.0)
+    assert float(half.min()) >= 0.0 and float(half.max()) <= 1.0              # clamped
+    assert torch.allclose(half[1, :, 4:-4], maps[1, :, 4:-4] - 0.5 / 29, atol=1e-4)
+
+
+def _sliding_frames(n, step, h=96, w=160):
+    """A blocky picture sliding right by ``step`` px a frame (the frame number in pixel 0, 0)."""
+    wide = _photo(h, w + step * n, seed=3)
+    frames = []
+    for i in range(n):
+        f = np.ascontiguousarray(wide[:, step * (n - i):step * (n - i) + w])
+        f[0, 0] = i
+        frames.append(f)
+    return frames
+
+
+def test_the_average_follows_the_picture_inside_a_still_crop(monkeypatch):
+    """A fixed face box over a picture sliding 2 px a frame: the past average is moved with the
+    picture, so the smoothed labels of the last frame agree with its own per-frame labels; the
+    same average left where it was (no motion measured) trails behind the picture. (The colour
+    parser's quarter-size logits change with where the blocks fall on the crop's grid, so even
+    a well-placed average differs from one frame's labels here and there.)"""
+    n = 12
+    rows = {i: [[40, 8, 120, 88, 0.9]] for i in range(n)}
+    frames = _sliding_frames(n, 2)
+    parser = _colour_parser(detector=ScriptedDetector(rows))
+    box = (slice(8, 88), slice(40, 120))
+
+    def last(smooth):
+        return list(parse_video(parser, frames, smooth=smooth))[-1].result.combined[0][box]
+    plain = last(0.0)
+    followed = (last(0.8) == plain).mean()
+    monkeypatch.setattr(video, "crop_motion", lambda a, b: (0.0, 0.0))
+    trailing = (last(0.8) == plain).mean()
+    assert followed > 0.75 and trailing < followed - 0.15, (followed, trailing)
+
+
+def test_fine_edges_are_the_argmax_of_the_probabilities_warped_back():
+    """parse_faces(fine_edges=True): each face's labels are the argmax of its probabilities on
+    the photo (what return_logits gives back); they differ from the crop's labels warped back
+    only along the edges."""
+    parser = _colour_parser(detector=ScriptedDetector({0: [[20, 10, 110, 90, 0.9]]}))
+    photo = _frames(1, h=100, w=140)[0]
+    faces = parser.faces(photo)
+    fine = parser.parse_faces([photo], [faces], return_logits=True, probabilities=True,
+                              fine_edges=True)
+    coarse = parser.parse_faces([photo], [faces])
+    np.testing.assert_array_equal(fine.label_maps[0], fine.logits[0].argmax(0))
+    same = (fine.label_maps[0] == coarse.label_maps[0]).mean()
+    assert 0.85 < same < 1.0, same
 
 
 def test_frames_are_streamed():

@@ -9,7 +9,7 @@
 INPUT: image or video files, folders (their images and videos, not recursive) or glob patterns.
 A video NAME gets ``DIR/NAME_overlay.mp4``, ``DIR/NAME.jsonl`` (one JSON line per frame) and
 with ``--save-maps`` ``DIR/NAME/000000.png, ...``: ``commands/infer_video.py`` (``--smooth S``:
-temporal smoothing in [0, 1), default 0.5, 0 = each frame on its own; ``--detect-every N``).
+temporal smoothing in [0, 1), default 0.7, 0 = each frame on its own; ``--detect-every N``).
 Per image NAME:
 
 - ``DIR/NAME.png``: uint8 class ids at the photo's size, all faces combined by the overlap rule
@@ -140,7 +140,7 @@ def parse_args(argv=None):
     ap.add_argument("--save-logits", action="store_true",
                     help="also write NAME_logits.npz (photos; not written for videos)")
     ap.add_argument("--smooth", type=float, default=None, metavar="S",
-                    help="videos: temporal smoothing strength in [0, 1) (default 0.5; 0: each "
+                    help="videos: temporal smoothing strength in [0, 1) (default 0.7; 0: each "
                          "frame parsed on its own)")
     ap.add_argument("--detect-every", type=int, default=1, metavar="N",
                     help="videos: run the face detector on every N-th frame (default 1)")

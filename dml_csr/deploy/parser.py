@@ -437,8 +437,8 @@ class FaceParser:
     def parse_faces(self, photos: Sequence[np.ndarray], faces: Sequence[Tuple[np.ndarray, list]],
                     *, detect: bool = True, return_logits: bool = False,
                     probabilities: bool = False,
-                    adjust: Optional[Callable[[List[int], torch.Tensor], torch.Tensor]] = None
-                    ) -> FaceParsingResult:
+                    adjust: Optional[Callable[[List[int], torch.Tensor], torch.Tensor]] = None,
+                    fine_edges: bool = False) -> FaceParsingResult:
         """Steps 2-5 of the pipeline for faces already found: ``faces[j]`` = ``(rows, squares)``
         of photo ``j`` (what :meth:`faces` returns, or squares of one's own, e.g. a video's
         smoothed tracks; ``rows`` (F, 15) detector rows, one per square).
@@ -449,7 +449,10 @@ class FaceParser:
         and the faces' indices in the result; the probabilities it returns give the labels (their
         argmax), the overlap confidence (their max) and the returned maps (their log, or
         themselves with ``probabilities``). Without it, the network's logits are used as they
-        are (the photo path).
+        are (the photo path). ``fine_edges``: each face's labels are the argmax of its
+        probabilities warped back (bilinear) instead of its crop's labels warped back (nearest,
+        the photo path and the benchmarks' protocol): edges on the photo's own pixel grid rather
+        than the crop's, which keeps a video's edges from stepping as the crop moves.
         """
         # the checkpoint's crop geometry for the whole-photo crop; detected faces: face_region's
         mode = self.center_mode if not detect or self.detector is None else "exact"
@@ -487,11 +490,20 @@ class FaceParser:
                     if return_logits:
                         logits.append(np.zeros((out.shape[1],) + size, np.float32))
                     continue
-                label_maps.append(warp_back(labels[k].numpy(), local, scale,
-                                            angle, size, center_mode=mode))
-                confs.append(warp_back(conf[k].numpy(), local, scale, angle, size,
-                                       interpolation="nearest", center_mode=mode))
-                if return_logits:
+                back = None
+                if fine_edges:
+                    back = warp_back(probs[k].numpy(), local, scale, angle, size,
+                                     center_mode=mode)                       # (K, h, w)
+                    label_maps.append(back.argmax(0).astype(np.uint8))
+                    confs.append(back.max(0))
+                else:
+                    label_maps.append(warp_back(labels[k].numpy(), local, scale,
+                                                angle, size, center_mode=mode))
+                    confs.append(warp_back(conf[k].numpy(), local, scale, angle, size,
+                                           interpolation="nearest", center_mode=mode))
+                if return_logits and back is not None and probabilities:
+                    logits.append(back)
+                elif return_logits:
                     src = probs[k] if probabilities else out[k]
                     logits.append(warp_back(src.numpy(), local, scale, angle, size,
                                             center_mode=mode))

@@ -22,8 +22,14 @@ Per frame (docs/inference.md, "Video"):
 4. **maps**: each face is parsed on its crop (``FaceParser.parse_faces``, the photo path of
    ``dml_csr/predict.py``); its softmax probabilities, which live in the face's own aligned
    crop frame, are averaged over time per track with an exponential moving average,
-   ``p = (1 - S) * p_frame + S * p_previous`` (``smooth`` S in [0, 1)); the labels are their argmax
-   and overlapping faces are combined by the photo overlap rule.
+   ``p = (1 - S) * p_frame + S * shift(p_previous)`` (``smooth`` S in [0, 1)). The smoothed crop
+   does not follow the face's every pixel of shake (that is what smoothing it is for), so the
+   face moves a little inside it from frame to frame: ``shift`` moves the past average by the
+   picture's own motion inside the crop, measured on the two frames' grey crops
+   (:func:`crop_motion`: Lucas-Kanade, sub-pixel; a weak match, as at a cut, restarts the
+   average from the frame). The labels are the argmax of the averaged probabilities warped
+   back onto the frame (bilinear, ``parse_faces(fine_edges=True)``: edges on the frame's pixel
+   grid, not the crop's), and overlapping faces are combined by the photo overlap rule.
 
 ``smooth=0`` turns all of it off (no geometry filter, no map averaging, no carried tracks): each
 frame's result is exactly ``parser(frame)``'s; tracks still get ids.
@@ -42,19 +48,27 @@ import cv2
 import numpy as np
 import torch
 
+from ..data.transforms import warp_image
 from ..files import max_pixels
 from .detect import as_detections, face_region
 from .pipeline import prefetch
 
 __all__ = ["VIDEO_EXTS", "VideoError", "VideoSource", "OneEuroFilter", "FaceTracker",
+           "crop_template", "crop_motion", "shift_maps",
            "VideoFrame", "parse_video", "DEFAULT_SMOOTH", "GEOMETRY_FILTER", "is_video"]
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-DEFAULT_SMOOTH = 0.5
+DEFAULT_SMOOTH = 0.7
 # one-euro filter of the crop geometry: cut-off (Hz) at rest, its rise per face size per second
-GEOMETRY_FILTER = {"min_cutoff": 1.0, "beta": 5.0, "d_cutoff": 1.0}
+GEOMETRY_FILTER = {"min_cutoff": 1.0, "beta": 2.0, "d_cutoff": 1.0}
+# motion between a track's consecutive crops (crop_motion): grey crops REGISTER_SIZE px on their
+# shorter side; a match below MIN_MATCH (or a shift beyond MAX_SHIFT of the crop) is not trusted,
+# and the track's average starts again from the frame
+REGISTER_SIZE = 128
+MIN_MATCH = 0.8
+MAX_SHIFT = 0.2
 MAX_DECODE_GAP = 32           # consecutive frames that fail to decode before the clip counts as ended
 DEFAULT_FPS = 25.0
 
@@ -197,6 +211,100 @@ class OneEuroFilter:
         return self.x.copy()
 
 
+# ------------------------------------------------------------------------------- registration
+_WINDOWS: Dict[Tuple[int, int], np.ndarray] = {}     # Hann windows by (h, w)
+
+
+def crop_template(grey: np.ndarray, square, crop_size: Tuple[int, int],
+                  center_mode: str = "exact") -> np.ndarray:
+    """The grey (H, W) frame's crop of ``square`` = (centre, scale, angle), on the network crop's
+    geometry (``crop_size``, ``center_mode``) shrunk to :data:`REGISTER_SIZE` px on its shorter
+    side: float32, for :func:`crop_motion`."""
+    h, w = crop_size
+    f = min(1.0, REGISTER_SIZE / float(min(h, w)))
+    size = (max(8, int(round(h * f))), max(8, int(round(w * f))))
+    center, scale, angle = square
+    return warp_image(grey, center, scale, angle, size, center_mode).astype(np.float32)
+
+
+def _window(h: int, w: int) -> np.ndarray:
+    win = _WINDOWS.get((h, w))
+    if win is None:
+        win = _WINDOWS.setdefault((h, w), np.outer(np.hanning(h), np.hanning(w)).astype(np.float32))
+    return win
+
+
+def _shifted(image: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``x + d`` (bilinear, edges repeated)."""
+    h, w = image.shape
+    return cv2.warpAffine(image, np.array([[1.0, 0.0, d[0]], [0.0, 1.0, d[1]]]), (w, h),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def crop_motion(previous: Optional[np.ndarray], current: np.ndarray
+                ) -> Optional[Tuple[float, float]]:
+    """How far the picture moved inside the crop from ``previous`` to ``current`` (two
+    :func:`crop_template` arrays): ``(dx, dy)`` in fractions of the crop's (width, height).
+
+    Lucas-Kanade for a translation (Gauss-Newton on the brightness difference, Hann-weighted,
+    coarse to fine over an image pyramid; sub-pixel). None where it is not to be trusted: no
+    previous crop, a picture without texture, a match (Hann-weighted normalised correlation of
+    the two crops after the shift) below :data:`MIN_MATCH` (the picture changed: a cut, an
+    occlusion) or a shift beyond :data:`MAX_SHIFT` of the crop. (OpenCV's ``phaseCorrelate``
+    was tried first: in OpenCV 4.14 it returns different shifts for the same two arrays from
+    one call to the next.)"""
+    if previous is None or previous.shape != current.shape:
+        return None
+    pa, pb = [np.asarray(previous, np.float32)], [np.asarray(current, np.float32)]
+    while min(pa[-1].shape) >= 32 and len(pa) < 4:
+        pa.append(cv2.pyrDown(pa[-1]))
+        pb.append(cv2.pyrDown(pb[-1]))
+    d = np.zeros(2)
+    for level in range(len(pa) - 1, -1, -1):
+        a, b, f = pa[level], pb[level], 2.0 ** level
+        win = _window(*a.shape)
+        gx = cv2.Sobel(a, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+        gy = cv2.Sobel(a, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+        wx, wy = win * gx, win * gy
+        hess = np.array([[np.sum(wx * gx), np.sum(wx * gy)], [np.sum(wx * gy), np.sum(wy * gy)]],
+                        np.float64)
+        if not np.trace(hess) > 0 or np.linalg.det(hess) <= 1e-9 * np.trace(hess) ** 2:
+            return None                                   # no texture to follow
+        inv = np.linalg.inv(hess)
+        dl = d / f
+        for _ in range(20):
+            e = _shifted(b, dl) - a
+            step = -inv @ np.array([np.sum(wx * e), np.sum(wy * e)], np.float64)
+            dl = dl + step
+            if np.abs(step).max() < 1e-3:
+                break
+        d = dl * f
+    h, w = pa[0].shape
+    if not (np.all(np.isfinite(d)) and abs(d[0]) <= MAX_SHIFT * w and abs(d[1]) <= MAX_SHIFT * h):
+        return None
+    win = _window(h, w)
+    x, y = pa[0], _shifted(pb[0], d)
+    x = x - np.sum(win * x) / np.sum(win)
+    y = y - np.sum(win * y) / np.sum(win)
+    match = float(np.sum(win * x * y) / np.sqrt(np.sum(win * x * x) * np.sum(win * y * y) + 1e-12))
+    return (float(d[0]) / w, float(d[1]) / h) if match >= MIN_MATCH else None
+
+
+def shift_maps(maps: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
+    """(K, h, w) maps with their content moved by ``dx`` * w, ``dy`` * h pixels: bicubic (a
+    bilinear shift, repeated frame after frame, blurs the average until small classes vanish:
+    FP-LIIF's F1 against the still photo fell by 2.2 points at S = 0.7, docs/inference.md),
+    clamped to [0, 1]; the pixels moved in from outside repeat the edge."""
+    theta = torch.tensor([[[1.0, 0.0, -2.0 * dx], [0.0, 1.0, -2.0 * dy]]],
+                         dtype=torch.float32, device=maps.device)
+    src = maps[None].float()
+    grid = torch.nn.functional.affine_grid(theta, list(src.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(src, grid, mode="bicubic", padding_mode="border",
+                                          align_corners=False)
+    return out[0].clamp_(0.0, 1.0).to(maps.dtype)
+
+
 def _box_of(center, scale: float) -> np.ndarray:
     c = np.asarray(center, np.float64)
     return np.array([c[0] - scale / 2, c[1] - scale / 2, c[0] + scale / 2, c[1] + scale / 2])
@@ -226,6 +334,7 @@ class Track:
     detected: bool = True                  # found by the detector on this frame
     filter: Optional[OneEuroFilter] = None
     probs: Optional[torch.Tensor] = None   # the averaged crop-space probabilities (K, h, w)
+    template: Optional[np.ndarray] = None  # the last frame's grey crop (crop_template)
 
     @property
     def square(self) -> Tuple[np.ndarray, float, float]:
@@ -396,6 +505,7 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
     if max_missed is None:
         max_missed = max(1, int(round(rate / 5.0 / detect_every)))
     detect = parser.detector is not None
+    mode = "exact" if detect else parser.center_mode      # the crops' geometry (parse_faces)
     tracker = FaceTracker(smooth > 0, max_missed, geometry_filter=geometry_filter)
 
     def prepare(item):
@@ -418,20 +528,30 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
         decoded = [p for p in pending if p[1] is not None]
         if decoded:
             tracks = [t for p in decoded for t in p[2]]
+            templates = []
+            if smooth > 0:                       # each face's grey crop, to follow its motion
+                for p in decoded:
+                    grey = cv2.cvtColor(p[1], cv2.COLOR_BGR2GRAY)
+                    templates += [crop_template(grey, sq, parser.crop_size, mode)
+                                  for sq in p[3][1]]
 
             def adjust(indices, probs):
                 out = []
                 for k, idx in enumerate(indices):
                     t, p = tracks[idx], probs[k]
                     if t.probs is not None and t.probs.shape == p.shape:
-                        p = p.mul(1.0 - smooth).add_(t.probs, alpha=smooth)
-                    t.probs = p
+                        move = crop_motion(t.template, templates[idx])
+                        if move is not None:         # the past, moved as the picture moved
+                            p = p.mul(1.0 - smooth).add_(shift_maps(t.probs, *move),
+                                                         alpha=smooth)
+                    t.probs, t.template = p, templates[idx]
                     out.append(p)
                 return torch.stack(out)
             res = parser.parse_faces([p[1] for p in decoded], [p[3] for p in decoded],
                                      detect=detect, return_logits=return_logits,
                                      probabilities=probabilities,
-                                     adjust=adjust if smooth > 0 else None)
+                                     adjust=adjust if smooth > 0 else None,
+                                     fine_edges=smooth > 0)
             results = iter(range(len(decoded)))
         for i, frame, tracks, _, ids, found in pending:
             previous = state["previous"]
