@@ -3,14 +3,15 @@ pipeline against ``--serial``, with the CPU utilisation of each.
 
     python benchmarks/bench_pipeline.py [--photos 6] [--size 1280x960] [--frames 24]
         [--clip-size 640x480] [--reps 2] [--models dml_csr fp_liif] [--checkpoint CKPT]
-        [--threads N] [--json OUT.json]
+        [--parse-every N] [--threads N] [--json OUT.json]
 
 Photos: ``--photos`` JPEGs (quality 95) of ``--size``, made from the two portraits of
 ``tests/data/photos`` (bench_photo.py's ``tiled_photo``): even ones hold one face (the astronaut),
 odd ones two (both portraits side by side); the detector is the command's default (YuNet).
 Clip (``--frames`` > 0; 0: no video case): an mp4 (``mp4v``, 25 fps) of ``--clip-size`` holding
 one face (the astronaut, ``tiled_photo``), panned by 1 pixel and zoomed by 0.2 % a frame; it runs
-with the command's video defaults (``--smooth 0.7``, detection on every frame).
+with the command's video defaults (``--smooth 0.7``, detection on every frame; ``--parse-every N``
+passes the command's own, the network on every N-th frame).
 
 Models, random weights (the speed does not depend on them), each saved as one of our checkpoints:
 
@@ -202,6 +203,8 @@ def main(argv=None) -> int:
                     help="a DML-CSR checkpoint of yours instead of the random full-size one")
     ap.add_argument("--threads", type=int, default=None,
                     help="tools/infer.py --threads (default: the command's own, every CPU)")
+    ap.add_argument("--parse-every", type=int, default=1,
+                    help="the clip's --parse-every (default 1: the network on every frame)")
     ap.add_argument("--json", help="also write the numbers here")
     ap.add_argument("--internal", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -254,7 +257,9 @@ def main(argv=None) -> int:
                 for kind, (src, count, unit) in inputs.items():
                     for mode in order:
                         out = os.path.join(tmp, f"out_{model}_{kind}_{mode}_{rep}")
-                        argv = m["argv"] + [src, "--out", out] + (["--serial"]
+                        given = [src] + (["--parse-every", str(args.parse_every)]
+                                         if kind == "video" and args.parse_every > 1 else [])
+                        argv = m["argv"] + given + ["--out", out] + (["--serial"]
                                                                   if mode == "serial" else [])
                         r = spawn(tmp, f"{model}_{kind}_{mode}_{rep}", argv)
                         r["per_s"] = count / r["loop_s"]
@@ -293,6 +298,7 @@ def main(argv=None) -> int:
     if args.json:
         write_json(args.json, {"photos": args.photos, "size": list(args.size),
                                "frames": args.frames, "clip_size": list(args.clip_size),
+                               "parse_every": args.parse_every,
                                "faces": sum(faces), "threads": args.threads,
                                "cpus": os.cpu_count(), "models": models, "summary": summary,
                                "total_wall_s": total}, indent=2)

@@ -6,7 +6,7 @@ known camera path, frame by frame (``smooth=0``) against smoothed (``smooth=S``)
         [--filters MIN_CUTOFF:BETA:D_CUTOFF ...] [--frames 48] [--fps 25] [--photo PATH]
         [--size 640x360] [--pan 0.2 0.05] [--zoom 1.0 1.15] [--jitter 1.0] [--noise 2.0]
         [--jpeg 85] [--seed 0] [--unthreaded 0 0.7] [--ablate no-motion nearest-edges
-        bilinear-shift] [--threads 2] [--json OUT.json]
+        bilinear-shift] [--parse-every 1] [--threads 2] [--json OUT.json]
 
 Clip (``dml_csr/utils/clips.py``): the still photo is by default the two portraits of
 ``tests/data/photos`` side by side on a grey ``--size`` canvas (``bench_photo.tiled_photo``, grid
@@ -244,10 +244,11 @@ def variant(name, parser):
             del parser.parse_faces
 
 
-def run_clip(parser, frames, smooth, fps, threaded, geometry_filter):
+def run_clip(parser, frames, smooth, fps, threaded, geometry_filter, parse_every=1):
     start = time.perf_counter()
     out = list(parser.video(frames, smooth=smooth, fps=fps, threaded=threaded,
-                            geometry_filter=geometry_filter if smooth > 0 else None))
+                            geometry_filter=geometry_filter if smooth > 0 else None,
+                            parse_every=parse_every if smooth > 0 else 1))
     return out, len(frames) / (time.perf_counter() - start)
 
 
@@ -277,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ablate", nargs="*", default=[], choices=VARIANTS,
                     help="also run each S > 0 with one part of the video code taken out "
                          "(first --filters filter)")
+    ap.add_argument("--parse-every", type=int, default=1,
+                    help="S > 0: the network on every N-th frame only (parse_video parse_every)")
     ap.add_argument("--threads", type=int, default=2, help="the network's CPU threads")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
@@ -320,13 +323,15 @@ def main(argv=None) -> int:
                 settings += [(s, filters[0], v) for v in args.ablate for s in args.smooth if s > 0]
                 for s, gf, v in settings:
                     with variant(v, parser):
-                        out, fps = run_clip(parser, frames, s, args.fps, True, gf)
+                        out, fps = run_clip(parser, frames, s, args.fps, True, gf,
+                                            args.parse_every)
                     r = {"model": name, "checkpoint": ckpt, "precision": precision, "smooth": s,
                          "geometry_filter": gf, "variant": v, "fps": fps,
                          "flicker_floor": floor}
                     r.update(score(out, still, path, size, size, k, tokens))
                     if s in args.unthreaded and gf in (None, filters[0]) and v is None:
-                        r["fps_unthreaded"] = run_clip(parser, frames, s, args.fps, False, gf)[1]
+                        r["fps_unthreaded"] = run_clip(parser, frames, s, args.fps, False, gf,
+                                                       args.parse_every)[1]
                     rows.append(r)
                     print(f"  S={s:g} {gf or ''} {v or ''}: flicker {fmt(r['flicker'])} %, fidelity "
                           f"{fmt(r['fidelity'])} %, {fps:.1f} fps, "

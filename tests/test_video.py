@@ -219,6 +219,44 @@ def test_the_average_follows_the_picture_inside_a_still_crop(monkeypatch):
     assert followed > 0.75 and trailing < followed - 0.15, (followed, trailing)
 
 
+def test_parse_every_carries_the_maps_between_network_runs():
+    """parse_every=2: the network sees each face on every other frame; in between the face's
+    smoothed maps are carried, moved with the picture, and stay close to what parsing the frame
+    gives; without the motion (a cut) the network runs anyway."""
+    n = 12
+    rows = {i: [[40, 8, 120, 88, 0.9]] for i in range(n)}
+    frames = _sliding_frames(n, 2)
+    parser = _colour_parser(detector=ScriptedDetector(rows))
+    calls = []
+    logits = parser._logits
+    parser._logits = lambda crops: calls.append(len(crops)) or logits(crops)
+    box = (slice(8, 88), slice(40, 120))
+    every = list(parse_video(parser, frames, smooth=0.5))
+    assert len(calls) == n
+    calls.clear()
+    carried = list(parse_video(parser, frames, smooth=0.5, parse_every=2))
+    assert len(calls) == n // 2 and len(carried) == n
+    assert carried[0].result.combined[0].tobytes() == every[0].result.combined[0].tobytes()
+    for a, b in zip(carried[1::2], every[1::2]):              # the carried frames
+        agree = (a.result.combined[0][box] == b.result.combined[0][box]).mean()
+        assert agree > 0.8, (a.index, agree)
+    calls.clear()
+    cut = [_photo(96, 160, seed=10 + i) for i in range(4)]     # nothing to follow: all parsed
+    for i, f in enumerate(cut):
+        f[0, 0] = i
+    list(parse_video(parser, cut, smooth=0.5, parse_every=2))
+    assert len(calls) == 4
+
+
+def test_parse_every_is_checked():
+    parser = _colour_parser()
+    frames = _frames(2)
+    for kw in ({"smooth": 0.0, "parse_every": 2}, {"smooth": 0.5, "parse_every": 2, "batch": 2},
+               {"parse_every": 0}):
+        with pytest.raises(ValueError, match="parse_every"):
+            list(parse_video(parser, frames, **kw))
+
+
 def test_fine_edges_are_the_argmax_of_the_probabilities_warped_back():
     """parse_faces(fine_edges=True): each face's labels are the argmax of its probabilities on
     the photo (what return_logits gives back); they differ from the crop's labels warped back
@@ -299,14 +337,16 @@ def _infer(argv):
     return main(argv)
 
 
-def test_a_video_through_the_cli(tmp_path, ckpt):  # noqa: F811
+@pytest.mark.parametrize("parse_every", ["1", "2"])
+def test_a_video_through_the_cli(tmp_path, ckpt, parse_every):  # noqa: F811
     clip = tmp_path / "in" / "clip.mp4"
     clip.parent.mkdir()
     frames = _face_frames(6)
     _write_clip(clip, frames, fps=10.0)
     out = tmp_path / "out"
     assert _infer([str(clip), "--checkpoint", ckpt, "--out", str(out), "--detector", "haar",
-                   "--save-maps", "--save-logits", "--batch-size", "1"]) == 0
+                   "--save-maps", "--save-logits", "--batch-size", "1",
+                   "--parse-every", parse_every]) == 0
     cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
     assert cap.get(cv2.CAP_PROP_FPS) == 10.0
     n = 0
@@ -402,6 +442,10 @@ def test_smooth_and_detect_every_are_checked(ckpt, tmp_path, capsys):  # noqa: F
     assert "--smooth must be in [0, 1)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _infer(["x.mp4", "--checkpoint", ckpt, "--out", str(tmp_path), "--detect-every", "0"])
+    with pytest.raises(SystemExit):
+        _infer(["x.mp4", "--checkpoint", ckpt, "--out", str(tmp_path), "--smooth", "0",
+                "--parse-every", "2"])
+    assert "--parse-every needs --smooth > 0" in capsys.readouterr().err
     parser = _colour_parser(detector=None)
     with pytest.raises(ValueError, match="smooth"):
         list(parse_video(parser, _frames(2), smooth=-0.1))

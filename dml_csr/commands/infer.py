@@ -4,7 +4,8 @@
         INPUT... --out DIR [--dataset NAME] [--detector auto|yunet|haar] [--no-detect]
         [--save-logits] [--device cpu] [--precision fp32|bf16|int8 [--calibrate DIR]]
         [--batch-size N] [--margin M] [--flip] [--scales 0.75 1.0 1.25] [--max-pixels N]
-        [--serial] [--smooth S] [--detect-every N] [--save-maps] [--trust-checkpoint]
+        [--serial] [--smooth S] [--detect-every N] [--parse-every N] [--save-maps]
+        [--trust-checkpoint]
 
 INPUT: image or video files, folders (their images and videos, not recursive) or glob patterns.
 A video NAME gets ``DIR/NAME_overlay.mp4``, ``DIR/NAME.jsonl`` (one JSON line per frame) and
@@ -142,6 +143,9 @@ def parse_args(argv=None):
     ap.add_argument("--smooth", type=float, default=None, metavar="S",
                     help="videos: temporal smoothing strength in [0, 1) (default 0.7; 0: each "
                          "frame parsed on its own)")
+    ap.add_argument("--parse-every", type=int, default=1, metavar="N",
+                    help="videos: run the network on every N-th frame only, carrying each face's "
+                         "smoothed maps between (needs --smooth > 0; default 1)")
     ap.add_argument("--detect-every", type=int, default=1, metavar="N",
                     help="videos: run the face detector on every N-th frame (default 1)")
     ap.add_argument("--save-maps", action="store_true",
@@ -181,6 +185,11 @@ def parse_args(argv=None):
         ap.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
     if args.detect_every < 1:
         ap.error(f"--detect-every must be at least 1, got {args.detect_every}")
+    if args.parse_every < 1:
+        ap.error(f"--parse-every must be at least 1, got {args.parse_every}")
+    if args.parse_every > 1 and args.smooth == 0:
+        ap.error("--parse-every needs --smooth > 0 (the maps carried between parsed frames are "
+                 "the smoothed ones)")
     if args.dataset and args.model:
         ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     return args

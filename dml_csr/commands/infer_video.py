@@ -116,8 +116,11 @@ def parse_video_file(parser, path: str, stem: str, out_dir: str, args, limit, in
         with Writer(depth=4, threaded=threaded) as writer:
             # on a GPU, --batch-size frames' faces go through the network together
             batch = args.batch_size if parser.device.type == "cuda" else 1
+            parse_every = getattr(args, "parse_every", 1)
+            if parse_every > 1:
+                batch = 1                 # carried maps go frame by frame
             for frame in parser.video(source, smooth=args.smooth, detect_every=args.detect_every,
-                                      threaded=threaded, batch=batch):
+                                      threaded=threaded, batch=batch, parse_every=parse_every):
                 writer.submit(_write_frame, outputs, frame, args.no_detect)
                 faces += len(frame.tracks)
                 failed += not frame.decoded

@@ -438,7 +438,8 @@ class FaceParser:
                     *, detect: bool = True, return_logits: bool = False,
                     probabilities: bool = False,
                     adjust: Optional[Callable[[List[int], torch.Tensor], torch.Tensor]] = None,
-                    fine_edges: bool = False) -> FaceParsingResult:
+                    fine_edges: bool = False,
+                    given: Optional[Dict[int, torch.Tensor]] = None) -> FaceParsingResult:
         """Steps 2-5 of the pipeline for faces already found: ``faces[j]`` = ``(rows, squares)``
         of photo ``j`` (what :meth:`faces` returns, or squares of one's own, e.g. a video's
         smoothed tracks; ``rows`` (F, 15) detector rows, one per square).
@@ -453,7 +454,10 @@ class FaceParser:
         probabilities warped back (bilinear) instead of its crop's labels warped back (nearest,
         the photo path and the benchmarks' protocol): edges on the photo's own pixel grid rather
         than the crop's, which keeps a video's edges from stepping as the crop moves.
+        ``given``: crop-space probabilities (K, h, w) of some faces, by index in the result, used
+        instead of running the network on them (a video's faces carried between parsed frames).
         """
+        given = given or {}
         # the checkpoint's crop geometry for the whole-photo crop; detected faces: face_region's
         mode = self.center_mode if not detect or self.detector is None else "exact"
         ids, rows, squares = [], [], []
@@ -470,12 +474,19 @@ class FaceParser:
         label_maps, confs, logits = [], [], [] if return_logits else None
         for start in range(0, len(squares), self.max_batch):       # max_batch faces at a time
             chunk = range(start, min(start + self.max_batch, len(squares)))
-            crops = [crop_input(photos[ids[i]], *squares[i], self.crop_size, mode,
-                                self.channel_order, self.mean, self.std) for i in chunk]
-            out = self._logits(crops)
-            probs = torch.softmax(out, dim=1)
+            todo = [i for i in chunk if i not in given]
+            if todo:
+                crops = [crop_input(photos[ids[i]], *squares[i], self.crop_size, mode,
+                                    self.channel_order, self.mean, self.std) for i in todo]
+                out = self._logits(crops)
+                probs = torch.softmax(out, dim=1)
+            if len(todo) < len(chunk):            # faces whose probabilities came with the call
+                net = dict(zip(todo, probs)) if todo else {}
+                probs = torch.stack([given[i] if i in given else net[i] for i in chunk])
+                out = None
             if adjust is not None:
                 probs = adjust(list(chunk), probs)
+            if out is None or adjust is not None:
                 out = probs.clamp_min(1e-12).log()
             labels = labels_of(out)                                              # (N, h, w)
             conf = probs.amax(dim=1)      # how sure each face is where faces overlap

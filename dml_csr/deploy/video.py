@@ -463,8 +463,8 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
                 smooth: float = DEFAULT_SMOOTH, detect_every: int = 1, fps: Optional[float] = None,
                 max_missed: Optional[int] = None, rgb: bool = False, threaded: bool = True,
                 limit: Optional[int] = None, geometry_filter: Optional[Dict[str, float]] = None,
-                probabilities: bool = False, return_logits: bool = False, batch: int = 1
-                ) -> Iterator[VideoFrame]:
+                probabilities: bool = False, return_logits: bool = False, batch: int = 1,
+                parse_every: int = 1) -> Iterator[VideoFrame]:
     """Parse a clip frame by frame with ``parser`` (a ``FaceParser``); yields a
     :class:`VideoFrame` per frame (module docstring). ``FaceParser.video`` calls this.
 
@@ -484,6 +484,10 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
             ``max_batch`` faces per forward pass; each track's average still goes frame by frame,
             so the results equal ``batch=1``'s): for a GPU; on the CPU one frame at a time is as
             fast (docs/inference.md).
+        parse_every: run the network on a track's face on every N-th frame only (needs
+            ``smooth`` > 0 and ``batch`` 1); in between, the face's averaged probabilities are
+            carried, moved with the picture (:func:`crop_motion`); where the motion cannot be
+            measured the network runs. For a CPU too slow for the frame rate (docs/inference.md).
     """
     smooth = float(smooth)
     if not 0.0 <= smooth < 1.0:
@@ -491,6 +495,12 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
     batch = int(batch)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    parse_every = int(parse_every)
+    if parse_every < 1:
+        raise ValueError(f"parse_every must be at least 1, got {parse_every}")
+    if parse_every > 1 and (smooth == 0 or batch > 1):
+        raise ValueError(f"parse_every={parse_every} needs smooth > 0 and batch 1 (got smooth "
+                         f"{smooth}, batch {batch})")
     detect_every = int(detect_every)
     if detect_every < 1:
         raise ValueError(f"detect_every must be at least 1, got {detect_every}")
@@ -535,11 +545,21 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
                     templates += [crop_template(grey, sq, parser.crop_size, mode)
                                   for sq in p[3][1]]
 
+            given = {}                           # faces carried without the network
+            if parse_every > 1 and decoded[0][0] % parse_every:
+                for idx, t in enumerate(tracks):
+                    if t.probs is not None:
+                        move = crop_motion(t.template, templates[idx])
+                        if move is not None:
+                            given[idx] = shift_maps(t.probs, *move)
+
             def adjust(indices, probs):
                 out = []
                 for k, idx in enumerate(indices):
                     t, p = tracks[idx], probs[k]
-                    if t.probs is not None and t.probs.shape == p.shape:
+                    if idx in given:
+                        pass
+                    elif t.probs is not None and t.probs.shape == p.shape:
                         move = crop_motion(t.template, templates[idx])
                         if move is not None:         # the past, moved as the picture moved
                             p = p.mul(1.0 - smooth).add_(shift_maps(t.probs, *move),
@@ -551,7 +571,7 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
                                      detect=detect, return_logits=return_logits,
                                      probabilities=probabilities,
                                      adjust=adjust if smooth > 0 else None,
-                                     fine_edges=smooth > 0)
+                                     fine_edges=smooth > 0, given=given)
             results = iter(range(len(decoded)))
         for i, frame, tracks, _, ids, found in pending:
             previous = state["previous"]
