@@ -68,7 +68,6 @@ import warnings
 
 import cv2
 import numpy as np
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -226,14 +225,8 @@ def variant(name, parser):
         plain = parser.parse_faces
         parser.parse_faces = lambda *a, **kw: plain(*a, **dict(kw, fine_edges=False))
     elif name == "bilinear-shift":
-        def bilinear(maps, dx, dy):
-            theta = torch.tensor([[[1.0, 0.0, -2.0 * dx], [0.0, 1.0, -2.0 * dy]]])
-            grid = torch.nn.functional.affine_grid(theta, [1] + list(maps.shape),
-                                                   align_corners=False)
-            return torch.nn.functional.grid_sample(maps[None].float(), grid, mode="bilinear",
-                                                   padding_mode="border",
-                                                   align_corners=False)[0].to(maps.dtype)
-        video.shift_maps = bilinear
+        shift = video.shift_maps
+        video.shift_maps = lambda maps, dx, dy: shift(maps, dx, dy, mode="bilinear")
     elif name is not None:
         raise ValueError(f"unknown variant {name!r}")
     try:

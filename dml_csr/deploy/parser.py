@@ -434,6 +434,11 @@ class FaceParser:
         """A path (read by ``dml_csr.files.read_image``) or an array as a uint8 BGR photo."""
         return _as_bgr(image, rgb)
 
+    def crop_mode(self, detect: bool = True) -> str:
+        """The crops' ``center_mode``: the checkpoint's crop geometry for the whole-photo crop
+        (``detect`` False or no detector); ``face_region``'s (``"exact"``) for detected faces."""
+        return self.center_mode if not detect or self.detector is None else "exact"
+
     def parse_faces(self, photos: Sequence[np.ndarray], faces: Sequence[Tuple[np.ndarray, list]],
                     *, detect: bool = True, return_logits: bool = False,
                     probabilities: bool = False,
@@ -458,8 +463,7 @@ class FaceParser:
         instead of running the network on them (a video's faces carried between parsed frames).
         """
         given = given or {}
-        # the checkpoint's crop geometry for the whole-photo crop; detected faces: face_region's
-        mode = self.center_mode if not detect or self.detector is None else "exact"
+        mode = self.crop_mode(detect)
         ids, rows, squares = [], [], []
         for j, (r, sq) in enumerate(faces):
             r = as_detections(r)
@@ -480,16 +484,17 @@ class FaceParser:
                                     self.channel_order, self.mean, self.std) for i in todo]
                 out = self._logits(crops)
                 probs = torch.softmax(out, dim=1)
-            if len(todo) < len(chunk):            # faces whose probabilities came with the call
+            carried = len(todo) < len(chunk)      # faces whose probabilities came with the call
+            if carried:
                 net = dict(zip(todo, probs)) if todo else {}
                 probs = torch.stack([given[i] if i in given else net[i] for i in chunk])
-                out = None
             if adjust is not None:
                 probs = adjust(list(chunk), probs)
-            if out is None or adjust is not None:
+            if carried or adjust is not None:
                 out = probs.clamp_min(1e-12).log()
-            labels = labels_of(out)                                              # (N, h, w)
-            conf = probs.amax(dim=1)      # how sure each face is where faces overlap
+            if not fine_edges:            # (fine edges: both from the maps warped back)
+                labels = labels_of(out)                                          # (N, h, w)
+                conf = probs.amax(dim=1)  # how sure each face is where faces overlap
             for k, i in enumerate(chunk):
                 center, scale, angle = squares[i]
                 x0, y0, x1, y1 = region_boxes[i]
@@ -518,7 +523,7 @@ class FaceParser:
                     src = probs[k] if probabilities else out[k]
                     logits.append(warp_back(src.numpy(), local, scale, angle, size,
                                             center_mode=mode))
-            del out, probs, conf, labels
+            del out, probs
         regions = np.asarray(region_boxes, np.int64).reshape(-1, 4)
         combined = [self._combine(photo.shape[:2], [(label_maps[i], confs[i], regions[i],
                                                      squares[i][1])

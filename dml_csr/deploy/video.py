@@ -291,16 +291,16 @@ def crop_motion(previous: Optional[np.ndarray], current: np.ndarray
     return (float(d[0]) / w, float(d[1]) / h) if match >= MIN_MATCH else None
 
 
-def shift_maps(maps: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
-    """(K, h, w) maps with their content moved by ``dx`` * w, ``dy`` * h pixels: bicubic (a
-    bilinear shift, repeated frame after frame, blurs the average until small classes vanish:
-    FP-LIIF's F1 against the still photo fell by 2.2 points at S = 0.7, docs/inference.md),
-    clamped to [0, 1]; the pixels moved in from outside repeat the edge."""
+def shift_maps(maps: torch.Tensor, dx: float, dy: float, mode: str = "bicubic") -> torch.Tensor:
+    """(K, h, w) maps with their content moved by ``dx`` * w, ``dy`` * h pixels: bicubic by
+    default (a bilinear shift, repeated frame after frame, blurs the average until small classes
+    vanish: FP-LIIF's F1 against the still photo fell by 2.2 points at S = 0.7,
+    docs/inference.md), clamped to [0, 1]; the pixels moved in from outside repeat the edge."""
     theta = torch.tensor([[[1.0, 0.0, -2.0 * dx], [0.0, 1.0, -2.0 * dy]]],
                          dtype=torch.float32, device=maps.device)
     src = maps[None].float()
     grid = torch.nn.functional.affine_grid(theta, list(src.shape), align_corners=False)
-    out = torch.nn.functional.grid_sample(src, grid, mode="bicubic", padding_mode="border",
+    out = torch.nn.functional.grid_sample(src, grid, mode=mode, padding_mode="border",
                                           align_corners=False)
     return out[0].clamp_(0.0, 1.0).to(maps.dtype)
 
@@ -515,7 +515,7 @@ def parse_video(parser, source: Union[str, os.PathLike, Iterable[Optional[np.nda
     if max_missed is None:
         max_missed = max(1, int(round(rate / 5.0 / detect_every)))
     detect = parser.detector is not None
-    mode = "exact" if detect else parser.center_mode      # the crops' geometry (parse_faces)
+    mode = parser.crop_mode(detect)            # the crops' geometry, as parse_faces makes them
     tracker = FaceTracker(smooth > 0, max_missed, geometry_filter=geometry_filter)
 
     def prepare(item):
