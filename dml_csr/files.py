@@ -23,6 +23,7 @@ naming the file. :func:`remove_partials` deletes the temporary files of processe
 Paths: :func:`check_output_folder` refuses an output folder that holds inputs, comparing real
 paths (symbolic links resolved).
 """
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import numpy as np
 
 __all__ = ["ImageReadError", "ImageTooLargeError", "WriteError", "DEFAULT_MAX_PIXELS",
            "MAX_PIXELS_ENV", "max_pixels", "image_header", "read_image_size", "read_image",
+           "decode_image",
            "partial_path", "remove_partials", "write_bytes", "write_text", "write_json",
            "write_image", "write_npz", "save_torch", "append_line", "PartialFile", "real_path",
            "check_output_folder", "check_not_input", "IMAGE_EXTS"]
@@ -265,6 +267,19 @@ def read_image(path: PathLike, flags: int = cv2.IMREAD_COLOR,
         fmt, _, _, scan = _checked_header(path, f, limit)
         f.seek(0)
         data = f.read()
+    return _decode(path, fmt, data, scan, flags)
+
+
+def decode_image(data: bytes, name: str, flags: int = cv2.IMREAD_COLOR,
+                 limit: Optional[int] = None) -> np.ndarray:
+    """:func:`read_image` for an image already in memory (an upload): the same checks (header
+    first, pixel limit before decoding, truncation) and errors, which name ``name``."""
+    f = io.BytesIO(data)
+    fmt, _, _, scan = _checked_header(name, f, limit)
+    return _decode(name, fmt, data, scan, flags)
+
+
+def _decode(path: PathLike, fmt: str, data: bytes, scan: Optional[int], flags: int) -> np.ndarray:
     if _truncated(fmt, data, scan):
         raise ImageReadError(f"{path}: the {fmt.upper()} file is truncated (it ends before its "
                              f"last part): copy it again")

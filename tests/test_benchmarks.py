@@ -19,6 +19,8 @@ SMOKE = {
     "bench_eval": ["--n", "2", "--batch-sizes", "1", "--layers", "1", "1", "1", "1",
                    "--width-mult", "0.125", "--crop", "32", "--size", "48"],
     "bench_fp_liif": ["--smoke", "--low-precision"],
+    "bench_masks": ["--checkpoint", "{ckpt}", "--classes", "inner_face", "--grow", "0", "-2",
+                    "--feather", "0", "3", "--reps", "1"],
     "bench_inference": ["--size", "32", "32", "--width-mult", "0.125", "--layers", "1", "1", "1",
                         "1", "--runs", "1", "--batch", "2", "--batch-runs", "1", "--int8",
                         "--parser"],

@@ -5,7 +5,7 @@
         [--save-logits] [--device cpu] [--precision fp32|bf16|int8 [--calibrate DIR]]
         [--batch-size N] [--margin M] [--flip] [--scales 0.75 1.0 1.25] [--max-pixels N]
         [--serial] [--smooth S] [--detect-every N] [--parse-every N] [--save-maps]
-        [--trust-checkpoint]
+        [--mask CLASSES [--grow R] [--feather F] [--soft-mask]] [--trust-checkpoint]
 
 INPUT: image or video files, folders (their images and videos, not recursive) or glob patterns.
 A video NAME gets ``DIR/NAME_overlay.mp4``, ``DIR/NAME.jsonl`` (one JSON line per frame) and
@@ -21,7 +21,13 @@ Per image NAME:
 - ``DIR/NAME.json``: photo size, data set, class names and per face its box, score, 5 landmarks,
   crop square (centre, scale, angle), region and the class ids present;
 - with ``--save-logits``, ``DIR/NAME_logits.npz``: float16 ``faceK`` arrays (K, h, w) on each
-  face's region.
+  face's region;
+- with ``--mask skin,nose``: ``DIR/NAME_mask.png``, an 8-bit alpha matte at the photo's size (255
+  on the classes' pixels of all faces, 0 elsewhere), grown by ``--grow R`` pixels (a disk; negative:
+  shrunk) and with a soft edge about ``--feather F`` pixels wide (a blur that keeps the area); ``--soft-mask``: the classes' summed
+  probability instead of the hard label set (docs/inference.md, "Masks"). The names are class
+  names, tokens or the labels' groups; an unknown one ends the run before any photo with status 2
+  and one line listing them. A video gets ``DIR/NAME_mask.mp4`` (grey, one mask per frame).
 
 ``--precision int8`` runs an int8 ONNX file of the model (onnxruntime, CPU): the first run for a
 checkpoint needs ``--calibrate DIR`` (a prepared data root or a folder of face photos; 32 images,
@@ -150,6 +156,17 @@ def parse_args(argv=None):
                     help="videos: run the face detector on every N-th frame (default 1)")
     ap.add_argument("--save-maps", action="store_true",
                     help="videos: also write each frame's label map as NAME/000000.png, ...")
+    ap.add_argument("--mask", metavar="CLASSES",
+                    help="also write NAME_mask.png (videos: NAME_mask.mp4), an alpha matte of "
+                         "these classes: names, tokens or groups, comma-separated (e.g. "
+                         "skin,nose or inner_face)")
+    ap.add_argument("--grow", type=float, default=0, metavar="R",
+                    help="--mask: grow the classes' region by a disk of R pixels (negative: "
+                         "shrink; default 0)")
+    ap.add_argument("--feather", type=float, default=0, metavar="F",
+                    help="--mask: a soft edge F pixels wide (default 0: hard 0/255)")
+    ap.add_argument("--soft-mask", action="store_true",
+                    help="--mask: the classes' summed probability instead of their hard region")
     ap.add_argument("--device", default="cpu")
     add_precision_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=8,
@@ -192,6 +209,14 @@ def parse_args(argv=None):
                  "the smoothed ones)")
     if args.dataset and args.model:
         ap.error("--dataset goes with --checkpoint: an official model knows its data set")
+    if not args.mask and (args.grow or args.feather or args.soft_mask):
+        ap.error("--grow, --feather and --soft-mask go with --mask CLASSES")
+    if args.mask:
+        from ..deploy.masks import check_amounts
+        try:
+            check_amounts(args.grow, args.feather)
+        except ValueError as exc:
+            ap.error(str(exc))
     return args
 
 
@@ -215,30 +240,14 @@ def main(argv=None) -> int:
         return 1
     check_output_folder(out_dir, files, "--out")
 
-    from ..deploy import DEFAULT_MARGIN, FaceParser, NoFaceWarning, set_inference_threads
+    from ..deploy import NoFaceWarning, set_inference_threads
     from ..deploy.pipeline import Writer, prefetch
 
     set_inference_threads(args.threads)
-    margin = DEFAULT_MARGIN if args.margin is None else args.margin
-    detector = None if args.no_detect else args.detector
-    precision = dict(precision=args.precision)
-    if args.precision == "int8":
-        precision.update(calibrate=args.calibrate, calibrate_count=args.calibrate_count)
-    common = dict(detector=detector, margin=margin, max_batch=args.batch_size, flip=args.flip,
-                  scales=args.scales)
-    if args.onnx:
-        parser = FaceParser.from_onnx(args.onnx, **common)
-    elif args.model:
-        from ..deploy.pretrained import find_pretrained
-        find_pretrained(args.model, args.weights_dir, option="--weights-dir")  # names the flag
-        parser = FaceParser.from_pretrained(args.model, args.weights_dir, device=args.device,
-                                            trust_checkpoint=args.trust_checkpoint, **common,
-                                            **precision)
-    else:
-        parser = FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset,
-                                            device=args.device,
-                                            trust_checkpoint=args.trust_checkpoint, **common,
-                                            **precision)
+    parser = parser_from_args(args)
+    if args.mask:                 # an unknown class name: one line listing them, before any photo
+        from ..deploy.masks import class_ids
+        class_ids(args.mask, parser.schema.named_sets(), parser.schema.num_classes)
     os.makedirs(out_dir, exist_ok=True)
     warnings.simplefilter("ignore", NoFaceWarning)  # reported below, once per file
 
@@ -309,7 +318,8 @@ def main(argv=None) -> int:
                 continue
             try:
                 res = parser.parse_faces([photo], [faces], detect=detect,
-                                         return_logits=args.save_logits)
+                                         return_logits=args.save_logits or args.soft_mask,
+                                         probabilities=args.soft_mask and not args.save_logits)
             except PHOTO_ERRORS as exc:
                 fail(index, path, exc)
                 continue
@@ -327,6 +337,32 @@ def main(argv=None) -> int:
     return 0
 
 
+def parser_from_args(args):
+    """The ``FaceParser`` that ``--checkpoint`` / ``--model`` / ``--onnx`` and the parser options
+    (``--detector``, ``--no-detect``, ``--margin``, ``--batch-size``, ``--flip``, ``--scales``,
+    ``--device``, ``--precision``, ``--dataset``, ``--trust-checkpoint``) describe (``dml-csr
+    infer`` and ``dml-csr serve``)."""
+    from ..deploy import DEFAULT_MARGIN, FaceParser
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    detector = None if args.no_detect else args.detector
+    precision = dict(precision=args.precision)
+    if args.precision == "int8":
+        precision.update(calibrate=args.calibrate, calibrate_count=args.calibrate_count)
+    common = dict(detector=detector, margin=margin, max_batch=args.batch_size, flip=args.flip,
+                  scales=args.scales)
+    if args.onnx:
+        return FaceParser.from_onnx(args.onnx, **common)
+    if args.model:
+        from ..deploy.pretrained import find_pretrained
+        find_pretrained(args.model, args.weights_dir, option="--weights-dir")  # names the flag
+        return FaceParser.from_pretrained(args.model, args.weights_dir, device=args.device,
+                                          trust_checkpoint=args.trust_checkpoint, **common,
+                                          **precision)
+    return FaceParser.from_checkpoint(args.checkpoint, dataset=args.dataset, device=args.device,
+                                      trust_checkpoint=args.trust_checkpoint, **common,
+                                      **precision)
+
+
 def write_outputs(res, image, path, base, args) -> None:
     """Write photo ``path``'s outputs (``res``: its one-photo FaceParsingResult, with faces;
     ``image``: the photo as read) as ``base*``, each atomically."""
@@ -342,4 +378,7 @@ def write_outputs(res, image, path, base, args) -> None:
     if args.save_logits:
         write_npz(base + "_logits.npz",
                   **{f"face{k}": x.astype(np.float16) for k, x in enumerate(res.logits)})
+    if args.mask:
+        write_image(base + "_mask.png", res.mask(0, args.mask, grow=args.grow,
+                                                 feather=args.feather, soft=args.soft_mask))
     write_json(base + ".json", dict(res.summary(0), image=os.path.abspath(path)))

@@ -9,9 +9,12 @@ For a video ``DIR/NAME.ext`` (``--out DIR``):
   id, "detected": bool, "box", "score", "landmarks", "center", "scale", "angle", "region",
   "classes"}]}`` (``VideoFrame.summary``);
 - with ``--save-maps``: ``DIR/NAME/000000.png``, ... each frame's combined label map (uint8 class
-  ids, lossless PNG, the photos' overlap rule).
+  ids, lossless PNG, the photos' overlap rule);
+- with ``--mask CLASSES``: ``DIR/NAME_mask.mp4``, each frame's mask (``FaceParsingResult.mask``
+  with ``--grow`` / ``--feather`` / ``--soft-mask``) as a grey ``mp4v`` video: lossy, so values
+  near an edge move by a few levels; ``--save-maps`` keeps the exact label maps to make masks from.
 
-The overlay and the JSON lines are written to hidden temporary names and renamed when the clip is
+The overlay, the mask video and the JSON lines are written to hidden temporary names and renamed when the clip is
 done, so an error or Ctrl-C leaves neither a torn file nor one of another run's; each map PNG is
 written atomically (those written before an interruption are whole). Decoding and detection run
 in a reader thread and the drawing and writing in a writer thread, beside the network
@@ -38,41 +41,56 @@ def video_outputs(out_dir: str, stem: str):
     return base + "_overlay.mp4", base + ".jsonl", base
 
 
+def _open_writer(path: str, fps: float, size, colour: bool):
+    """A PartialFile for ``path`` and OpenCV's FFmpeg writer on its temporary name; WriteError
+    naming ``path`` when the writer does not open."""
+    out = PartialFile(path, keep_suffix=True)
+    h, w = size
+    writer = cv2.VideoWriter(out.tmp, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FOURCC), float(fps),
+                             (w, h), colour)
+    if not writer.isOpened():
+        writer.release()
+        out.discard()
+        raise WriteError(f"cannot write {path}: OpenCV's FFmpeg writer does not open it "
+                         f"({FOURCC}, {w}x{h} at {fps:g} frames per second)")
+    return out, writer
+
+
 class VideoOutputs:
     """Writes one clip's outputs frame by frame (module docstring); :meth:`close` renames them
     into place, :meth:`discard` removes the unfinished ones."""
 
-    def __init__(self, out_dir: str, stem: str, size, fps: float, save_maps: bool, inputs):
+    def __init__(self, out_dir: str, stem: str, size, fps: float, save_maps: bool, inputs,
+                 mask: bool = False):
         overlay, jsonl, maps = video_outputs(out_dir, stem)
-        for path in (overlay, jsonl) + ((maps,) if save_maps else ()):
+        mask_path = maps + "_mask.mp4"
+        for path in (overlay, jsonl) + ((maps,) if save_maps else ()) + \
+                ((mask_path,) if mask else ()):
             check_not_input(path, inputs, "an output")
-        self.overlay = PartialFile(overlay, keep_suffix=True)
         self.maps = maps if save_maps else None
         if self.maps is not None:
             os.makedirs(self.maps, exist_ok=True)
-        w, h = int(size[1]), int(size[0])
-        self.size = (h, w)
-        self.writer = cv2.VideoWriter(self.overlay.tmp, cv2.CAP_FFMPEG,
-                                      cv2.VideoWriter_fourcc(*FOURCC), float(fps), (w, h))
-        if not self.writer.isOpened():
-            self.writer.release()
-            self.overlay.discard()
-            raise WriteError(f"cannot write {overlay}: OpenCV's FFmpeg writer does not open it "
-                             f"({FOURCC}, {w}x{h} at {fps:g} frames per second)")
+        self.size = (int(size[0]), int(size[1]))
+        self.overlay, self.writer = _open_writer(overlay, fps, self.size, True)
+        self.mask = self.mask_writer = self.jsonl = None
         try:
+            if mask:
+                self.mask, self.mask_writer = _open_writer(mask_path, fps, self.size, False)
             self.jsonl = PartialFile(jsonl, text=True)
         except WriteError:
-            self.writer.release()
-            self.overlay.discard()
+            self.discard()
             raise
         self.frames = 0
 
-    def write(self, frame, overlay) -> None:
-        """Write one frame's overlay (uint8 BGR of the clip's size), JSON line and map."""
+    def write(self, frame, overlay, mask=None) -> None:
+        """Write one frame's overlay (uint8 BGR of the clip's size), JSON line, map and mask
+        (uint8 of the clip's size, when the outputs have a mask video)."""
         if overlay.shape[:2] != self.size:
             raise ValueError(f"overlay {overlay.shape[1]}x{overlay.shape[0]} for a "
                              f"{self.size[1]}x{self.size[0]} clip")
         self.writer.write(overlay)
+        if self.mask_writer is not None:
+            self.mask_writer.write(mask)
         self.jsonl.write(json.dumps(frame.summary(), separators=(",", ":")) + "\n")
         if self.maps is not None:
             label = frame.result.combined[0] if frame.result is not None else overlay[:, :, 0] * 0
@@ -82,12 +100,19 @@ class VideoOutputs:
     def close(self) -> None:
         self.writer.release()
         self.overlay.commit(fsync=False)
+        if self.mask_writer is not None:
+            self.mask_writer.release()
+            self.mask.commit(fsync=False)
         self.jsonl.commit()
 
     def discard(self) -> None:
         self.writer.release()
         self.overlay.discard()
-        self.jsonl.discard()
+        if self.mask_writer is not None:
+            self.mask_writer.release()
+            self.mask.discard()
+        if self.jsonl is not None:
+            self.jsonl.discard()
 
 
 def draw_frame(frame, no_detect: bool):
@@ -109,8 +134,10 @@ def parse_video_file(parser, path: str, stem: str, out_dir: str, args, limit, in
 
     source = VideoSource(path, limit)
     threaded = not getattr(args, "serial", False)
+    mask = getattr(args, "mask", None)
+    soft = bool(mask and args.soft_mask)
     outputs = VideoOutputs(out_dir, stem, (source.height, source.width), source.fps,
-                           args.save_maps, inputs)
+                           args.save_maps, inputs, mask=bool(mask))
     faces, start, failed = 0, time.perf_counter(), 0
     try:
         with Writer(depth=4, threaded=threaded) as writer:
@@ -120,8 +147,9 @@ def parse_video_file(parser, path: str, stem: str, out_dir: str, args, limit, in
             if parse_every > 1:
                 batch = 1                 # carried maps go frame by frame
             for frame in parser.video(source, smooth=args.smooth, detect_every=args.detect_every,
-                                      threaded=threaded, batch=batch, parse_every=parse_every):
-                writer.submit(_write_frame, outputs, frame, args.no_detect)
+                                      threaded=threaded, batch=batch, parse_every=parse_every,
+                                      return_logits=soft, probabilities=soft):
+                writer.submit(_write_frame, outputs, frame, args)
                 faces += len(frame.tracks)
                 failed += not frame.decoded
         outputs.close()
@@ -141,8 +169,15 @@ def parse_video_file(parser, path: str, stem: str, out_dir: str, args, limit, in
     return {"frames": outputs.frames, "failed": failed, "seconds": seconds}
 
 
-def _write_frame(outputs: VideoOutputs, frame, no_detect: bool) -> None:
-    outputs.write(frame, draw_frame(frame, no_detect))
+def _write_frame(outputs: VideoOutputs, frame, args) -> None:
+    mask = None
+    if outputs.mask_writer is not None:
+        if frame.result is None:            # no frame decoded yet: nothing selected
+            mask = frame.image[:, :, 0] * 0
+        else:
+            mask = frame.result.mask(0, args.mask, grow=args.grow, feather=args.feather,
+                                     soft=args.soft_mask)
+    outputs.write(frame, draw_frame(frame, args.no_detect), mask)
 
 
 def parse_videos(parser, videos, out_dir: str, args, limit, inputs) -> None:

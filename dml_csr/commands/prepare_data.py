@@ -7,6 +7,7 @@
     dml-csr prepare custom        RAW_DIR OUT_DIR --name NAME [--flip-pairs 2,3 4,5]
                                                [--palette FILE] [--merge GROUP=tok,tok ...]
                                                [--headline mean_f1|overall_f1] [--seed 0]
+                                               [--group NAME=tok,tok ...]
     dml-csr prepare check         ROOT [--splits train valid ...] [--dataset NAME]
                                                [--max-pixels N]
 
@@ -76,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="merged groups the scorer adds F1s for, e.g. eyes=left_eye,right_eye")
     p.add_argument("--headline", default="mean_f1", choices=("mean_f1", "overall_f1"),
                    help="the metric tables lead with (overall_f1 needs a group 'overall')")
+    p.add_argument("--group", nargs="*", default=[], metavar="NAME=TOKEN,TOKEN",
+                   help="named sets of classes that masks accept (dml-csr infer --mask), e.g. "
+                        "lips=upper_lip,lower_lip")
     p.add_argument("--seed", type=int, default=0, help="of the 80/10/10 split without lists")
     p.add_argument("--link", choices=LINK_MODES, default="copy",
                    help="how images and labels reach OUT_DIR (default: copy)")
@@ -121,13 +125,13 @@ def _pairs(items):
     return pairs
 
 
-def _groups(items):
+def _groups(items, option="--merge"):
     """``["eyes=le,re"]`` -> {"eyes": ["le", "re"]}."""
     groups = {}
     for item in items:
         group, sep, members = item.partition("=")
         if not sep or not group or not members:
-            raise ValueError(f"--merge expects GROUP=TOKEN,TOKEN,..., got {item!r}")
+            raise ValueError(f"{option} expects GROUP=TOKEN,TOKEN,..., got {item!r}")
         groups[group] = [m.strip() for m in members.split(",") if m.strip()]
     return groups
 
@@ -147,6 +151,7 @@ def main(argv=None) -> int:
         report = prepare_custom(args.raw_dir, args.out_dir, name=args.name,
                                 flip_pairs=_pairs(args.flip_pairs), palette=args.palette,
                                 merged=_groups(args.merge), headline=args.headline,
+                                groups=_groups(args.group, "--group"),
                                 seed=args.seed, link=args.link, **common)
     else:
         report = prepare_celebamask_hq(args.raw_dir, args.out_dir, mask_size=args.mask_size,

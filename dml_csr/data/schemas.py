@@ -2,8 +2,8 @@
 
 A :class:`Schema` describes one data set completely: its name, its classes (a display name and a
 ``label_names.txt`` token per id, background first), the left/right pairs a horizontal flip
-swaps, a colour per class, the scorer's merged groups (Helen's eyes / brows / mouth / overall)
-and its headline metric. It is written into a prepared root's ``dataset.json`` and into every
+swaps, a colour per class, the scorer's merged groups (Helen's eyes / brows / mouth / overall),
+its headline metric and named groups of classes for editing masks (``inner_face``, ``lips``, ...). It is written into a prepared root's ``dataset.json`` and into every
 checkpoint and ONNX file made from it (:meth:`Schema.to_dict` / :meth:`Schema.from_dict`), so a
 data set of your own needs no code: ``tools/prepare_data.py custom`` writes its description, and
 training, testing, the tables, the parser and the export read it back.
@@ -42,6 +42,10 @@ class Schema:
         merged: the scorer's merged groups, ``(name, tokens)``: the F1 of the union (Helen's
             eyes, brows, mouth, overall). Empty for most data sets.
         headline: the metric a table leads with: ``mean_f1`` or ``overall_f1`` (Helen).
+        groups: named sets of classes, ``(name, tokens)``, that masks accept beside the class
+            names, the tokens and the merged groups (``FaceParsingResult.mask``; the built-in
+            ones in docs/inference.md, "Masks"). A description without them (a file written
+            before they existed) takes those of the built-in data set with the same tokens.
         folder_hints: lower-case fragments of a root folder's name that suggest this data set
             when nothing else tells (a guess of last resort, with a warning; built-ins only).
     """
@@ -53,6 +57,7 @@ class Schema:
     palette: Tuple[Tuple[int, int, int], ...]
     merged: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     headline: str = "mean_f1"
+    groups: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     folder_hints: Tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -90,6 +95,15 @@ class Schema:
                 raise SchemaError(f"{where}: merged group {group!r} needs two or more of the "
                                   f"data set's tokens and a name that is not one of them"
                                   + (f" ({missing[0]!r} is not a token)" if missing else ""))
+        named = set(self.tokens) | set(dict(self.merged))
+        for group, members in self.groups:
+            missing = [m for m in members if m not in self.tokens]
+            if not _WORD.fullmatch(group) or group in named or missing or not members:
+                raise SchemaError(f"{where}: group {group!r} needs one or more of the data set's "
+                                  f"tokens and a name (letters, digits, _.+-) that is not a "
+                                  f"token or a merged group"
+                                  + (f" ({missing[0]!r} is not a token)" if missing else ""))
+            named.add(group)
         if self.headline not in HEADLINES:
             raise SchemaError(f"{where}: headline {self.headline!r}: one of {HEADLINES}")
         if self.headline == "overall_f1" and "overall" not in dict(self.merged):
@@ -110,6 +124,18 @@ class Schema:
         """{group name: its tokens} of the scorer's merged F1s."""
         return dict(self.merged)
 
+    def named_sets(self) -> Dict[str, Tuple[int, ...]]:
+        """Every word that selects classes, and its class ids: each class's name and token, the
+        merged groups and the groups (:attr:`groups`), in that order."""
+        ids = {t: i for i, t in enumerate(self.tokens)}
+        out: Dict[str, Tuple[int, ...]] = {}
+        for i, (name, token) in enumerate(zip(self.class_names, self.tokens)):
+            out.setdefault(name, (i,))
+            out.setdefault(token, (i,))
+        for group, members in self.merged + self.groups:
+            out.setdefault(group, tuple(sorted({ids[m] for m in members})))
+        return out
+
     def renamed(self, name: str) -> "Schema":
         return replace(self, name=name)
 
@@ -118,7 +144,8 @@ class Schema:
         return {"name": self.name, "class_names": list(self.class_names),
                 "tokens": list(self.tokens), "flip_pairs": [list(p) for p in self.flip_pairs],
                 "palette": [list(c) for c in self.palette],
-                "merged": {g: list(m) for g, m in self.merged}, "headline": self.headline}
+                "merged": {g: list(m) for g, m in self.merged}, "headline": self.headline,
+                "groups": {g: list(m) for g, m in self.groups}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "description") -> "Schema":
@@ -126,19 +153,25 @@ class Schema:
         and the field when it is malformed."""
         try:
             merged = d.get("merged") or {}
+            tokens = tuple(str(t) for t in d["tokens"])
+            if "groups" in d:
+                groups = tuple((str(g), tuple(str(m) for m in ms))
+                               for g, ms in dict(d["groups"] or {}).items())
+            else:           # written before groups existed: a built-in's with the same tokens
+                groups = next((b.groups for b in SCHEMAS.values() if b.tokens == tokens), ())
             return cls(name=str(d["name"]), class_names=tuple(str(n) for n in d["class_names"]),
-                       tokens=tuple(str(t) for t in d["tokens"]),
+                       tokens=tokens,
                        flip_pairs=tuple(tuple(int(c) for c in p) for p in d.get("flip_pairs", [])),
                        palette=tuple(tuple(int(v) for v in c) for c in d["palette"]),
                        merged=tuple((str(g), tuple(str(m) for m in ms))
                                     for g, ms in dict(merged).items()),
-                       headline=str(d.get("headline", "mean_f1")))
+                       headline=str(d.get("headline", "mean_f1")), groups=groups)
         except SchemaError as exc:
             raise SchemaError(f"{source}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SchemaError(f"{source}: not a data-set description ({type(exc).__name__}: "
                               f"{exc}); expected name, class_names, tokens, flip_pairs, palette, "
-                              f"merged, headline") from None
+                              f"merged, headline, groups") from None
 
 
 def default_palette(num_classes: int) -> Tuple[Tuple[int, int, int], ...]:
@@ -179,22 +212,35 @@ _HELEN_MERGED = (("eyes", ("le", "re")), ("brows", ("lb", "rb")),
                  ("mouth", ("ulip", "imouth", "llip")),
                  ("overall", ("le", "re", "lb", "rb", "nose", "ulip", "imouth", "llip")))
 _HELEN_PAIRS = ((2, 3), (4, 5))
+# the mask groups (docs/inference.md, "Masks"): the same words mean the same parts in both orders
+# (Helen's own token "face" is the skin and CelebAMask-HQ's "mouth" the inner mouth: their names)
+_HELEN_GROUPS = (("lips", ("ulip", "llip")),
+                 ("inner_face", ("face", "lb", "rb", "le", "re", "nose", "ulip", "imouth", "llip")),
+                 ("head", ("face", "lb", "rb", "le", "re", "nose", "ulip", "imouth", "llip",
+                           "hair")))
+_CELEBA_INNER = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip",
+                 "l_lip")
+_CELEBA_GROUPS = (("eyes", ("l_eye", "r_eye")), ("brows", ("l_brow", "r_brow")),
+                  ("ears", ("l_ear", "r_ear")), ("lips", ("u_lip", "l_lip")),
+                  ("inner_face", _CELEBA_INNER),
+                  ("head", _CELEBA_INNER + ("l_ear", "r_ear", "hair")),
+                  ("accessories", ("eye_g", "hat", "ear_r", "neck_l")))
 _CELEBA_PAIRS = ((4, 5), (6, 7), (8, 9))
 
 SCHEMAS: Dict[str, Schema] = {s.name: s for s in (
     # Helen is scored by its overall F1 (Table 1), every other data set by the mean F1
     Schema("helen", _HELEN_NAMES, _HELEN_TOKENS, _HELEN_PAIRS, _HELEN_PALETTE, _HELEN_MERGED,
-           "overall_f1", folder_hints=("helen",)),
+           "overall_f1", groups=_HELEN_GROUPS, folder_hints=("helen",)),
     Schema("lapa", _HELEN_NAMES, _HELEN_TOKENS, _HELEN_PAIRS, _HELEN_PALETTE, _HELEN_MERGED,
-           folder_hints=("lapa",)),
+           groups=_HELEN_GROUPS, folder_hints=("lapa",)),
     Schema("celebamask_hq", _CELEBA_NAMES, _CELEBA_TOKENS, _CELEBA_PAIRS, _CELEBA_PALETTE,
-           folder_hints=("celeb",)),
+           groups=_CELEBA_GROUPS, folder_hints=("celeb",)),
     # The synthetic data set uses the Helen/LaPa order (11 classes) or, with ``--classes 19``,
     # the CelebAMask-HQ order.
     Schema("synthetic", _HELEN_NAMES, _HELEN_TOKENS, _HELEN_PAIRS, _HELEN_PALETTE, _HELEN_MERGED,
-           folder_hints=("synth",)),
+           groups=_HELEN_GROUPS, folder_hints=("synth",)),
     Schema("synthetic19", _CELEBA_NAMES, _CELEBA_TOKENS, _CELEBA_PAIRS, _CELEBA_PALETTE,
-           folder_hints=("synth",)),
+           groups=_CELEBA_GROUPS, folder_hints=("synth",)),
 )}
 
 

@@ -24,12 +24,15 @@
   smoothed by a one-euro filter, each track's probabilities averaged over time in its own crop
   frame, one :class:`VideoFrame` per frame; ``pipeline.py``: the reader and writer threads that
   run decoding, detection and writing beside the network (:func:`prefetch`, :class:`Writer`);
+- ``masks.py``: editing masks from label maps (``FaceParsingResult.mask``): classes by name or
+  group, grown or shrunk by a disk, a soft edge (:class:`MaskClassError` for an unknown name);
 - ``fold.py``: :func:`optimize_for_inference` (norms folded into convolutions, channels_last,
   in-place activations, bf16), :func:`set_inference_threads`.
 """
 from .detect import (DEFAULT_MARGIN, HaarFaceDetector, LandmarkFallbackWarning, YuNetDetector,
                      face_region, make_detector)
 from .fold import fold_norms, optimize_for_inference, set_inference_threads
+from .masks import MaskClassError
 from .onnx import export_onnx, read_onnx_metadata
 from .parser import FaceParser, FaceParsingResult, NoFaceWarning, colorize, draw_overlay, read_image
 from .pretrained import PRETRAINED, find_pretrained, load_pretrained
@@ -43,4 +46,4 @@ __all__ = ["FaceParser", "FaceParsingResult", "NoFaceWarning", "colorize", "draw
            "read_onnx_metadata", "optimize_for_inference", "fold_norms", "set_inference_threads",
            "find_pretrained", "load_pretrained", "PRETRAINED", "Runtime", "runtime_from_checkpoint",
            "runtime_from_pretrained", "runtime_from_model", "runtime_from_onnx", "parse_video",
-           "VideoFrame", "VideoError", "VideoSource"]
+           "VideoFrame", "VideoError", "VideoSource", "MaskClassError"]

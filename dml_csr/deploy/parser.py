@@ -88,7 +88,8 @@ class FaceParsingResult:
     Per photo ``j``:
         image_sizes: (h, w); no_face: True when the detector found nothing (it has no faces);
         combined: uint8 (h, w) label map of all its faces (overlap rule in the module docstring).
-    Label facts: dataset, class_names, tokens, palette (RGB per id).
+    Label facts: dataset, class_names, tokens, palette (RGB per id); class_sets: every word
+    that selects classes (names, tokens, merged groups, groups: ``Schema.named_sets``) and its ids.
     """
 
     image_ids: np.ndarray
@@ -109,6 +110,7 @@ class FaceParsingResult:
     tokens: Tuple[str, ...]
     palette: Tuple[Tuple[int, int, int], ...]
     probabilities: bool = False
+    class_sets: Dict[str, Tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -164,6 +166,62 @@ class FaceParsingResult:
         return {"image_size": [int(h), int(w)], "dataset": self.dataset,
                 "class_names": list(self.class_names), "no_face": bool(self.no_face[image_id]),
                 "faces": faces}
+
+
+    def mask_names(self) -> Dict[str, Tuple[int, ...]]:
+        """Every name :meth:`mask` accepts and its class ids: class names, tokens, the merged
+        groups and the groups of the labels' description (docs/inference.md, "Masks")."""
+        if self.class_sets:
+            return dict(self.class_sets)
+        out: Dict[str, Tuple[int, ...]] = {}
+        for i, (name, token) in enumerate(zip(self.class_names, self.tokens)):
+            out.setdefault(name, (i,))
+            out.setdefault(token, (i,))
+        return out
+
+    def mask(self, image_id: int, classes, grow: float = 0, feather: float = 0,
+             face: Optional[int] = None, soft: bool = False) -> np.ndarray:
+        """Editing mask of photo ``image_id``: uint8 (h, w) alpha, 255 on the pixels of
+        ``classes``, 0 elsewhere (``dml_csr/deploy/masks.py``; docs/inference.md, "Masks").
+
+        Args:
+            classes: class names, tokens, group names (:meth:`mask_names`) or ids, as a list or
+                one comma-separated string (``"skin,nose"``); MaskClassError (a ValueError)
+                listing the valid names for an unknown one.
+            grow: pixels: dilation by a disk of this radius on the photo's grid; negative:
+                erosion.
+            feather: pixels: width of a soft edge, a blur of the grown mask that keeps its area
+                (0: a hard 0 / 255 mask).
+            face: one face only (its index in the result, a face of this photo): its own label
+                map, also where another face wins the combined map; None: the combined map.
+            soft: the summed probability of the classes (x 255) instead of the hard label set,
+                from the maps of a result parsed with ``return_logits=True``; over several faces
+                the largest; 0 outside the faces' crops.
+        """
+        from .masks import check_amounts, class_ids, feather_mask, grow_soft, hard_mask
+        if not 0 <= image_id < self.num_images:
+            raise IndexError(f"image {image_id}: the result holds {self.num_images} image(s)")
+        ids = class_ids(classes, self.mask_names(), len(self.class_names))
+        check_amounts(grow, feather)
+        faces = self.faces_of(image_id)
+        if face is not None and face not in faces:
+            raise ValueError(f"face {face} is not a face of image {image_id} (its faces: "
+                             f"{faces or 'none'})")
+        if not soft:
+            labels = self.combined[image_id] if face is None else self.paste(face)
+            return hard_mask(labels, ids, grow, feather)
+        if self.logits is None:
+            raise ValueError("soft masks need the probabilities: parse with return_logits=True")
+        h, w = self.image_sizes[image_id]
+        alpha = np.zeros((h, w), np.float32)
+        for i in (faces if face is None else [face]):
+            maps = torch.from_numpy(np.asarray(self.logits[i], np.float32))
+            probs = maps if self.probabilities else torch.softmax(maps, dim=0)
+            x0, y0, x1, y1 = (int(v) for v in self.regions[i])
+            np.maximum(alpha[y0:y1, x0:x1], probs[list(ids)].sum(0).numpy(),
+                       out=alpha[y0:y1, x0:x1])
+        out = np.rint(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return feather_mask(grow_soft(out, grow), feather)
 
 
 def _as_bgr(image: ImageInput, rgb: bool) -> np.ndarray:
@@ -540,7 +598,7 @@ class FaceParser:
             image_sizes=[tuple(p.shape[:2]) for p in photos],
             no_face=[len(sq) == 0 for _, sq in faces], dataset=s.name,
             class_names=s.class_names, tokens=s.tokens, palette=s.palette,
-            probabilities=probabilities)
+            probabilities=probabilities, class_sets=s.named_sets())
 
     @staticmethod
     def _combine(size: Tuple[int, int], faces) -> np.ndarray:

@@ -12,7 +12,8 @@ linked in their own format, labels copied, list files, ``label_names.txt``) and 
 name, the class names and their tokens (the names made into words: ``left eye`` -> ``left_eye``,
 the first always ``bg``), the flip pairs (given, else found from the names: ``left X`` /
 ``right X``, ``l_X`` / ``r_X``, ``X left`` / ``X right``), a palette (given, else
-``schemas.default_palette``), optional merged groups for the scorer and the headline metric.
+``schemas.default_palette``), optional merged groups for the scorer, the headline metric and
+optional named groups of classes for editing masks (``FaceParsingResult.mask``).
 Training, testing, the tables, the parser and the export then need nothing else.
 """
 import re
@@ -129,7 +130,9 @@ def prepare_custom(raw_dir: PathLike, out_dir: PathLike, *, name: str,
                    flip_pairs: Optional[Sequence[Tuple[int, int]]] = None,
                    palette: Optional[PathLike] = None,
                    merged: Optional[Dict[str, Sequence[str]]] = None,
-                   headline: str = "mean_f1", seed: int = 0, link: str = "copy",
+                   headline: str = "mean_f1",
+                   groups: Optional[Dict[str, Sequence[str]]] = None, seed: int = 0,
+                   link: str = "copy",
                    workers: int = 0, progress: bool = True) -> PrepareReport:
     """Prepare the data set of your own in ``raw_dir`` (module docstring) as ``name``.
 
@@ -138,6 +141,7 @@ def prepare_custom(raw_dir: PathLike, out_dir: PathLike, *, name: str,
         palette: a file of one ``R G B`` line per class; None: ``default_palette``.
         merged: the scorer's merged groups, {group: its tokens}; headline: ``mean_f1`` or
             ``overall_f1`` (needs a group ``overall``).
+        groups: named sets of classes that masks accept by name, {group: its tokens}.
         seed: of the 80 / 10 / 10 split when RAW has no list files.
         link: how images and labels reach ``out_dir``: copy, hardlink or symlink.
 
@@ -172,7 +176,8 @@ def prepare_custom(raw_dir: PathLike, out_dir: PathLike, *, name: str,
                         palette=(read_palette(palette, len(tokens)) if palette
                                  else default_palette(len(tokens))),
                         merged=tuple((g, tuple(m)) for g, m in (merged or {}).items()),
-                        headline=headline)
+                        headline=headline,
+                        groups=tuple((g, tuple(m)) for g, m in (groups or {}).items()))
     except SchemaError as exc:
         raise PrepareError(f"{names_file}: {exc}") from None
     samples = _samples(raw)
