@@ -11,7 +11,7 @@ import os
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TEST_ONLY = ("pytest",)   # requirements.txt lines that only the test suite needs
+TEST_ONLY = ("pytest", "selenium")   # requirements.txt lines that only the test suite needs
 
 
 def requirements():
@@ -34,7 +34,8 @@ setup(
     classifiers=["Programming Language :: Python :: 3"],
     packages=find_packages(include=["dml_csr", "dml_csr.*"]) + ["dml_csr.configs"],
     package_dir={"dml_csr.configs": "configs"},
-    package_data={"dml_csr.configs": ["*.yaml", "**/*.yaml"]},
+    package_data={"dml_csr.configs": ["*.yaml", "**/*.yaml"],
+                  "dml_csr.serve": ["static/*.html", "static/*.js", "static/*.css"]},
     python_requires=">=3.10",
     install_requires=install_requires,
     extras_require={"test": test_requires},

@@ -29,6 +29,7 @@ SMOKE = {
                        "--size", "320x240", "--frames", "3", "--clip-size", "320x240",
                        "--reps", "1"],
     "bench_precision": ["--checkpoint", "{ckpt}", "--data", "{data}", "--limit", "2"],
+    "bench_serve": ["--checkpoint", "{ckpt}", "--repeat", "1", "--size", "320x240"],
     "bench_train": ["--size", "32", "--batches", "2", "--modes", "fp16", "--steps", "1",
                     *TINY_MODEL],
     "bench_upright": ["--checkpoint", "{ckpt}", "--data", "{data}", "--limit", "1"],

@@ -127,7 +127,7 @@ def test_the_wheel_requires_what_requirements_txt_lists(wheel):
     test_only = {str(r) for r in required if r.marker and "extra" in str(r.marker)}
     runtime = {str(r) for r in required if str(r) not in test_only}
     assert runtime | {t.split(";")[0].strip() for t in test_only} == listed
-    assert runtime and all(t.startswith("pytest") for t in test_only)
+    assert runtime and all(t.startswith(("pytest", "selenium")) for t in test_only)
 
 
 def test_an_installed_wheel_works_from_another_folder(installed, tiny_checkpoint, tmp_path):

