@@ -100,7 +100,7 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-def test_the_wheel_holds_every_config_and_the_licence(wheel):
+def test_the_wheel_holds_every_config_the_page_and_the_licence(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"dml_csr/configs/{p.relative_to(REPO / 'configs').as_posix()}"
                for p in (REPO / "configs").rglob("*.yaml")}
@@ -110,6 +110,9 @@ def test_the_wheel_holds_every_config_and_the_licence(wheel):
     meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "dml-csr = dml_csr.commands:main" in zipfile.ZipFile(wheel).read(meta).decode()
     assert any(n.endswith("/LICENSE") for n in names)
+    page = {f"dml_csr/serve/static/{p.name}" for p in (REPO / "dml_csr" / "serve" / "static")
+            .iterdir()}                       # dml-csr serve's page: every asset in the package
+    assert len(page) == 3 and page <= names, sorted(page - names)
     assert not any(n.startswith(("tests/", "tools/", "configs/")) for n in names)
 
 
