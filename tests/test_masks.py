@@ -146,6 +146,9 @@ def test_result_masks_follow_the_label_maps():
         res.mask(0, "ears")
     with pytest.raises(ValueError, match="feather must be 0 or more"):
         res.mask(0, "hair", feather=-1)
+    with pytest.raises(ValueError, match=r"grow -91 px is more than the photo's longer side \(90"):
+        res.mask(0, "hair", grow=-91)
+    assert res.mask(0, "hair", grow=90).min() == 255 and res.mask(0, "hair", grow=-90).max() == 0
 
     # soft: the classes' summed probability (the softmax of the maps), x 255
     soft = res.mask(0, "skin,nose,lips", soft=True)

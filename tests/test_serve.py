@@ -254,6 +254,10 @@ def test_unknown_classes_and_forgotten_results_are_named(client):
     assert status == 400 and "no mask classes" in err["error"]
     status, _, err = client.json("GET", f"/mask?id={out['id']}&classes=nose&grow=wide")
     assert status == 400 and "grow" in err["error"] and "'wide'" in err["error"]
+    status, _, err = client.json("GET", f"/mask?id={out['id']}&classes=nose&feather=1e9")
+    assert status == 400 and "feather 1e+09 px is over this server's limit" in err["error"]
+    status, _, err = client.json("GET", f"/mask?id={out['id']}&classes=nose&grow=-257")
+    assert status == 400 and "longer side (256 px)" in err["error"]
     status, _, err = client.json("GET", "/mask?id=0123456789abcdef&classes=nose")
     assert status == 404 and "'0123456789abcdef'" in err["error"] and "last 3" in err["error"]
     # the LRU keeps the last 3 results: the first of four is gone

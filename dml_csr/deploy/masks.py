@@ -22,7 +22,7 @@ steps (``FaceParsingResult.mask`` picks the label map; docs/inference.md, "Masks
 Soft masks (``soft=True``) start from the summed probability of the classes instead of a hard set;
 ``grow`` is then a grey dilation (erosion) by the same disk and ``feather`` the same blur.
 """
-from typing import Dict, Iterable, Sequence, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -126,10 +126,15 @@ def hard_mask(labels: np.ndarray, ids: Sequence[int], grow: float = 0,
     return feather_mask(grow_mask(lut[labels], grow), feather)
 
 
-def check_amounts(grow: float, feather: float) -> None:
-    """ValueError naming a grow or feather that is not a finite number (feather: not negative)."""
+def check_amounts(grow: float, feather: float, size: Optional[Tuple[int, int]] = None) -> None:
+    """ValueError naming a grow or feather that is not a finite number, a negative feather, or,
+    with the photo's ``size`` (h, w), a grow or feather of more pixels than its longer side (they
+    would select all or nothing, and a soft mask's grey dilation costs R^2 per pixel)."""
     for name, value in (("grow", grow), ("feather", feather)):
         if not np.isfinite(float(value)):
             raise ValueError(f"mask {name} must be a finite number of pixels, got {value!r}")
+        if size is not None and abs(value) > max(size):
+            raise ValueError(f"mask {name} {value:g} px is more than the photo's longer side "
+                             f"({max(size)} px)")
     if feather < 0:
         raise ValueError(f"mask feather must be 0 or more pixels, got {feather:g}")

@@ -189,7 +189,7 @@ class FaceParsingResult:
                 one comma-separated string (``"skin,nose"``); MaskClassError (a ValueError)
                 listing the valid names for an unknown one.
             grow: pixels: dilation by a disk of this radius on the photo's grid; negative:
-                erosion.
+                erosion (at most the photo's longer side, as ``feather``).
             feather: pixels: width of a soft edge, a blur of the grown mask that keeps its area
                 (0: a hard 0 / 255 mask).
             face: one face only (its index in the result, a face of this photo): its own label
@@ -202,7 +202,7 @@ class FaceParsingResult:
         if not 0 <= image_id < self.num_images:
             raise IndexError(f"image {image_id}: the result holds {self.num_images} image(s)")
         ids = class_ids(classes, self.mask_names(), len(self.class_names))
-        check_amounts(grow, feather)
+        check_amounts(grow, feather, self.image_sizes[image_id])
         faces = self.faces_of(image_id)
         if face is not None and face not in faces:
             raise ValueError(f"face {face} is not a face of image {image_id} (its faces: "

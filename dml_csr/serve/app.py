@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_FORM_PARTS = 16
+# the largest grow / feather a request may ask for, in pixels: a feather of 300 px on a 12 MP
+# photo takes about 1 s here (docs/inference.md, "Masks")
+MAX_MASK_PIXELS = 300
 MAX_NAME = 120                # characters of an upload's file name kept for messages
 OVERLAY_JPEG = (cv2.IMWRITE_JPEG_QUALITY, 90)
 # the page loads nothing from elsewhere; images are data: (the API's maps) or blob: (the photo)
@@ -238,6 +241,10 @@ class MaskRequest:
         self.feather = _number(form, "feather")
         if self.feather < 0:
             raise HTTPError(400, f"feather must be 0 or more pixels, got {self.feather:g}")
+        for name, value in (("grow", self.grow), ("feather", self.feather)):
+            if abs(value) > MAX_MASK_PIXELS:
+                raise HTTPError(400, f"{name} {value:g} px is over this server's limit of "
+                                     f"{MAX_MASK_PIXELS} px")
         self.ids: Tuple[int, ...] = ()
         if not self.classes:
             if required:
@@ -253,7 +260,12 @@ class MaskRequest:
         return bool(self.ids)
 
     def make(self, res) -> np.ndarray:
-        return res.mask(0, list(self.ids), grow=self.grow, feather=self.feather)
+        """The mask of the one-photo result ``res``; 400 for amounts the photo cannot take (a
+        grow longer than the photo)."""
+        try:
+            return res.mask(0, list(self.ids), grow=self.grow, feather=self.feather)
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ the worker
