@@ -14,13 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from dml_csr.cli import env_flag
-from dml_csr.data.schemas import get_schema
-from dml_csr.deploy import FaceParser, draw_overlay
+from dml_csr.deploy import draw_overlay
 from dml_csr.files import read_image
+from test_api import _colour_parser
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "tests" / "data" / "photos" / "astronaut.jpg"
@@ -44,14 +42,6 @@ def _browser_paths():
     if driver is None:
         reasons.append("no chromedriver on PATH")
     return browser, driver, reasons
-
-
-def _colour_parser():
-    weight = torch.randn(11, 3, generator=torch.Generator().manual_seed(0)) * 4
-
-    def backend(x, size):
-        return F.avg_pool2d(torch.einsum("kc,nchw->nkhw", weight, x), 4, ceil_mode=True)
-    return FaceParser(backend, get_schema("helen"), crop_size=(64, 64), detector=None)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 pytest.importorskip("starlette", reason="dml-csr serve needs starlette, uvicorn, python-multipart")
 pytest.importorskip("uvicorn", reason="dml-csr serve needs starlette, uvicorn, python-multipart")
@@ -28,27 +26,17 @@ pytest.importorskip("python_multipart", reason="dml-csr serve needs python-multi
 from dml_csr.cli import run  # noqa: E402
 from dml_csr.commands import serve as serve_command  # noqa: E402
 from dml_csr.data.schemas import get_schema  # noqa: E402
-from dml_csr.deploy import FaceParser  # noqa: E402
 from dml_csr.files import read_image  # noqa: E402
 from dml_csr.serve import MissingWebPackagesError, require_web_packages  # noqa: E402
 from dml_csr.serve.app import STATIC_DIR, build_app, host_name  # noqa: E402
 from dml_csr.serve.server import RunningServer  # noqa: E402
+from test_api import _colour_parser, ckpt  # noqa: E402,F401  (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((REPO / "tests" / "data" / "photos").glob("*.jpg"))
 CROP = (64, 64)
 MAX_UPLOAD = 3 << 20
 MAX_PIXELS = 2_000_000
-
-
-def colour_parser(**kw) -> FaceParser:
-    """A FaceParser over a stand-in network whose 1/4-size logits are a fixed linear map of the
-    pixel colours (label maps with several classes that follow the photo); no detector."""
-    weight = torch.randn(11, 3, generator=torch.Generator().manual_seed(0)) * 4
-
-    def backend(x, size):
-        return F.avg_pool2d(torch.einsum("kc,nchw->nkhw", weight, x), 4, ceil_mode=True)
-    return FaceParser(backend, get_schema("helen"), crop_size=CROP, detector=None, **kw)
 
 
 class Recording:
@@ -156,7 +144,7 @@ def huge_png(width=20000, height=20000):
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def parser():
-    return Recording(colour_parser(), delay=0.0)
+    return Recording(_colour_parser(), delay=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +161,7 @@ def client(server):
 
 def _reference(path):
     """The same parser's result for the photo, parsed directly (whole photo, no detector)."""
-    return colour_parser()(read_image(path), detect=False)
+    return _colour_parser()(read_image(path), detect=False)
 
 
 # ------------------------------------------------------------------------------ the API
@@ -254,6 +242,8 @@ def test_unknown_classes_and_forgotten_results_are_named(client):
     assert status == 400 and "no mask classes" in err["error"]
     status, _, err = client.json("GET", f"/mask?id={out['id']}&classes=nose&grow=wide")
     assert status == 400 and "grow" in err["error"] and "'wide'" in err["error"]
+    status, _, err = client.json("GET", f"/mask?id={out['id']}&classes=nose&feather=-1")
+    assert status == 400 and "feather must be 0 or more pixels" in err["error"]
     status, _, err = client.json("GET", f"/mask?id={out['id']}&classes=nose&feather=1e9")
     assert status == 400 and "feather 1e+09 px is over this server's limit" in err["error"]
     status, _, err = client.json("GET", f"/mask?id={out['id']}&classes=nose&grow=-257")
@@ -356,7 +346,7 @@ def test_two_uploads_at_once_are_parsed_one_after_the_other(client, parser):
 
 
 def test_a_full_queue_is_503_with_retry_after():
-    slow = Recording(colour_parser())
+    slow = Recording(_colour_parser())
     slow.gate = threading.Event()
     app = build_app(slow, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, queue=1)
     with RunningServer(app) as running:
@@ -487,25 +477,12 @@ def test_help_needs_neither_the_web_packages_nor_torch():
     assert "--max-upload-mb" in done.stdout and "--queue" in done.stdout
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from dml_csr.models import DMLCSR
-    from dml_csr.models.checkpoint import ModelSpec, save_checkpoint
-    kw = dict(num_classes=11, layers=[1, 1, 1, 1], width_mult=0.125)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_checkpoint(str(path), DMLCSR(with_edges=True, **kw).state_dict(),
-                    ModelSpec.for_dataset("dml_csr", kw, "helen", crop_size=CROP,
-                                          channel_order="bgr"))
-    return path
-
-
-def test_tools_serve_runs_a_checkpoint_until_interrupted(tiny_checkpoint):
+def test_tools_serve_runs_a_checkpoint_until_interrupted(ckpt):  # noqa: F811
     """python tools/serve.py --checkpoint CK --port 0: prints the address, answers a photo,
     stops on Ctrl-C (SIGINT) with status 0."""
     import signal
     proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "serve.py"), "--checkpoint",
-                             str(tiny_checkpoint), "--port", "0", "--no-detect"],
+                             str(ckpt), "--port", "0", "--no-detect"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         line = proc.stdout.readline()

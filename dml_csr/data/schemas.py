@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Tuple
 
 __all__ = ["Schema", "SCHEMAS", "RELEASE_DATASETS", "HEADLINES", "IGNORE_INDEX", "get_schema",
-           "datasets_with_classes", "describe_class_count",
+           "datasets_with_classes", "describe_class_count", "class_words",
            "default_palette", "SchemaError"]
 
 HEADLINES = ("mean_f1", "overall_f1")      # overall_f1 needs a merged group named "overall"
@@ -128,10 +128,7 @@ class Schema:
         """Every word that selects classes, and its class ids: each class's name and token, the
         merged groups and the groups (:attr:`groups`), in that order."""
         ids = {t: i for i, t in enumerate(self.tokens)}
-        out: Dict[str, Tuple[int, ...]] = {}
-        for i, (name, token) in enumerate(zip(self.class_names, self.tokens)):
-            out.setdefault(name, (i,))
-            out.setdefault(token, (i,))
+        out = class_words(self.class_names, self.tokens)
         for group, members in self.merged + self.groups:
             out.setdefault(group, tuple(sorted({ids[m] for m in members})))
         return out
@@ -172,6 +169,16 @@ class Schema:
             raise SchemaError(f"{source}: not a data-set description ({type(exc).__name__}: "
                               f"{exc}); expected name, class_names, tokens, flip_pairs, palette, "
                               f"merged, headline, groups") from None
+
+
+def class_words(class_names, tokens) -> Dict[str, Tuple[int, ...]]:
+    """{word: (class id,)} for each class's name and token, in id order (a word taken by an
+    earlier class keeps it): the start of :meth:`Schema.named_sets`."""
+    out: Dict[str, Tuple[int, ...]] = {}
+    for i, (name, token) in enumerate(zip(class_names, tokens)):
+        out.setdefault(name, (i,))
+        out.setdefault(token, (i,))
+    return out
 
 
 def default_palette(num_classes: int) -> Tuple[Tuple[int, int, int], ...]:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data.schemas import Schema
+from ..data.schemas import Schema, class_words
 from ..files import IMAGE_EXTS, read_image
 from ..data.transforms import MEAN, STD, crop_input, crop_params, get_affine_matrix, warp_back
 from ..predict import check_tta, labels_of, model_device, predict_logits
@@ -173,11 +173,7 @@ class FaceParsingResult:
         groups and the groups of the labels' description (docs/inference.md, "Masks")."""
         if self.class_sets:
             return dict(self.class_sets)
-        out: Dict[str, Tuple[int, ...]] = {}
-        for i, (name, token) in enumerate(zip(self.class_names, self.tokens)):
-            out.setdefault(name, (i,))
-            out.setdefault(token, (i,))
-        return out
+        return class_words(self.class_names, self.tokens)    # a result made without a schema
 
     def mask(self, image_id: int, classes, grow: float = 0, feather: float = 0,
              face: Optional[int] = None, soft: bool = False) -> np.ndarray:

@@ -57,7 +57,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..deploy.masks import MaskClassError, class_ids
+from ..deploy.masks import MaskClassError, check_amounts, class_ids
 from ..deploy.parser import draw_overlay
 from ..files import ImageReadError, ImageTooLargeError, decode_image
 from . import DEFAULT_KEEP, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE
@@ -239,8 +239,10 @@ class MaskRequest:
         self.classes = form.fields.get("classes", "").strip()
         self.grow = _number(form, "grow")
         self.feather = _number(form, "feather")
-        if self.feather < 0:
-            raise HTTPError(400, f"feather must be 0 or more pixels, got {self.feather:g}")
+        try:
+            check_amounts(self.grow, self.feather)
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
         for name, value in (("grow", self.grow), ("feather", self.feather)):
             if abs(value) > MAX_MASK_PIXELS:
                 raise HTTPError(400, f"{name} {value:g} px is over this server's limit of "
